@@ -1,0 +1,368 @@
+//! A local directory as an origin: what an NFS, SMB or sshfs mount or a mounted optical
+//! disc is to strata.
+//!
+//! Every path is resolved by the kernel with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` from a descriptor of the origin's root, so strata itself never
+//! follows a symlink and never leaves the origin, even if the origin changes under it
+//! (a directory swapped for a symlink between two calls). Symlinks are reported as
+//! symlinks; the kernel resolves them on the mount side like any other symlink.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::{
+    check_relative, Attr, DirEntry, FileKind, FsStats, Origin, OriginFile, Timestamp, Token,
+};
+
+pub struct LocalOrigin {
+    root: OwnedFd,
+    root_path: PathBuf,
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS);
+
+impl LocalOrigin {
+    /// Opens the origin directory. Fails with a clear error when it is missing or not
+    /// a directory.
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root_path: PathBuf = root.into();
+        let root = rustix::fs::open(
+            &root_path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot open origin directory {}: {e}", root_path.display()),
+            )
+        })?;
+        Ok(Self { root, root_path })
+    }
+
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Opens `path` below the root. An empty path is the root itself.
+    fn open_at(&self, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        check_relative(path)?;
+        let p: &Path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
+        Ok(rustix::fs::openat2(
+            &self.root,
+            p,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )?)
+    }
+
+    /// An `O_PATH` descriptor of the entry itself, symlink or not.
+    fn open_path(&self, path: &Path) -> io::Result<OwnedFd> {
+        self.open_at(path, OFlags::PATH | OFlags::NOFOLLOW)
+    }
+
+    /// The parent directory (safely opened) and the last name, for calls that take a
+    /// name relative to a directory.
+    fn parent_and_name<'a>(&self, path: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
+        check_relative(path)?;
+        match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => {
+                Ok((self.open_at(parent, OFlags::PATH | OFlags::DIRECTORY)?, name))
+            }
+            _ => Ok((self.open_at(Path::new(""), OFlags::PATH | OFlags::DIRECTORY)?, OsStr::new("."))),
+        }
+    }
+}
+
+pub(crate) fn attr_of(m: &std::fs::Metadata) -> Attr {
+    let ft = m.file_type();
+    let kind = if ft.is_file() {
+        FileKind::File
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_fifo() {
+        FileKind::Fifo
+    } else if ft.is_socket() {
+        FileKind::Socket
+    } else if ft.is_char_device() {
+        FileKind::CharDevice
+    } else {
+        FileKind::BlockDevice
+    };
+    let ts = |s: i64, ns: i64| Timestamp {
+        secs: s,
+        nanos: ns.clamp(0, 999_999_999) as u32,
+    };
+    let mtime = ts(m.mtime(), m.mtime_nsec());
+    let ctime = ts(m.ctime(), m.ctime_nsec());
+    Attr {
+        kind,
+        size: m.size(),
+        perm: m.mode() & 0o7777,
+        nlink: m.nlink().min(u32::MAX as u64) as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: m.rdev(),
+        blocks: m.blocks(),
+        blksize: m.blksize().min(u32::MAX as u64) as u32,
+        atime: ts(m.atime(), m.atime_nsec()),
+        mtime,
+        ctime,
+        ino: m.ino(),
+        token: Token::Stat {
+            size: m.size(),
+            mtime_ns: mtime.as_nanos(),
+            ctime_ns: ctime.as_nanos(),
+            ino: m.ino(),
+        },
+    }
+}
+
+fn kind_of(t: rustix::fs::FileType) -> FileKind {
+    use rustix::fs::FileType as T;
+    match t {
+        T::RegularFile => FileKind::File,
+        T::Directory => FileKind::Dir,
+        T::Symlink => FileKind::Symlink,
+        T::Fifo => FileKind::Fifo,
+        T::Socket => FileKind::Socket,
+        T::CharacterDevice => FileKind::CharDevice,
+        T::BlockDevice => FileKind::BlockDevice,
+        T::Unknown => FileKind::File,
+    }
+}
+
+/// Path of a name inside an open directory, through /proc, so that `l*xattr` calls
+/// resolve the directory by descriptor and do not follow the name if it is a symlink.
+fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(name);
+    p
+}
+
+impl Origin for LocalOrigin {
+    fn stat(&self, path: &Path) -> io::Result<Attr> {
+        let fd = self.open_path(path)?;
+        Ok(attr_of(&File::from(fd).metadata()?))
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn OriginFile>> {
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::NOFOLLOW)?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()));
+        }
+        Ok(Box::new(LocalFile { file }))
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut out = Vec::new();
+        let dir = rustix::fs::Dir::new(fd)?;
+        for e in dir {
+            let e = e?;
+            let name = e.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = OsString::from_vec(name.to_vec());
+            let mut kind = kind_of(e.file_type());
+            if e.file_type() == rustix::fs::FileType::Unknown {
+                // Some filesystems do not fill d_type; ask.
+                let mut p = path.to_path_buf();
+                p.push(&name);
+                kind = self.stat(&p).map(|a| a.kind).unwrap_or(FileKind::File);
+            }
+            out.push(DirEntry { name, kind });
+        }
+        Ok(out)
+    }
+
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let fd = self.open_path(path)?;
+        let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    fn get_xattr(&self, path: &Path, name: &OsStr) -> io::Result<Vec<u8>> {
+        let (dir, last) = self.parent_and_name(path)?;
+        let p = proc_path(&dir, last);
+        let mut size = rustix::fs::lgetxattr_query(&p, name)?;
+        loop {
+            let mut buf = vec![0u8; size];
+            match rustix::fs::lgetxattr(&p, name, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                // The value grew between the two calls; ask again.
+                Err(rustix::io::Errno::RANGE) => size = rustix::fs::lgetxattr_query(&p, name)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn list_xattr(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let (dir, last) = self.parent_and_name(path)?;
+        let p = proc_path(&dir, last);
+        let mut size = rustix::fs::llistxattr_query(&p)?;
+        let buf = loop {
+            let mut buf = vec![0u8; size];
+            match rustix::fs::llistxattr(&p, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    break buf;
+                }
+                Err(rustix::io::Errno::RANGE) => size = rustix::fs::llistxattr_query(&p)?,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(buf
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| OsStr::from_bytes(n).to_owned())
+            .collect())
+    }
+
+    fn statfs(&self) -> io::Result<FsStats> {
+        let s = rustix::fs::fstatvfs(self.root.as_fd())?;
+        Ok(FsStats {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: s.f_namemax as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root_path.display())
+    }
+}
+
+struct LocalFile {
+    file: File,
+}
+
+impl OriginFile for LocalFile {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.file.read_at(buf, off)
+    }
+
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], off: u64) -> io::Result<usize> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let n = {
+            let mut slices: Vec<io::IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+            rustix::io::preadv(&self.file, &mut slices, off)?
+        };
+        if n == want || n == 0 {
+            return Ok(n);
+        }
+        // Short: finish the rest one buffer at a time.
+        let mut skipped = 0;
+        let mut rest: Vec<&mut [u8]> = Vec::new();
+        for b in bufs.iter_mut() {
+            let len = b.len();
+            if skipped + len <= n {
+                skipped += len;
+                continue;
+            }
+            let from = n.saturating_sub(skipped);
+            skipped += len;
+            rest.push(&mut b[from..]);
+        }
+        let more = super::read_vectored_by(&mut rest, off + n as u64, |b, o| self.read_at(b, o))?;
+        Ok(n + more)
+    }
+
+    fn token(&self) -> io::Result<Token> {
+        Ok(attr_of(&self.file.metadata()?).token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn reads_and_refuses_to_escape() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("origin");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), b"hello").unwrap();
+        std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
+        symlink("../secret", root.join("up")).unwrap();
+        symlink(tmp.path(), root.join("dirlink")).unwrap();
+        let o = LocalOrigin::new(&root).unwrap();
+
+        let f = o.open(Path::new("d/f")).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(f.read_at(&mut buf, 0).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(o.stat(Path::new("d/f")).unwrap().size, 5);
+
+        // Symlinks are seen as symlinks and never followed by strata itself.
+        assert_eq!(o.stat(Path::new("up")).unwrap().kind, FileKind::Symlink);
+        assert_eq!(o.read_link(Path::new("up")).unwrap(), b"../secret");
+        assert!(o.open(Path::new("up")).is_err());
+        assert!(o.open(Path::new("dirlink/secret")).is_err());
+        assert!(o.stat(Path::new("dirlink/secret")).is_err());
+        // Dot-dot and absolute paths are refused before reaching the kernel.
+        assert!(o.open(Path::new("../secret")).is_err());
+        assert!(o.stat(Path::new("/etc/passwd")).is_err());
+        assert!(o.read_dir(Path::new("d/..")).is_err());
+
+        let mut names: Vec<_> = o
+            .read_dir(Path::new(""))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.kind))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                ("d".into(), FileKind::Dir),
+                ("dirlink".into(), FileKind::Symlink),
+                ("up".into(), FileKind::Symlink)
+            ]
+        );
+    }
+
+    #[test]
+    fn vectored_read_matches_plain_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(tmp.path().join("f"), &data).unwrap();
+        let o = LocalOrigin::new(tmp.path()).unwrap();
+        let f = o.open(Path::new("f")).unwrap();
+        let (mut a, mut b, mut c) = (vec![0u8; 4096], vec![0u8; 4096], vec![0u8; 4096]);
+        let n = f
+            .read_vectored_at(&mut [&mut a[..], &mut b[..], &mut c[..]], 100)
+            .unwrap();
+        assert_eq!(n, 9_900);
+        let mut all = a;
+        all.extend_from_slice(&b);
+        all.extend_from_slice(&c[..9_900 - 8192]);
+        assert_eq!(&all[..], &data[100..]);
+    }
+}

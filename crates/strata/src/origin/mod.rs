@@ -1,0 +1,183 @@
+//! Origins: the slow media strata caches, and the source of truth.
+//!
+//! An origin names files by relative paths (any bytes but `/` and NUL in a name; no
+//! `.` or `..` components) and gives each file a coherency [`Token`]: what must be
+//! unchanged for cached bytes to still be the file's bytes. A local directory uses
+//! (size, mtime, ctime, inode); HTTP and S3 origins will use (size, ETag).
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Component, Path};
+use std::sync::Arc;
+
+mod local;
+mod slow;
+
+pub use local::LocalOrigin;
+pub use slow::SlowOrigin;
+
+/// What must stay the same for cached data of a file to stay valid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Token {
+    /// From `stat`: any write, truncation or replacement changes one of these.
+    Stat {
+        size: u64,
+        mtime_ns: i64,
+        ctime_ns: i64,
+        ino: u64,
+    },
+    /// From an HTTP or S3 response.
+    Etag { size: u64, etag: Arc<str> },
+}
+
+impl Token {
+    pub fn size(&self) -> u64 {
+        match self {
+            Token::Stat { size, .. } | Token::Etag { size, .. } => *size,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// A point in time as seconds and nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn as_nanos(&self) -> i64 {
+        self.secs
+            .saturating_mul(1_000_000_000)
+            .saturating_add(self.nanos as i64)
+    }
+
+    pub fn to_system_time(self) -> std::time::SystemTime {
+        use std::time::{Duration, UNIX_EPOCH};
+        if self.secs >= 0 {
+            UNIX_EPOCH + Duration::new(self.secs as u64, self.nanos)
+        } else {
+            UNIX_EPOCH - Duration::new(self.secs.unsigned_abs(), 0) + Duration::new(0, self.nanos)
+        }
+    }
+}
+
+/// Attributes of an origin entry, as `lstat` gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits, including setuid, setgid and sticky (not the type bits).
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// The origin's own inode number (not the one the mount presents).
+    pub ino: u64,
+    pub token: Token,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub kind: FileKind,
+}
+
+/// Space on the origin's filesystem, as `statfs` gives it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// A slow medium of files.
+pub trait Origin: Send + Sync {
+    /// Attributes of an entry, never following a symlink in the last component.
+    fn stat(&self, path: &Path) -> io::Result<Attr>;
+    /// Opens a regular file for reading.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn OriginFile>>;
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>>;
+    fn read_link(&self, path: &Path) -> io::Result<Vec<u8>>;
+    fn get_xattr(&self, path: &Path, name: &std::ffi::OsStr) -> io::Result<Vec<u8>>;
+    fn list_xattr(&self, path: &Path) -> io::Result<Vec<OsString>>;
+    fn statfs(&self) -> io::Result<FsStats>;
+    /// A short human description for logs ("local directory /srv/data").
+    fn describe(&self) -> String;
+}
+
+/// An open origin file.
+pub trait OriginFile: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `off`; fewer only at the end of the file.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    /// Reads one contiguous range into several buffers (one request to the origin).
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], off: u64) -> io::Result<usize> {
+        read_vectored_by(bufs, off, |b, o| self.read_at(b, o))
+    }
+    /// The token of the file as it is now, to check that a read saw one version.
+    fn token(&self) -> io::Result<Token>;
+}
+
+/// Fills `bufs` from `off` on with repeated calls of `read_at` until they are full or
+/// the end of the file is reached. Returns the bytes read.
+pub fn read_vectored_by(
+    bufs: &mut [&mut [u8]],
+    mut off: u64,
+    mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut total = 0;
+    for b in bufs.iter_mut() {
+        let mut done = 0;
+        while done < b.len() {
+            match read_at(&mut b[done..], off + done as u64) {
+                Ok(0) => return Ok(total + done),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        total += done;
+        off += done as u64;
+    }
+    Ok(total)
+}
+
+/// Checks that a path is relative and made only of normal components, so that no
+/// name can walk out of the origin ("..", absolute paths) or alias another (".").
+pub fn check_relative(path: &Path) -> io::Result<()> {
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("path {path:?} is not a plain relative path"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Engine statistics: relaxed atomic counters, cheap to bump on the read path and to
+//! read while running. Field names are stable: `strata stats --json` prints them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! stats {
+    ($($(#[$kind:ident])? $name:ident : $doc:literal,)*) => {
+        /// Live counters and gauges.
+        #[derive(Default, Debug)]
+        pub struct Stats {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+        }
+
+        /// A copy of the counters at one moment.
+        #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+        #[serde(default)]
+        pub struct StatsSnapshot {
+            $(#[doc = $doc] pub $name: u64,)*
+        }
+
+        impl Stats {
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Every field as (name, value, description), in a stable order.
+            pub fn fields(&self) -> Vec<(&'static str, u64, &'static str)> {
+                vec![$((stringify!($name), self.$name, $doc),)*]
+            }
+        }
+    };
+}
+
+stats! {
+    reads: "read requests served by the engine",
+    read_bytes: "bytes returned to readers",
+    ram_hits: "blocks served from the RAM tier",
+    ram_hit_bytes: "bytes served from the RAM tier",
+    disk_hits: "blocks served from the disk tier",
+    disk_hit_bytes: "bytes served from the disk tier",
+    inflight_hits: "blocks served from a fill still in flight",
+    misses: "blocks missing from every tier and fetched from the origin",
+    fetch_waits: "times a reader waited for another reader's fetch of the same range",
+    origin_requests: "read requests sent to the origin",
+    origin_bytes: "bytes read from the origin",
+    origin_errors: "origin reads that failed",
+    origin_changed: "origin reads that saw the file change under them (not cached)",
+    readahead_requests: "origin requests issued by read-ahead",
+    readahead_bytes: "bytes fetched by read-ahead",
+    fills_queued: "blocks queued for the disk tier",
+    fills_done: "blocks committed to the disk tier",
+    fills_dropped: "fills dropped because the fill queue was full",
+    fill_errors: "fills that failed on a cache device error",
+    promotions: "blocks copied from the disk tier to the RAM tier",
+    ram_refusals: "puts the RAM tier refused",
+    disk_refusals: "fills the disk tier refused (stopped, object gone)",
+    disk_refused_space: "fills refused because free space was below the stop threshold",
+    ram_evictions: "blocks evicted from the RAM tier",
+    disk_evictions: "blocks evicted from the disk tier to respect its size limit",
+    disk_culled: "blocks culled from the disk tier because free space ran low",
+    checksum_failures: "disk blocks whose checksum did not match (dropped and refetched)",
+    disk_read_errors: "disk tier reads that failed (served from the origin instead)",
+    disk_write_errors: "disk tier writes or syncs that failed",
+    invalidations: "object versions invalidated because the origin changed",
+    revalidations: "coherency checks against the origin",
+    index_commits: "group commits of the disk index",
+    index_compactions: "rewrites of the disk index log",
+    index_records_dropped: "damaged or inconsistent index records skipped at startup",
+    scrubbed_bytes: "bytes of stray cache data reclaimed by the scrubber",
+    #[gauge] ram_bytes: "bytes held by the RAM tier",
+    #[gauge] ram_blocks: "blocks held by the RAM tier",
+    #[gauge] disk_bytes: "bytes held by the disk tier (whole blocks)",
+    #[gauge] disk_blocks: "blocks held by the disk tier",
+    #[gauge] disk_objects: "objects known to the disk tier",
+    #[gauge] disk_state: "disk tier filling state: 0 normal, 1 culling, 2 stopped (low space), 3 failed (device errors)",
+    #[gauge] inflight_fill_bytes: "bytes queued for or being written to the disk tier",
+    #[gauge] active_objects: "objects the engine is tracking",
+}
+
+/// Adds `n` to a counter.
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// Adds one to a counter.
+#[inline]
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+/// Sets a gauge.
+#[inline]
+pub fn set(c: &AtomicU64, v: u64) {
+    c.store(v, Relaxed);
+}
