@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Space, Storage, StorageFile};
+use crate::extent::ExtentTree;
 
 #[derive(Clone, Debug)]
 enum DataOp {
@@ -28,10 +29,17 @@ enum DataOp {
     Punch { off: u64, len: u64 },
 }
 
+/// A file's bytes and which ranges are allocated (the rest are holes).
+#[derive(Clone, Debug, Default)]
+struct Content {
+    data: Vec<u8>,
+    alloc: ExtentTree,
+}
+
 #[derive(Clone, Debug, Default)]
 struct Inode {
-    durable: Vec<u8>,
-    current: Vec<u8>,
+    durable: Content,
+    current: Content,
     pending: Vec<DataOp>,
 }
 
@@ -112,7 +120,7 @@ struct State {
 
 impl State {
     fn used(&self) -> u64 {
-        self.inodes.values().map(|i| i.current.len() as u64).sum()
+        self.inodes.values().map(|i| i.current.data.len() as u64).sum()
     }
 
     /// Counts a mutating call; fails once the armed cut is reached.
@@ -155,7 +163,8 @@ fn dead() -> io::Error {
     io::Error::other("simulated power cut: device gone")
 }
 
-fn apply(buf: &mut Vec<u8>, op: &DataOp) {
+fn apply(c: &mut Content, op: &DataOp) {
+    let buf = &mut c.data;
     match op {
         DataOp::Write { off, data } => {
             let end = *off as usize + data.len();
@@ -163,12 +172,17 @@ fn apply(buf: &mut Vec<u8>, op: &DataOp) {
                 buf.resize(end, 0);
             }
             buf[*off as usize..end].copy_from_slice(data);
+            c.alloc.set(*off..end as u64, 1);
         }
-        DataOp::SetLen(n) => buf.resize(*n as usize, 0),
+        DataOp::SetLen(n) => {
+            buf.resize(*n as usize, 0);
+            c.alloc.clear(*n..u64::MAX, 1);
+        }
         DataOp::Punch { off, len } => {
             let s = (*off as usize).min(buf.len());
             let e = (*off as usize).saturating_add(*len as usize).min(buf.len());
             buf[s..e].fill(0);
+            c.alloc.clear(s as u64..e as u64, 1);
         }
     }
 }
@@ -279,7 +293,7 @@ impl SimStorage {
     pub fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let s = self.st();
         let ino = s.file(path)?;
-        Ok(s.inodes[&ino].current.clone())
+        Ok(s.inodes[&ino].current.data.clone())
     }
 
     /// Replaces a file's contents, durably (a test's way to damage the medium).
@@ -287,8 +301,10 @@ impl SimStorage {
         let mut s = self.st();
         let ino = s.file(path)?;
         let i = s.inodes.get_mut(&ino).expect("inode of a name");
-        i.durable = data.clone();
-        i.current = data;
+        let mut alloc = ExtentTree::new();
+        alloc.set(0..data.len() as u64, 1);
+        i.current = Content { data, alloc };
+        i.durable = i.current.clone();
         i.pending.clear();
         Ok(())
     }
@@ -450,7 +466,7 @@ impl SimFile {
             return Err(io::Error::from_raw_os_error(5)); // EIO
         }
         if let (Some(cap), DataOp::Write { off, data }) = (s.capacity, &op) {
-            let cur = s.inodes[&self.ino].current.len() as u64;
+            let cur = s.inodes[&self.ino].current.data.len() as u64;
             let grow = (off + data.len() as u64).saturating_sub(cur);
             if s.used() + grow > cap {
                 return Err(io::Error::from_raw_os_error(28)); // ENOSPC
@@ -467,7 +483,7 @@ impl StorageFile for SimFile {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         let s = self.st();
         s.check_alive()?;
-        let cur = &s.inodes[&self.ino].current;
+        let cur = &s.inodes[&self.ino].current.data;
         let start = (off as usize).min(cur.len());
         let n = buf.len().min(cur.len() - start);
         buf[..n].copy_from_slice(&cur[start..start + n]);
@@ -493,7 +509,7 @@ impl StorageFile for SimFile {
     fn len(&self) -> io::Result<u64> {
         let s = self.st();
         s.check_alive()?;
-        Ok(s.inodes[&self.ino].current.len() as u64)
+        Ok(s.inodes[&self.ino].current.data.len() as u64)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -505,8 +521,9 @@ impl StorageFile for SimFile {
     }
 
     fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
-        let len = self.len()?;
-        Ok(if len == 0 { Vec::new() } else { vec![0..len] })
+        let s = self.st();
+        s.check_alive()?;
+        Ok(s.inodes[&self.ino].current.alloc.iter().map(|(r, _)| r).collect())
     }
 }
 
