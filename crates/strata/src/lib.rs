@@ -12,3 +12,8 @@ pub mod stats;
 pub mod storage;
 pub mod sync;
 pub mod tier;
+pub mod config;
+pub mod engine;
+
+pub use config::{Config, DiskSetup};
+pub use engine::{Engine, EngineError, Handle, ReadBuf};

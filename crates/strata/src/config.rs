@@ -1,0 +1,84 @@
+//! Engine configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::storage::Storage;
+use crate::tier::disk::Thresholds;
+
+/// Where and how big the disk tier is.
+#[derive(Clone)]
+pub struct DiskSetup {
+    pub storage: Arc<dyn Storage>,
+    /// Most bytes of cached blocks.
+    pub capacity: u64,
+    pub thresholds: Thresholds,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    /// Unit of caching, a power of two from 4 KiB to 16 MiB.
+    pub block_size: u32,
+    /// Most bytes the RAM tier holds (block data plus a fixed charge per block).
+    pub ram_capacity: u64,
+    /// The disk tier, if any.
+    pub disk: Option<DiskSetup>,
+    /// How long attributes, listings and tokens are trusted before the origin is asked
+    /// again.
+    pub attr_ttl: Duration,
+    /// Most bytes waiting to be written to the disk tier; beyond it fills are dropped.
+    pub fill_queue_bytes: u64,
+    /// Largest read-ahead window.
+    pub readahead_max: u64,
+    /// Largest single origin request.
+    pub max_fetch: u64,
+    /// Threads that run read-ahead fetches (origin requests in parallel); 0 turns
+    /// read-ahead off.
+    pub prefetch_threads: usize,
+    /// The disk index log is rewritten when larger than this and twice its live size.
+    pub compact_min_bytes: u64,
+    /// Most metadata entries (attributes, listings) kept.
+    pub meta_entries: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            block_size: 64 * 1024,
+            ram_capacity: 256 << 20,
+            disk: None,
+            attr_ttl: Duration::from_secs(1),
+            fill_queue_bytes: 64 << 20,
+            readahead_max: 8 << 20,
+            max_fetch: 1 << 20,
+            prefetch_threads: 8,
+            compact_min_bytes: 16 << 20,
+            meta_entries: 1 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values; the message says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        let bs = self.block_size;
+        if !bs.is_power_of_two() || !(4096..=16 << 20).contains(&bs) {
+            return Err(format!(
+                "block size must be a power of two from 4KiB to 16MiB (got {bs})"
+            ));
+        }
+        if self.max_fetch < bs as u64 {
+            return Err("the largest origin request must hold at least one block".into());
+        }
+        if let Some(d) = &self.disk {
+            d.thresholds.validate()?;
+            if d.capacity < bs as u64 {
+                return Err(format!(
+                    "the cache size ({}) must hold at least one block ({bs})",
+                    d.capacity
+                ));
+            }
+        }
+        Ok(())
+    }
+}

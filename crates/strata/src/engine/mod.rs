@@ -1,0 +1,1095 @@
+//! The engine: the read path, coherency, and the background fill and read-ahead work.
+//!
+//! # Read path
+//! A read of (object, offset, length) is split into blocks. Each block is looked up in
+//! the RAM tier, then among the blocks still being written to disk, then in the disk
+//! tier (one vectored read per run). What is left is claimed in the object's extent
+//! tree (FETCHING) and fetched from the origin as contiguous runs, one request per run;
+//! blocks another reader already fetches are waited for (single flight). The reader
+//! gets its bytes as soon as the origin answers; the copies into RAM happen at once and
+//! the disk fill is queued, bounded, and dropped rather than waited for.
+//!
+//! # Coherency
+//! An object version is (path, token, id). Its token is checked against the origin on
+//! open and when it is older than the attribute TTL; a changed token kills the version
+//! (its blocks leave every tier) and a new version with a new id takes its place. A
+//! fetch is checked against the token of the open origin file after it completes, so
+//! bytes read while the file changed are returned but never cached.
+
+mod meta;
+mod object;
+
+pub use object::Object;
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use rustc_hash::FxHashMap;
+
+use crate::config::Config;
+use crate::extent::bits;
+use crate::origin::{Attr, DirEntry, FileKind, FsStats, Origin, Token};
+use crate::stats::{self, Stats, StatsSnapshot};
+use crate::sync::{Arc, Mutex, RwLock};
+use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock};
+use crate::tier::ram::RamTier;
+use crate::tier::BlockKey;
+use meta::TtlMap;
+use object::Claim;
+
+/// Largest read served in one call.
+const MAX_READ: usize = 64 << 20;
+/// Largest disk commit batch.
+const FILL_BATCH_BYTES: u64 = 8 << 20;
+/// Active objects kept before idle ones are forgotten.
+const MAX_ACTIVE: usize = 1 << 16;
+const ENOENT: i32 = 2;
+const ESTALE: i32 = 116;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("cannot start engine threads: {0}")]
+    Thread(io::Error),
+}
+
+/// Bytes of one read, as the blocks they came in (no copy).
+#[derive(Clone, Debug, Default)]
+pub struct ReadBuf {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl ReadBuf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// The bytes as one slice when they came in one piece.
+    pub fn as_single(&self) -> Option<&[u8]> {
+        match self.parts.as_slice() {
+            [] => Some(&[]),
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for p in &self.parts {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+}
+
+/// An open file of the engine. Reads through it follow the file's current version:
+/// when the origin changes, the next read after the TTL sees the new version.
+pub struct Handle {
+    cur: Mutex<Arc<Object>>,
+    ra: Mutex<ReadAhead>,
+}
+
+#[derive(Default)]
+struct ReadAhead {
+    /// Where a sequential reader would read next.
+    next: u64,
+    /// Current read-ahead window in bytes (0: not sequential).
+    window: u64,
+}
+
+impl Handle {
+    /// The object version the handle reads now.
+    pub fn object(&self) -> Arc<Object> {
+        self.cur.lock().clone()
+    }
+}
+
+/// How gathering the blocks of a read ended.
+enum Gathered {
+    Complete,
+    /// The origin file changed under a fetch: start over on the new version.
+    Changed,
+}
+
+/// Blocks of one origin request, and whether they were cached (same version).
+struct Fetched {
+    data: Vec<Bytes>,
+    cached: bool,
+}
+
+struct FillJob {
+    obj: Arc<Object>,
+    first: u64,
+    blocks: Vec<Bytes>,
+}
+
+impl FillJob {
+    fn bytes(&self) -> u64 {
+        self.blocks.iter().map(|b| b.len() as u64).sum()
+    }
+}
+
+type Listener = Arc<dyn Fn(&Path) + Send + Sync>;
+
+struct Inner {
+    cfg: Config,
+    origin: Arc<dyn Origin>,
+    ram: RamTier,
+    disk: Option<Arc<DiskTier>>,
+    stats: Arc<Stats>,
+    objects: Mutex<FxHashMap<PathBuf, Arc<Object>>>,
+    ids: AtomicU64,
+    epoch: Instant,
+    fill_tx: RwLock<Option<Sender<FillJob>>>,
+    prefetch_tx: RwLock<Option<Sender<Claim>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    attrs: TtlMap<PathBuf, Result<Attr, i32>>,
+    dirs: TtlMap<PathBuf, Arc<Vec<DirEntry>>>,
+    links: TtlMap<PathBuf, Arc<[u8]>>,
+    xattrs: TtlMap<(PathBuf, OsString), Result<Arc<[u8]>, i32>>,
+    xattr_lists: TtlMap<PathBuf, Result<Arc<Vec<OsString>>, i32>>,
+    statfs: TtlMap<(), FsStats>,
+    listener: RwLock<Option<Listener>>,
+}
+
+/// The cache engine. Cheap to share behind an `Arc`; every method may be called from
+/// many threads at once.
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts an engine over `origin`. With a disk tier, opening replays its index:
+    /// everything whose record was durable is served again.
+    pub fn new(cfg: Config, origin: Arc<dyn Origin>) -> Result<Self, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        let stats = Arc::new(Stats::default());
+        let disk = match &cfg.disk {
+            Some(d) => Some(Arc::new(DiskTier::open(
+                d.storage.clone(),
+                DiskConfig {
+                    capacity: d.capacity,
+                    block_size: cfg.block_size,
+                    thresholds: d.thresholds,
+                    compact_min_bytes: cfg.compact_min_bytes,
+                },
+                stats.clone(),
+            )?)),
+            None => None,
+        };
+        let ttl = cfg.attr_ttl;
+        let max = cfg.meta_entries;
+        let inner = Arc::new(Inner {
+            ram: RamTier::new(cfg.ram_capacity, stats.clone()),
+            origin,
+            disk,
+            stats,
+            objects: Mutex::new(FxHashMap::default()),
+            ids: AtomicU64::new(1),
+            epoch: Instant::now(),
+            fill_tx: RwLock::new(None),
+            prefetch_tx: RwLock::new(None),
+            threads: Mutex::new(Vec::new()),
+            attrs: TtlMap::new(ttl, max),
+            dirs: TtlMap::new(ttl, max / 16),
+            links: TtlMap::new(ttl, max / 16),
+            xattrs: TtlMap::new(ttl, max / 4),
+            xattr_lists: TtlMap::new(ttl, max / 4),
+            statfs: TtlMap::new(ttl, 1),
+            listener: RwLock::new(None),
+            cfg,
+        });
+        let engine = Engine { inner };
+        engine.start_threads().map_err(EngineError::Thread)?;
+        Ok(engine)
+    }
+
+    fn start_threads(&self) -> io::Result<()> {
+        let mut threads = self.inner.threads.lock();
+        if let Some(disk) = self.inner.disk.clone() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            *self.inner.fill_tx.write() = Some(tx);
+            let inner = self.inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("strata-fill".into())
+                    .spawn(move || inner.fill_loop(&disk, rx))?,
+            );
+        }
+        if self.inner.cfg.prefetch_threads == 0 {
+            return Ok(());
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<Claim>(self.inner.cfg.prefetch_threads * 4);
+        *self.inner.prefetch_tx.write() = Some(tx);
+        for n in 0..self.inner.cfg.prefetch_threads {
+            let inner = self.inner.clone();
+            let rx = rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("strata-ra-{n}"))
+                    .spawn(move || {
+                        for claim in rx {
+                            let obj = claim.obj.clone();
+                            let _ = inner.fetch(&obj, claim, true);
+                        }
+                    })?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the path of every object version that gets invalidated (for
+    /// example to drop the kernel's page cache of it).
+    pub fn set_invalidation_listener(&self, f: impl Fn(&Path) + Send + Sync + 'static) {
+        *self.inner.listener.write() = Some(Arc::new(f));
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let mut s = self.inner.stats.snapshot();
+        s.active_objects = self.inner.objects.lock().len() as u64;
+        s
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    pub fn origin(&self) -> &Arc<dyn Origin> {
+        &self.inner.origin
+    }
+
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.inner.disk.as_deref()
+    }
+
+    /// Opens a regular file, checking its token with the origin.
+    pub fn open(&self, path: &Path) -> io::Result<Handle> {
+        let attr = self.inner.stat_origin(path)?;
+        let obj = self.inner.object_for(path, &attr)?;
+        Ok(Handle {
+            cur: Mutex::new(obj),
+            ra: Mutex::new(ReadAhead::default()),
+        })
+    }
+
+    /// Reads up to `len` bytes at `off`. Fewer bytes only at the end of the file.
+    pub fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
+        self.inner.read(h, off, len.min(MAX_READ))
+    }
+
+    /// Attributes of an entry: from the cache within the TTL, else from the origin.
+    pub fn stat(&self, path: &Path) -> io::Result<Attr> {
+        match self.inner.attrs.get(path) {
+            Some(Ok(a)) => Ok(a),
+            Some(Err(e)) => Err(io::Error::from_raw_os_error(e)),
+            None => self.inner.stat_origin(path),
+        }
+    }
+
+    /// A directory listing: from the cache within the TTL, else from the origin.
+    pub fn read_dir(&self, path: &Path) -> io::Result<Arc<Vec<DirEntry>>> {
+        if let Some(d) = self.inner.dirs.get(path) {
+            return Ok(d);
+        }
+        let d = Arc::new(self.inner.origin.read_dir(path)?);
+        self.inner.dirs.insert(path.to_path_buf(), d.clone());
+        Ok(d)
+    }
+
+    pub fn read_link(&self, path: &Path) -> io::Result<Arc<[u8]>> {
+        if let Some(l) = self.inner.links.get(path) {
+            return Ok(l);
+        }
+        let l: Arc<[u8]> = Arc::from(self.inner.origin.read_link(path)?);
+        self.inner.links.insert(path.to_path_buf(), l.clone());
+        Ok(l)
+    }
+
+    pub fn get_xattr(&self, path: &Path, name: &OsStr) -> io::Result<Arc<[u8]>> {
+        let key = (path.to_path_buf(), name.to_os_string());
+        if let Some(r) = self.inner.xattrs.get(&key) {
+            return r.map_err(io::Error::from_raw_os_error);
+        }
+        let r = self.inner.origin.get_xattr(path, name).map(Arc::from);
+        if let Some(v) = cacheable(&r) {
+            self.inner.xattrs.insert(key, v);
+        }
+        r
+    }
+
+    pub fn list_xattr(&self, path: &Path) -> io::Result<Arc<Vec<OsString>>> {
+        if let Some(r) = self.inner.xattr_lists.get(path) {
+            return r.map_err(io::Error::from_raw_os_error);
+        }
+        let r = self.inner.origin.list_xattr(path).map(Arc::new);
+        if let Some(v) = cacheable(&r) {
+            self.inner.xattr_lists.insert(path.to_path_buf(), v);
+        }
+        r
+    }
+
+    pub fn statfs(&self) -> io::Result<FsStats> {
+        if let Some(s) = self.inner.statfs.get(&()) {
+            return Ok(s);
+        }
+        let s = self.inner.origin.statfs()?;
+        self.inner.statfs.insert((), s);
+        Ok(s)
+    }
+
+    /// Forgets cached metadata of a path (the next call asks the origin).
+    pub fn forget_meta(&self, path: &Path) {
+        self.inner.attrs.remove(path);
+        self.inner.dirs.remove(path);
+        self.inner.links.remove(path);
+        self.inner.xattr_lists.remove(path);
+        self.inner.xattrs.remove_where(|(p, _)| p == path);
+    }
+
+    /// Waits until the disk fill queue is empty (or the timeout passes). For tests
+    /// and for a clean unmount.
+    pub fn wait_fills(&self, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while self.inner.stats.inflight_fill_bytes.load(Ordering::Relaxed) > 0 {
+            if t.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Stops the background threads: read-ahead is abandoned, queued fills are
+    /// finished, the disk index is committed. Also done on drop.
+    pub fn shutdown(&self) {
+        self.inner.prefetch_tx.write().take();
+        self.inner.fill_tx.write().take();
+        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.threads.lock());
+        for t in threads {
+            let _ = t.join();
+        }
+        if let Some(d) = &self.inner.disk {
+            if let Err(e) = d.flush() {
+                tracing::warn!(error = %e, "could not commit the cache index at shutdown");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Results worth remembering: values, and the errors that say "there is none".
+fn cacheable<T: Clone>(r: &io::Result<T>) -> Option<Result<T, i32>> {
+    match r {
+        Ok(v) => Some(Ok(v.clone())),
+        Err(e) => match e.raw_os_error() {
+            // ENODATA, ENOTSUP, ENOENT
+            Some(c @ (61 | 95 | 2)) => Some(Err(c)),
+            _ => None,
+        },
+    }
+}
+
+impl Inner {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn notify(&self, path: &Path) {
+        let l = self.listener.read().clone();
+        if let Some(l) = l {
+            l(path);
+        }
+    }
+
+    /// Asks the origin for attributes, refreshes the cache, and invalidates the active
+    /// object if its token changed.
+    fn stat_origin(&self, path: &Path) -> io::Result<Attr> {
+        stats::inc(&self.stats.revalidations);
+        match self.origin.stat(path) {
+            Ok(a) => {
+                self.attrs.insert(path.to_path_buf(), Ok(a.clone()));
+                if a.kind == FileKind::File {
+                    self.check_token(path, &a.token);
+                } else {
+                    self.forget_object(path);
+                }
+                Ok(a)
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(ENOENT) {
+                    self.attrs.insert(path.to_path_buf(), Err(ENOENT));
+                    self.forget_object(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Invalidates what is cached for `path` if it is not of version `token`.
+    fn check_token(&self, path: &Path, token: &Token) {
+        let stale = {
+            let mut objs = self.objects.lock();
+            match objs.get(path) {
+                Some(o) if &o.token != token => objs.remove(path),
+                _ => None,
+            }
+        };
+        if let Some(o) = stale {
+            self.invalidate(&o);
+        } else if let Some(d) = &self.disk {
+            // Not active: a cached version on disk that is no longer current goes.
+            if let Some((id, t)) = d.lookup(path.as_os_str().as_encoded_bytes()) {
+                if &t != token {
+                    d.drop_object(id);
+                    stats::inc(&self.stats.invalidations);
+                }
+            }
+        }
+    }
+
+    /// The path no longer names a regular file at the origin.
+    fn forget_object(&self, path: &Path) {
+        let gone = self.objects.lock().remove(path);
+        if let Some(o) = gone {
+            self.invalidate(&o);
+        } else if let Some(d) = &self.disk {
+            if d.lookup(path.as_os_str().as_encoded_bytes()).is_some() {
+                d.drop_path(path.as_os_str().as_encoded_bytes());
+                stats::inc(&self.stats.invalidations);
+            }
+        }
+    }
+
+    /// Kills an object version: its blocks leave every tier. Reads in progress on it
+    /// finish with the bytes of that version.
+    fn invalidate(&self, o: &Arc<Object>) {
+        if o.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        stats::inc(&self.stats.invalidations);
+        let ram_runs: Vec<Range<u64>> = {
+            let st = o.lock();
+            st.tree
+                .iter()
+                .filter(|(_, b)| b & bits::RAM != 0)
+                .map(|(r, _)| r)
+                .collect()
+        };
+        for r in ram_runs {
+            self.ram
+                .remove_range(o.id, r.start / o.bs, r.end.div_ceil(o.bs));
+        }
+        if let Some(d) = &self.disk {
+            d.drop_object(o.id);
+        }
+        *o.file.lock() = None;
+        self.notify(&o.path);
+    }
+
+    /// The live object version for `path` with the token in `attr`, creating it (and
+    /// invalidating an older one) if needed.
+    fn object_for(&self, path: &Path, attr: &Attr) -> io::Result<Arc<Object>> {
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(io::Error::from_raw_os_error(21)), // EISDIR
+            _ => return Err(io::Error::from_raw_os_error(22)),             // EINVAL
+        }
+        let now = self.now_ns();
+        let mut objs = self.objects.lock();
+        if let Some(o) = objs.get(path) {
+            if o.token == attr.token && !o.is_dead() {
+                o.validated_ns.store(now, Ordering::Release);
+                return Ok(o.clone());
+            }
+            let old = objs.remove(path).expect("present");
+            drop(objs);
+            self.invalidate(&old);
+            objs = self.objects.lock();
+            if let Some(o) = objs.get(path) {
+                // Someone else made the new version meanwhile.
+                if o.token == attr.token && !o.is_dead() {
+                    return Ok(o.clone());
+                }
+            }
+        }
+        let key = path.as_os_str().as_encoded_bytes();
+        let (id, on_disk) = match &self.disk {
+            Some(d) => match d.lookup(key) {
+                Some((id, t)) if t == attr.token => (id, d.present(id)),
+                _ => {
+                    let id = d.allocate_id();
+                    d.register(id, key, attr.token.clone());
+                    (id, Vec::new())
+                }
+            },
+            None => (self.ids.fetch_add(1, Ordering::Relaxed), Vec::new()),
+        };
+        let o = Arc::new(Object::new(
+            path.to_path_buf(),
+            id,
+            attr.token.clone(),
+            self.cfg.block_size as u64,
+            now,
+        ));
+        {
+            let mut st = o.lock();
+            for r in on_disk {
+                st.tree.set(o.bytes_of(r), bits::DISK);
+            }
+        }
+        if objs.len() >= MAX_ACTIVE {
+            // Forget idle versions nobody holds; their blocks stay in the tiers.
+            objs.retain(|_, o| Arc::strong_count(o) > 1);
+        }
+        objs.insert(path.to_path_buf(), o.clone());
+        Ok(o)
+    }
+
+    /// The handle's object, revalidated with the origin if its TTL has passed.
+    fn current(&self, h: &Handle) -> io::Result<Arc<Object>> {
+        let obj = h.cur.lock().clone();
+        let age = self
+            .now_ns()
+            .saturating_sub(obj.validated_ns.load(Ordering::Acquire));
+        if !obj.is_dead() && age < self.cfg.attr_ttl.as_nanos() as u64 {
+            return Ok(obj);
+        }
+        let attr = match self.stat_origin(&obj.path) {
+            Ok(a) if a.kind == FileKind::File => a,
+            Ok(_) => return Err(io::Error::from_raw_os_error(ESTALE)),
+            Err(e) if e.raw_os_error() == Some(ENOENT) => {
+                return Err(io::Error::from_raw_os_error(ESTALE));
+            }
+            Err(e) => return Err(e),
+        };
+        let fresh = self.object_for(&obj.path, &attr)?;
+        *h.cur.lock() = fresh.clone();
+        Ok(fresh)
+    }
+
+    fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
+        stats::inc(&self.stats.reads);
+        // A fetch that sees the file change makes the read start over on the new
+        // version, so one read never mixes two versions. If the file keeps changing,
+        // the last try reads the range from the origin in one request, uncached.
+        for attempt in 0..3 {
+            let obj = self.current(h)?;
+            let size = obj.size();
+            if len == 0 || off >= size {
+                return Ok(ReadBuf::default());
+            }
+            let end = (off + len as u64).min(size);
+            if attempt == 2 {
+                return self.read_direct(&obj, off, end);
+            }
+            if attempt == 0 {
+                if let Some(ra) = self.plan_readahead(h, &obj, off, end) {
+                    self.start_readahead(&obj, ra);
+                }
+            }
+            let b0 = off / obj.bs;
+            let mut got: Vec<Option<Bytes>> = vec![None; (end.div_ceil(obj.bs) - b0) as usize];
+            match self.gather(&obj, b0, &mut got)? {
+                Gathered::Complete => return Ok(self.assemble(&obj, off, end, got)),
+                Gathered::Changed => continue,
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Reads a range straight from a freshly opened origin file, uncached.
+    fn read_direct(&self, obj: &Object, off: u64, end: u64) -> io::Result<ReadBuf> {
+        let file = self
+            .origin
+            .open(&obj.path)
+            .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        let mut buf = BytesMut::zeroed((end - off) as usize);
+        stats::inc(&self.stats.origin_requests);
+        let n = crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, o| file.read_at(b, o))
+            .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        stats::add(&self.stats.origin_bytes, n as u64);
+        stats::add(&self.stats.read_bytes, n as u64);
+        buf.truncate(n);
+        Ok(ReadBuf {
+            len: n,
+            parts: vec![buf.freeze()],
+        })
+    }
+
+    /// Joins the blocks of a read, stopping at the first gap or short block (the
+    /// file shrank).
+    fn assemble(&self, obj: &Object, off: u64, end: u64, got: Vec<Option<Bytes>>) -> ReadBuf {
+        let bs = obj.bs;
+        let b0 = off / bs;
+
+        let mut buf = ReadBuf::default();
+        let mut pos = off;
+        for (i, b) in got.into_iter().enumerate() {
+            let blk = b0 + i as u64;
+            let Some(b) = b else { break };
+            let start = (pos - blk * bs) as usize;
+            let stop = ((end - blk * bs) as usize).min(b.len());
+            if start >= stop {
+                break;
+            }
+            buf.len += stop - start;
+            pos += (stop - start) as u64;
+            let full = b.len() == obj.block_len(blk);
+            buf.parts.push(b.slice(start..stop));
+            if !full {
+                break;
+            }
+        }
+        stats::add(&self.stats.read_bytes, buf.len as u64);
+        buf
+    }
+
+    /// Fills `got` (blocks b0.. of `obj`) from the tiers and, for what is missing,
+    /// from the origin, with one fetch in flight per block.
+    fn gather(
+        &self,
+        obj: &Arc<Object>,
+        b0: u64,
+        got: &mut [Option<Bytes>],
+    ) -> io::Result<Gathered> {
+        let mut round = 0;
+        loop {
+            round += 1;
+            let key = |i: usize| BlockKey {
+                obj: obj.id,
+                blk: b0 + i as u64,
+            };
+            // RAM.
+            let mut ram_missed: Vec<u64> = Vec::new();
+            for (i, slot) in got.iter_mut().enumerate() {
+                if slot.is_none() {
+                    match self.ram.get(&key(i)) {
+                        Some(b) => {
+                            stats::inc(&self.stats.ram_hits);
+                            stats::add(&self.stats.ram_hit_bytes, b.len() as u64);
+                            *slot = Some(b);
+                        }
+                        None => ram_missed.push(b0 + i as u64),
+                    }
+                }
+            }
+            if ram_missed.is_empty() {
+                return Ok(Gathered::Complete);
+            }
+            // Blocks on their way to disk.
+            {
+                let mut st = obj.lock();
+                for &blk in &ram_missed {
+                    let i = (blk - b0) as usize;
+                    if let Some(b) = st.filling.get(&blk) {
+                        stats::inc(&self.stats.inflight_hits);
+                        got[i] = Some(b.clone());
+                    }
+                    // The RAM hint was stale (evicted).
+                    st.tree.clear(obj.bytes_of(blk..blk + 1), bits::RAM);
+                }
+            }
+            // Disk, one read per run of missing blocks.
+            if let Some(disk) = &self.disk {
+                let mut i = 0;
+                while i < got.len() {
+                    if got[i].is_some() {
+                        i += 1;
+                        continue;
+                    }
+                    let start = i;
+                    while i < got.len() && got[i].is_none() {
+                        i += 1;
+                    }
+                    let first = b0 + start as u64;
+                    let res = disk.read(obj.id, first, (i - start) as u64);
+                    let mut promoted = Vec::new();
+                    let mut absent = Vec::new();
+                    for (j, b) in res.into_iter().enumerate() {
+                        let blk = first + j as u64;
+                        match b {
+                            Some(b) => {
+                                stats::inc(&self.stats.disk_hits);
+                                stats::add(&self.stats.disk_hit_bytes, b.len() as u64);
+                                if self.ram.put(BlockKey { obj: obj.id, blk }, b.clone()) {
+                                    stats::inc(&self.stats.promotions);
+                                    promoted.push(blk);
+                                }
+                                got[start + j] = Some(b);
+                            }
+                            None => absent.push(blk),
+                        }
+                    }
+                    let mut st = obj.lock();
+                    for blk in promoted {
+                        st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
+                    }
+                    for blk in absent {
+                        st.tree.clear(obj.bytes_of(blk..blk + 1), bits::DISK);
+                    }
+                }
+            }
+            let missing: Vec<u64> = got
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.is_none())
+                .map(|(i, _)| b0 + i as u64)
+                .collect();
+            if missing.is_empty() {
+                return Ok(Gathered::Complete);
+            }
+            // Origin: claim what nobody fetches, wait for the rest.
+            let (claims, theirs) = if round > 3 {
+                // Others keep losing these blocks (a tiny RAM tier, failing fetches):
+                // stop waiting and fetch them ourselves, uncoordinated.
+                (Vec::new(), missing.clone())
+            } else {
+                let mut st = obj.lock();
+                obj.claim(&mut st, &missing)
+            };
+            for claim in claims {
+                for c in self.split(claim) {
+                    let first = c.blocks.start;
+                    stats::add(&self.stats.misses, c.blocks.end - c.blocks.start);
+                    let count = (c.blocks.end - c.blocks.start) as usize;
+                    let Fetched { data, cached } = self.fetch(obj, c, false)?;
+                    if !cached {
+                        return Ok(Gathered::Changed);
+                    }
+                    let short = data.len() < count
+                        || data
+                            .iter()
+                            .enumerate()
+                            .any(|(j, b)| b.len() != obj.block_len(first + j as u64));
+                    for (j, b) in data.into_iter().enumerate() {
+                        got[(first - b0) as usize + j] = Some(b);
+                    }
+                    if short {
+                        // The file is shorter than its token said: what follows is
+                        // past its end now.
+                        return Ok(Gathered::Complete);
+                    }
+                }
+            }
+            if theirs.is_empty() {
+                return Ok(Gathered::Complete);
+            }
+            if round > 3 {
+                let first = theirs[0];
+                let last = *theirs.last().expect("non-empty");
+                let (data, same) = self.read_origin(obj, first..last + 1, false)?;
+                if !same {
+                    return Ok(Gathered::Changed);
+                }
+                for (j, b) in data.into_iter().enumerate() {
+                    let i = (first - b0) as usize + j;
+                    if got[i].is_none() {
+                        got[i] = Some(b);
+                    }
+                }
+                return Ok(Gathered::Complete);
+            }
+            stats::inc(&self.stats.fetch_waits);
+            obj.wait_fetched(&theirs);
+        }
+    }
+
+    /// Splits a claim into runs of at most `max_fetch` bytes.
+    fn split(&self, claim: Claim) -> Vec<Claim> {
+        let per = (self.cfg.max_fetch / claim.obj.bs).max(1);
+        if claim.blocks.end - claim.blocks.start <= per {
+            return vec![claim];
+        }
+        let mut out = Vec::new();
+        let mut s = claim.blocks.start;
+        while s < claim.blocks.end {
+            let e = (s + per).min(claim.blocks.end);
+            out.push(Claim {
+                obj: claim.obj.clone(),
+                blocks: s..e,
+            });
+            s = e;
+        }
+        // The parts now hold the FETCHING marks; the emptied whole clears nothing.
+        let mut whole = claim;
+        whole.blocks = whole.blocks.start..whole.blocks.start;
+        out
+    }
+
+    /// Fetches a claimed run from the origin in one request, caches it unless the file
+    /// changed meanwhile, and returns the blocks (possibly fewer or shorter at EOF).
+    fn fetch(&self, obj: &Arc<Object>, claim: Claim, readahead: bool) -> io::Result<Fetched> {
+        let blocks = claim.blocks.clone();
+        let (data, cached) = self.read_origin(obj, blocks.clone(), readahead)?;
+        if !cached {
+            return Ok(Fetched { data, cached });
+        }
+        let mut in_ram = Vec::new();
+        for (j, b) in data.iter().enumerate() {
+            let blk = blocks.start + j as u64;
+            if self.ram.put(BlockKey { obj: obj.id, blk }, b.clone()) {
+                in_ram.push(blk);
+            }
+        }
+        let fill = self.disk.is_some() && !obj.is_dead();
+        {
+            let mut st = obj.lock();
+            for &blk in &in_ram {
+                st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
+            }
+            if fill {
+                for (j, b) in data.iter().enumerate() {
+                    st.filling.insert(blocks.start + j as u64, b.clone());
+                }
+                st.tree.set(obj.bytes_of(blocks.clone()), bits::FILLING);
+            }
+        }
+        if fill {
+            self.queue_fill(FillJob {
+                obj: obj.clone(),
+                first: blocks.start,
+                blocks: data.clone(),
+            });
+        }
+        // Waiters wake now and find the blocks in RAM or among those filling.
+        drop(claim);
+        Ok(Fetched { data, cached })
+    }
+
+    /// One origin request for a block run. Returns the blocks read (the last may be
+    /// short, some may be missing at EOF) and whether they are of the object's version
+    /// and complete, so that they may be cached.
+    fn read_origin(
+        &self,
+        obj: &Arc<Object>,
+        blocks: Range<u64>,
+        readahead: bool,
+    ) -> io::Result<(Vec<Bytes>, bool)> {
+        let file = obj
+            .origin_file(|| self.origin.open(&obj.path))
+            .inspect_err(|_| {
+                stats::inc(&self.stats.origin_errors);
+                // Probably gone or replaced: make the next read ask the origin.
+                obj.validated_ns.store(0, Ordering::Release);
+            })?;
+        let mut bufs: Vec<BytesMut> = blocks
+            .clone()
+            .map(|b| BytesMut::zeroed(obj.block_len(b)))
+            .collect();
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        stats::inc(&self.stats.origin_requests);
+        if readahead {
+            stats::inc(&self.stats.readahead_requests);
+        }
+        let n = {
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+            file.read_vectored_at(&mut slices, blocks.start * obj.bs)
+        }
+        .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        stats::add(&self.stats.origin_bytes, n as u64);
+        if readahead {
+            stats::add(&self.stats.readahead_bytes, n as u64);
+        }
+        let mut same = n == want;
+        if same {
+            same = matches!(file.token(), Ok(t) if t == obj.token);
+        }
+        if !same {
+            stats::inc(&self.stats.origin_changed);
+            obj.validated_ns.store(0, Ordering::Release);
+        }
+        // Cut the buffers down to what was read.
+        let mut left = n;
+        let mut out = Vec::with_capacity(bufs.len());
+        for mut b in bufs {
+            if left == 0 {
+                break;
+            }
+            let take = b.len().min(left);
+            b.truncate(take);
+            left -= take;
+            out.push(b.freeze());
+        }
+        Ok((out, same))
+    }
+
+    fn queue_fill(&self, job: FillJob) {
+        let bytes = job.bytes();
+        let n = job.blocks.len() as u64;
+        let inflight = &self.stats.inflight_fill_bytes;
+        let tx = self.fill_tx.read().clone();
+        let queued = match tx {
+            Some(tx) if inflight.load(Ordering::Relaxed) + bytes <= self.cfg.fill_queue_bytes => {
+                inflight.fetch_add(bytes, Ordering::Relaxed);
+                match tx.send(job) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        inflight.fetch_sub(bytes, Ordering::Relaxed);
+                        Some(e.into_inner())
+                    }
+                }
+            }
+            _ => Some(job),
+        };
+        match queued {
+            None => stats::add(&self.stats.fills_queued, n),
+            Some(job) => {
+                stats::add(&self.stats.fills_dropped, n);
+                self.fill_finished(&job, &vec![false; job.blocks.len()]);
+            }
+        }
+    }
+
+    /// Clears the FILLING state of a job's blocks; marks those stored as on disk.
+    fn fill_finished(&self, job: &FillJob, done: &[bool]) {
+        let o = &job.obj;
+        let mut st = o.lock();
+        for (j, ok) in done.iter().enumerate() {
+            let blk = job.first + j as u64;
+            st.filling.remove(&blk);
+            let r = o.bytes_of(blk..blk + 1);
+            st.tree.clear(r.clone(), bits::FILLING);
+            if *ok {
+                st.tree.set(r, bits::DISK);
+            }
+        }
+    }
+
+    /// The disk writer: batches queued fills into group commits; when idle, lets the
+    /// disk tier do its upkeep.
+    fn fill_loop(&self, disk: &DiskTier, rx: Receiver<FillJob>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(job) => {
+                    let mut batch = vec![job];
+                    let mut bytes = batch[0].bytes();
+                    while bytes < FILL_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(j) => {
+                                bytes += j.bytes();
+                                batch.push(j);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(disk, batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    while disk.maintain() && rx.is_empty() {}
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    fn commit(&self, disk: &DiskTier, batch: Vec<FillJob>) {
+        let mut fills = Vec::new();
+        for job in &batch {
+            if job.obj.is_dead() {
+                continue;
+            }
+            for (j, b) in job.blocks.iter().enumerate() {
+                fills.push(FillBlock {
+                    key: BlockKey {
+                        obj: job.obj.id,
+                        blk: job.first + j as u64,
+                    },
+                    data: b.clone(),
+                });
+            }
+        }
+        let done = disk.write_batch(&fills);
+        let mut k = 0;
+        for job in &batch {
+            let n = job.blocks.len();
+            if job.obj.is_dead() {
+                self.fill_finished(job, &vec![false; n]);
+            } else {
+                self.fill_finished(job, &done[k..k + n]);
+                k += n;
+            }
+            self.stats
+                .inflight_fill_bytes
+                .fetch_sub(job.bytes(), Ordering::Relaxed);
+        }
+    }
+
+    /// Sequential detection per handle: a read that starts where the last one ended
+    /// grows the window (doubling up to the maximum); any other read resets it.
+    fn plan_readahead(&self, h: &Handle, obj: &Object, off: u64, end: u64) -> Option<Range<u64>> {
+        if self.cfg.readahead_max == 0 || self.cfg.prefetch_threads == 0 {
+            return None;
+        }
+        let mut ra = h.ra.lock();
+        let sequential = off == ra.next;
+        ra.next = end;
+        if !sequential {
+            ra.window = 0;
+            return None;
+        }
+        ra.window = if ra.window == 0 {
+            ((end - off) * 2).max(2 * obj.bs)
+        } else {
+            ra.window * 2
+        }
+        .min(self.cfg.readahead_max);
+        let first = end.div_ceil(obj.bs);
+        let last = (end + ra.window).min(obj.size()).div_ceil(obj.bs);
+        (first < last).then_some(first..last)
+    }
+
+    /// Claims the blocks of a read-ahead window that are not cached or in flight and
+    /// queues their fetches. A full queue drops them (and their claims).
+    fn start_readahead(&self, obj: &Arc<Object>, blocks: Range<u64>) {
+        let claims = {
+            let mut st = obj.lock();
+            let busy = bits::FETCHING | bits::FILLING | bits::DISK;
+            let todo: Vec<u64> = blocks
+                .filter(|&b| {
+                    !st.tree.test_any(obj.bytes_of(b..b + 1), busy)
+                        && !self.ram.contains(&BlockKey { obj: obj.id, blk: b })
+                })
+                .collect();
+            if todo.is_empty() {
+                return;
+            }
+            obj.claim(&mut st, &todo).0
+        };
+        let tx = self.prefetch_tx.read().clone();
+        let Some(tx) = tx else { return };
+        for claim in claims {
+            for c in self.split(claim) {
+                match tx.try_send(c) {
+                    Ok(()) => {}
+                    // Dropping the claim releases its blocks.
+                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+                }
+            }
+        }
+    }
+}

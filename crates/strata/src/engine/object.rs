@@ -1,0 +1,171 @@
+//! One object version as the engine tracks it: its identity, its coherency token, and
+//! the extent state tree that coordinates fetches and fills on it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::extent::{bits, ExtentTree};
+use crate::origin::{OriginFile, Token};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+pub(crate) struct ObjState {
+    /// Byte ranges (block aligned) with RAM / DISK hints and FETCHING / FILLING state.
+    pub tree: ExtentTree,
+    /// Blocks handed to the disk writer and not yet committed, served meanwhile.
+    pub filling: BTreeMap<u64, Bytes>,
+}
+
+/// An object version: `id` is its generation, never reused, so a fill started for
+/// one version can never land in another.
+pub struct Object {
+    pub(crate) path: PathBuf,
+    pub(crate) id: u64,
+    pub(crate) token: Token,
+    pub(crate) bs: u64,
+    /// When the token was last confirmed with the origin (ns since engine start).
+    pub(crate) validated_ns: AtomicU64,
+    /// Set when a newer version replaced this one or the file vanished.
+    pub(crate) dead: AtomicBool,
+    pub(crate) st: Mutex<ObjState>,
+    pub(crate) cond: Condvar,
+    pub(crate) file: Mutex<Option<Arc<dyn OriginFile>>>,
+}
+
+impl Object {
+    pub(crate) fn new(path: PathBuf, id: u64, token: Token, bs: u64, now_ns: u64) -> Self {
+        Self {
+            path,
+            id,
+            token,
+            bs,
+            validated_ns: AtomicU64::new(now_ns),
+            dead: AtomicBool::new(false),
+            st: Mutex::new(ObjState {
+                tree: ExtentTree::new(),
+                filling: BTreeMap::new(),
+            }),
+            cond: Condvar::new(),
+            file: Mutex::new(None),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn size(&self) -> u64 {
+        self.token.size()
+    }
+
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.size().div_ceil(self.bs)
+    }
+
+    /// Byte range of a block run, clipped to the object's size.
+    pub(crate) fn bytes_of(&self, blocks: Range<u64>) -> Range<u64> {
+        (blocks.start * self.bs).min(self.size())..(blocks.end * self.bs).min(self.size())
+    }
+
+    /// Length of one block.
+    pub(crate) fn block_len(&self, blk: u64) -> usize {
+        crate::tier::disk::block_len(self.size(), self.bs, blk)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ObjState> {
+        self.st.lock()
+    }
+
+    /// The origin file, opened on first use and kept for the version's life.
+    pub(crate) fn origin_file(
+        &self,
+        open: impl FnOnce() -> io::Result<Box<dyn OriginFile>>,
+    ) -> io::Result<Arc<dyn OriginFile>> {
+        let mut f = self.file.lock();
+        if let Some(f) = &*f {
+            return Ok(f.clone());
+        }
+        let opened: Arc<dyn OriginFile> = Arc::from(open()?);
+        *f = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Blocks among `blocks` that nobody fetches yet are claimed for the caller (marked
+    /// FETCHING); the rest are being fetched by someone else.
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        st: &mut ObjState,
+        blocks: &[u64],
+    ) -> (Vec<Claim>, Vec<u64>) {
+        let mut mine: Vec<Range<u64>> = Vec::new();
+        let mut theirs = Vec::new();
+        for &b in blocks {
+            let r = self.bytes_of(b..b + 1);
+            if st.tree.test_any(r, bits::FETCHING) {
+                theirs.push(b);
+                continue;
+            }
+            match mine.last_mut() {
+                Some(last) if last.end == b => last.end = b + 1,
+                _ => mine.push(b..b + 1),
+            }
+        }
+        let claims = mine
+            .into_iter()
+            .map(|r| {
+                st.tree.set(self.bytes_of(r.clone()), bits::FETCHING);
+                Claim {
+                    obj: self.clone(),
+                    blocks: r,
+                }
+            })
+            .collect();
+        (claims, theirs)
+    }
+
+    /// Waits until none of `blocks` is being fetched.
+    pub(crate) fn wait_fetched(&self, blocks: &[u64]) {
+        let mut st = self.lock();
+        loop {
+            let busy = blocks
+                .iter()
+                .any(|&b| st.tree.test_any(self.bytes_of(b..b + 1), bits::FETCHING));
+            if !busy {
+                return;
+            }
+            st = self.cond.wait(st);
+        }
+    }
+}
+
+/// The right to fetch a block run. Dropping it, on every path (success, error,
+/// a dropped read-ahead job), clears FETCHING and wakes the waiters.
+pub struct Claim {
+    pub(crate) obj: Arc<Object>,
+    pub(crate) blocks: Range<u64>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let r = self.obj.bytes_of(self.blocks.clone());
+        self.obj.lock().tree.clear(r, bits::FETCHING);
+        self.obj.cond.notify_all();
+    }
+}
