@@ -42,7 +42,7 @@ use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock};
 use crate::tier::ram::RamTier;
 use crate::tier::BlockKey;
 use meta::TtlMap;
-use object::Claim;
+use object::{Claim, Claimed};
 
 /// Largest read served in one call.
 const MAX_READ: usize = 64 << 20;
@@ -764,13 +764,23 @@ impl Inner {
                 return Ok(Gathered::Complete);
             }
             // Origin: claim what nobody fetches, wait for the rest.
-            let (claims, theirs) = if round > 3 {
+            let Claimed {
+                mine: claims,
+                theirs,
+                arrived,
+            } = if round > 3 {
                 // Others keep losing these blocks (a tiny RAM tier, failing fetches):
                 // stop waiting and fetch them ourselves, uncoordinated.
-                (Vec::new(), missing.clone())
+                Claimed {
+                    mine: Vec::new(),
+                    theirs: missing.clone(),
+                    arrived: Vec::new(),
+                }
             } else {
                 let mut st = obj.lock();
-                obj.claim(&mut st, &missing)
+                obj.claim(&mut st, &missing, |blk| {
+                    self.ram.contains(&BlockKey { obj: obj.id, blk })
+                })
             };
             for claim in claims {
                 for c in self.split(claim) {
@@ -797,7 +807,10 @@ impl Inner {
                 }
             }
             if theirs.is_empty() {
-                return Ok(Gathered::Complete);
+                if arrived.is_empty() {
+                    return Ok(Gathered::Complete);
+                }
+                continue;
             }
             if round > 3 {
                 let first = theirs[0];
@@ -1078,7 +1091,7 @@ impl Inner {
             if todo.is_empty() {
                 return;
             }
-            obj.claim(&mut st, &todo).0
+            obj.claim(&mut st, &todo, |_| false).mine
         };
         let tx = self.prefetch_tx.read().clone();
         let Some(tx) = tx else { return };

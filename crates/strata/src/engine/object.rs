@@ -107,19 +107,27 @@ impl Object {
         Ok(opened)
     }
 
-    /// Blocks among `blocks` that nobody fetches yet are claimed for the caller (marked
-    /// FETCHING); the rest are being fetched by someone else.
+    /// Sorts missing blocks, under the object's lock: those nobody fetches are claimed
+    /// for the caller (marked FETCHING); those another reader fetches are to be waited
+    /// for; those that arrived since the caller looked (a fetch finished in between:
+    /// `in_ram`, a fill in flight, or on disk) are to be looked up again.
     pub(crate) fn claim(
         self: &Arc<Self>,
         st: &mut ObjState,
         blocks: &[u64],
-    ) -> (Vec<Claim>, Vec<u64>) {
+        in_ram: impl Fn(u64) -> bool,
+    ) -> Claimed {
         let mut mine: Vec<Range<u64>> = Vec::new();
         let mut theirs = Vec::new();
+        let mut arrived = Vec::new();
         for &b in blocks {
             let r = self.bytes_of(b..b + 1);
-            if st.tree.test_any(r, bits::FETCHING) {
+            if st.tree.test_any(r.clone(), bits::FETCHING) {
                 theirs.push(b);
+                continue;
+            }
+            if st.filling.contains_key(&b) || st.tree.test_any(r, bits::DISK) || in_ram(b) {
+                arrived.push(b);
                 continue;
             }
             match mine.last_mut() {
@@ -137,7 +145,11 @@ impl Object {
                 }
             })
             .collect();
-        (claims, theirs)
+        Claimed {
+            mine: claims,
+            theirs,
+            arrived,
+        }
     }
 
     /// Waits until none of `blocks` is being fetched.
@@ -153,6 +165,13 @@ impl Object {
             st = self.cond.wait(st);
         }
     }
+}
+
+/// What [`Object::claim`] decided.
+pub(crate) struct Claimed {
+    pub mine: Vec<Claim>,
+    pub theirs: Vec<u64>,
+    pub arrived: Vec<u64>,
 }
 
 /// The right to fetch a block run. Dropping it, on every path (success, error,
