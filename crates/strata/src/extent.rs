@@ -145,11 +145,7 @@ impl ExtentTree {
             Some((&s, &(e, _))) if e >= range.start => s,
             _ => range.start,
         };
-        let keys: Vec<u64> = self
-            .map
-            .range(first..=range.end)
-            .map(|(&s, _)| s)
-            .collect();
+        let keys: Vec<u64> = self.map.range(first..=range.end).map(|(&s, _)| s).collect();
         let mut old: Vec<(u64, u64, Bits)> = Vec::with_capacity(keys.len());
         for k in keys {
             let (e, b) = self.map.remove(&k).expect("key just listed");

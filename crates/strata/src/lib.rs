@@ -5,6 +5,8 @@
 //! ([`tier::disk`]). See `docs/ARCHITECTURE.md` for the map of the code and the
 //! invariants every change keeps.
 
+pub mod config;
+pub mod engine;
 pub mod extent;
 pub mod origin;
 pub mod policy;
@@ -12,8 +14,6 @@ pub mod stats;
 pub mod storage;
 pub mod sync;
 pub mod tier;
-pub mod config;
-pub mod engine;
 
 pub use config::{Config, DiskSetup};
 pub use engine::{Engine, EngineError, Handle, ReadBuf};

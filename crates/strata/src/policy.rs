@@ -192,7 +192,11 @@ where
         let w = self.weigh.weigh(&v);
         if let Some(e) = self.map.get_mut(&k) {
             let was_live = e.flags & TOMBSTONE == 0;
-            let old_w = if was_live { self.weigh.weigh(&e.value) } else { 0 };
+            let old_w = if was_live {
+                self.weigh.weigh(&e.value)
+            } else {
+                0
+            };
             e.value = v;
             e.flags &= !TOMBSTONE;
             if e.flags & IN_MAIN != 0 {

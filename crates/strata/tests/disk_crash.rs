@@ -67,8 +67,12 @@ fn nblocks(id: u64) -> u64 {
 }
 
 fn open(st: &SimStorage, c: DiskConfig) -> DiskTier {
-    DiskTier::open(Arc::new(st.clone()) as Arc<dyn Storage>, c, Arc::new(Stats::default()))
-        .expect("the tier must open after any crash")
+    DiskTier::open(
+        Arc::new(st.clone()) as Arc<dyn Storage>,
+        c,
+        Arc::new(Stats::default()),
+    )
+    .expect("the tier must open after any crash")
 }
 
 /// Every block the tier serves for every object it knows equals the origin's bytes.
@@ -76,7 +80,9 @@ fn open(st: &SimStorage, c: DiskConfig) -> DiskTier {
 fn check_all(t: &DiskTier, paths: u64) -> BTreeSet<(u64, u64)> {
     let mut served = BTreeSet::new();
     for p in 0..paths {
-        let Some((id, tok)) = t.lookup(&path(p)) else { continue };
+        let Some((id, tok)) = t.lookup(&path(p)) else {
+            continue;
+        };
         assert_eq!(tok, token(id), "token of object {id}");
         let n = nblocks(id);
         for (blk, got) in t.read(id, 0, n).into_iter().enumerate() {
@@ -155,7 +161,10 @@ fn model_blocks_survive_clean_reopen() {
         };
         let t = open(&st, cfg(1 << 20, 2048));
         let served = check_all(&t, 8);
-        assert_eq!(served, durable, "seed {seed}: blocks lost or resurrected by a reopen");
+        assert_eq!(
+            served, durable,
+            "seed {seed}: blocks lost or resurrected by a reopen"
+        );
     }
 }
 
@@ -194,7 +203,11 @@ fn power_cut_at_seeded_points() {
         let st = SimStorage::new();
         // Half the runs evict (small limit) and compact often.
         let evicting = seed % 2 == 1;
-        let c = if evicting { cfg(12, 512) } else { cfg(1 << 20, 1024) };
+        let c = if evicting {
+            cfg(12, 512)
+        } else {
+            cfg(1 << 20, 1024)
+        };
         let durable = {
             let t = open(&st, c.clone());
             st.cut_after(1 + rng.below(400));
@@ -205,7 +218,10 @@ fn power_cut_at_seeded_points() {
         let served = check_all(&t, 6);
         if !evicting {
             let lost: Vec<_> = durable.difference(&served).collect();
-            assert!(lost.is_empty(), "seed {seed}: acknowledged blocks lost: {lost:?}");
+            assert!(
+                lost.is_empty(),
+                "seed {seed}: acknowledged blocks lost: {lost:?}"
+            );
         }
         acknowledged += durable.len() as u64;
         kept += durable.intersection(&served).count() as u64;
@@ -242,9 +258,15 @@ fn damaged_blocks_are_detected_and_dropped() {
     }
     let t = open(&st, cfg(1 << 20, 1 << 20));
     let served = check_all(&t, 4);
-    assert!(served.len() < durable.len(), "damage must cost blocks, not serve them");
+    assert!(
+        served.len() < durable.len(),
+        "damage must cost blocks, not serve them"
+    );
     let report = t.fsck(true);
-    assert_eq!(report.blocks_bad, 0, "check_all already dropped the damaged blocks");
+    assert_eq!(
+        report.blocks_bad, 0,
+        "check_all already dropped the damaged blocks"
+    );
     drop(t);
     let t = open(&st, cfg(1 << 20, 1 << 20));
     assert!(t.fsck(false).is_clean(), "{:?}", t.fsck(false));
@@ -258,8 +280,11 @@ fn unreadable_index_starts_empty_and_reclaims() {
         let mut rng = SplitMix::new(5);
         workload(&t, &mut rng, 100, 4);
     }
-    st.write_file(Path::new("index.log"), b"garbage that is not an index".to_vec())
-        .unwrap();
+    st.write_file(
+        Path::new("index.log"),
+        b"garbage that is not an index".to_vec(),
+    )
+    .unwrap();
     let t = open(&st, cfg(1 << 20, 1 << 20));
     assert!(t.open_report().index_reset);
     assert_eq!(t.blocks(), 0);
@@ -288,8 +313,12 @@ fn block_size_change_is_refused_with_advice() {
 fn second_opener_is_refused() {
     let st = SimStorage::new();
     let _t = open(&st, cfg(10, 1 << 20));
-    let err = DiskTier::open(Arc::new(st.clone()), cfg(10, 1 << 20), Arc::new(Stats::default()))
-        .err()
-        .expect("must refuse");
+    let err = DiskTier::open(
+        Arc::new(st.clone()),
+        cfg(10, 1 << 20),
+        Arc::new(Stats::default()),
+    )
+    .err()
+    .expect("must refuse");
     assert!(err.to_string().contains("in use"), "{err}");
 }

@@ -83,30 +83,56 @@ fn read_all(e: &Engine, path: &str) -> Vec<u8> {
 #[test]
 fn cold_warm_and_restart_serve_the_origin_bytes() {
     let s = setup();
-    let sizes = [0usize, 1, 100, BS as usize, BS as usize + 1, 5 * BS as usize - 3, 3_000_000];
+    let sizes = [
+        0usize,
+        1,
+        100,
+        BS as usize,
+        BS as usize + 1,
+        5 * BS as usize - 3,
+        3_000_000,
+    ];
     for (i, n) in sizes.iter().enumerate() {
         std::fs::write(s.origin.join(format!("f{i}")), pattern(i as u64, *n)).unwrap();
     }
     {
         let e = engine(&s, Duration::from_secs(60));
         for (i, n) in sizes.iter().enumerate() {
-            assert_eq!(read_all(&e, &format!("f{i}")), pattern(i as u64, *n), "cold f{i}");
+            assert_eq!(
+                read_all(&e, &format!("f{i}")),
+                pattern(i as u64, *n),
+                "cold f{i}"
+            );
         }
         let cold = e.stats();
         assert!(cold.origin_bytes >= sizes.iter().sum::<usize>() as u64);
         for (i, n) in sizes.iter().enumerate() {
-            assert_eq!(read_all(&e, &format!("f{i}")), pattern(i as u64, *n), "warm f{i}");
+            assert_eq!(
+                read_all(&e, &format!("f{i}")),
+                pattern(i as u64, *n),
+                "warm f{i}"
+            );
         }
         let warm = e.stats();
-        assert_eq!(warm.origin_requests, cold.origin_requests, "warm reads hit the origin");
+        assert_eq!(
+            warm.origin_requests, cold.origin_requests,
+            "warm reads hit the origin"
+        );
         assert!(e.wait_fills(Duration::from_secs(10)));
         e.shutdown();
     }
     // A new engine on the same cache directory serves everything from disk.
     let e = engine(&s, Duration::from_secs(60));
-    assert_eq!(e.disk().unwrap().open_report().blocks, e.stats().disk_blocks);
+    assert_eq!(
+        e.disk().unwrap().open_report().blocks,
+        e.stats().disk_blocks
+    );
     for (i, n) in sizes.iter().enumerate() {
-        assert_eq!(read_all(&e, &format!("f{i}")), pattern(i as u64, *n), "restart f{i}");
+        assert_eq!(
+            read_all(&e, &format!("f{i}")),
+            pattern(i as u64, *n),
+            "restart f{i}"
+        );
     }
     let st = e.stats();
     assert_eq!(st.origin_requests, 0, "after a restart: {st:?}");
@@ -122,7 +148,9 @@ fn unaligned_reads_match() {
     let h = e.open(Path::new("f")).unwrap();
     let mut x = 1u64;
     for _ in 0..500 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = (x >> 33) as usize % 210_000;
         let len = (x >> 13) as usize % 70_000;
         let got = e.read(&h, off as u64, len).unwrap().to_vec();
@@ -177,7 +205,11 @@ fn origin_changes_are_seen_after_the_ttl() {
     std::fs::remove_file(&p).unwrap();
     std::thread::sleep(Duration::from_millis(60));
     assert_eq!(e.stat(Path::new("f")).unwrap_err().raw_os_error(), Some(2));
-    assert_eq!(e.read(&h, 0, 10).unwrap_err().raw_os_error(), Some(116), "ESTALE");
+    assert_eq!(
+        e.read(&h, 0, 10).unwrap_err().raw_os_error(),
+        Some(116),
+        "ESTALE"
+    );
 }
 
 #[test]
@@ -185,8 +217,14 @@ fn unreadable_origin_file_gives_the_origin_error() {
     let s = setup();
     std::fs::create_dir(s.origin.join("dir")).unwrap();
     let e = engine(&s, Duration::from_secs(1));
-    assert_eq!(e.open(Path::new("missing")).err().unwrap().raw_os_error(), Some(2));
-    assert_eq!(e.open(Path::new("dir")).err().unwrap().raw_os_error(), Some(21));
+    assert_eq!(
+        e.open(Path::new("missing")).err().unwrap().raw_os_error(),
+        Some(2)
+    );
+    assert_eq!(
+        e.open(Path::new("dir")).err().unwrap().raw_os_error(),
+        Some(21)
+    );
 }
 
 #[test]
@@ -229,7 +267,11 @@ fn a_slow_disk_queue_drops_fills_instead_of_blocking_readers() {
     assert_eq!(read_all(&e, "f"), pattern(5, 4 << 20));
     let st = e.stats();
     assert!(st.fills_dropped > 0, "{st:?}");
-    assert_eq!(read_all(&e, "f"), pattern(5, 4 << 20), "reads still correct");
+    assert_eq!(
+        read_all(&e, "f"),
+        pattern(5, 4 << 20),
+        "reads still correct"
+    );
 }
 
 #[test]
@@ -243,7 +285,10 @@ fn cold_read_is_answered_at_origin_speed() {
     let e = Engine::new(config(&s.cache, Duration::from_secs(60)), slow).unwrap();
     let h = e.open(Path::new("f")).unwrap();
     let t = Instant::now();
-    assert_eq!(e.read(&h, 0, BS as usize).unwrap().to_vec(), pattern(6, BS as usize));
+    assert_eq!(
+        e.read(&h, 0, BS as usize).unwrap().to_vec(),
+        pattern(6, BS as usize)
+    );
     let took = t.elapsed();
     // open (1 request) + read (1 request); generous bound for a loaded machine.
     assert!(took < Duration::from_millis(30 * 2 + 200), "{took:?}");
@@ -271,9 +316,17 @@ fn check_versioned(f: u64, off: u64, asked: usize, got: &[u8]) -> u64 {
     let want = versioned(f, v);
     let end = off as usize + got.len();
     assert!(end <= want.len(), "read past the end of version {v}");
-    assert_eq!(got, &want[off as usize..end], "file {f}: bytes not of one version");
+    assert_eq!(
+        got,
+        &want[off as usize..end],
+        "file {f}: bytes not of one version"
+    );
     if got.len() < asked {
-        assert_eq!(end, want.len(), "file {f}: a short read must end at version {v}'s end");
+        assert_eq!(
+            end,
+            want.len(),
+            "file {f}: a short read must end at version {v}'s end"
+        );
     }
     v
 }
@@ -320,12 +373,16 @@ fn stress_readers_while_the_origin_changes() {
             std::thread::spawn(move || {
                 let mut x = t as u64 + 100;
                 while !stop.load(Ordering::Relaxed) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let f = (x >> 40) % FILES;
                     let path = format!("f{f}");
                     let h = e.open(Path::new(&path)).unwrap();
                     for _ in 0..8 {
-                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         let off = (x >> 20) % 200_000;
                         let len = 16 + (x >> 44) as usize % 100_000;
                         let got = e.read(&h, off, len).unwrap().to_vec();
@@ -333,7 +390,7 @@ fn stress_readers_while_the_origin_changes() {
                         if got.len() >= 16 {
                             check_versioned(f, off, len, &got);
                         }
-                        if x % 5 == 0 {
+                        if x.is_multiple_of(5) {
                             let _ = e.stat(Path::new(&path));
                         }
                     }
@@ -352,9 +409,17 @@ fn stress_readers_while_the_origin_changes() {
     std::thread::sleep(Duration::from_millis(20));
     for f in 0..FILES {
         let v = versions[f as usize].load(Ordering::Relaxed);
-        assert_eq!(read_all(&e, &format!("f{f}")), versioned(f, v), "final f{f}");
+        assert_eq!(
+            read_all(&e, &format!("f{f}")),
+            versioned(f, v),
+            "final f{f}"
+        );
     }
     let st = e.stats();
-    println!("reads = {}, invalidations = {}", reads.load(Ordering::Relaxed), st.invalidations);
+    println!(
+        "reads = {}, invalidations = {}",
+        reads.load(Ordering::Relaxed),
+        st.invalidations
+    );
     assert!(st.invalidations > 10, "{st:?}");
 }

@@ -41,7 +41,10 @@ fn size_of(v: u64) -> u64 {
 }
 
 fn attr(v: u64) -> Attr {
-    let ts = Timestamp { secs: v as i64, nanos: 0 };
+    let ts = Timestamp {
+        secs: v as i64,
+        nanos: 0,
+    };
     Attr {
         kind: FileKind::File,
         size: size_of(v),
@@ -135,9 +138,16 @@ fn check(off: u64, asked: usize, got: &[u8]) {
         return;
     }
     let v = got[0] as u64;
-    assert!(got.iter().all(|&b| b as u64 == v), "mixed versions in one read");
+    assert!(
+        got.iter().all(|&b| b as u64 == v),
+        "mixed versions in one read"
+    );
     if got.len() < asked {
-        assert_eq!(off + got.len() as u64, size_of(v), "short read not at version {v}'s end");
+        assert_eq!(
+            off + got.len() as u64,
+            size_of(v),
+            "short read not at version {v}'s end"
+        );
     }
 }
 

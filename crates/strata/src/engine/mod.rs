@@ -38,9 +38,9 @@ use crate::extent::bits;
 use crate::origin::{Attr, DirEntry, FileKind, FsStats, Origin, Token};
 use crate::stats::{self, Stats, StatsSnapshot};
 use crate::sync::{Arc, Mutex, RwLock};
+use crate::tier::BlockKey;
 use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock};
 use crate::tier::ram::RamTier;
-use crate::tier::BlockKey;
 use meta::TtlMap;
 use object::{Claim, Claimed};
 
@@ -150,6 +150,7 @@ impl FillJob {
 }
 
 type Listener = Arc<dyn Fn(&Path) + Send + Sync>;
+type XattrKey = (PathBuf, OsString);
 
 struct Inner {
     cfg: Config,
@@ -166,7 +167,7 @@ struct Inner {
     attrs: TtlMap<PathBuf, Result<Attr, i32>>,
     dirs: TtlMap<PathBuf, Arc<Vec<DirEntry>>>,
     links: TtlMap<PathBuf, Arc<[u8]>>,
-    xattrs: TtlMap<(PathBuf, OsString), Result<Arc<[u8]>, i32>>,
+    xattrs: TtlMap<XattrKey, Result<Arc<[u8]>, i32>>,
     xattr_lists: TtlMap<PathBuf, Result<Arc<Vec<OsString>>, i32>>,
     statfs: TtlMap<(), FsStats>,
     listener: RwLock<Option<Listener>>,
@@ -388,10 +389,10 @@ impl Engine {
         for t in threads {
             let _ = t.join();
         }
-        if let Some(d) = &self.inner.disk {
-            if let Err(e) = d.flush() {
-                tracing::warn!(error = %e, "could not commit the cache index at shutdown");
-            }
+        if let Some(d) = &self.inner.disk
+            && let Err(e) = d.flush()
+        {
+            tracing::warn!(error = %e, "could not commit the cache index at shutdown");
         }
     }
 }
@@ -463,11 +464,11 @@ impl Inner {
             self.invalidate(&o);
         } else if let Some(d) = &self.disk {
             // Not active: a cached version on disk that is no longer current goes.
-            if let Some((id, t)) = d.lookup(path.as_os_str().as_encoded_bytes()) {
-                if &t != token {
-                    d.drop_object(id);
-                    stats::inc(&self.stats.invalidations);
-                }
+            if let Some((id, t)) = d.lookup(path.as_os_str().as_encoded_bytes())
+                && &t != token
+            {
+                d.drop_object(id);
+                stats::inc(&self.stats.invalidations);
             }
         }
     }
@@ -477,11 +478,11 @@ impl Inner {
         let gone = self.objects.lock().remove(path);
         if let Some(o) = gone {
             self.invalidate(&o);
-        } else if let Some(d) = &self.disk {
-            if d.lookup(path.as_os_str().as_encoded_bytes()).is_some() {
-                d.drop_path(path.as_os_str().as_encoded_bytes());
-                stats::inc(&self.stats.invalidations);
-            }
+        } else if let Some(d) = &self.disk
+            && d.lookup(path.as_os_str().as_encoded_bytes()).is_some()
+        {
+            d.drop_path(path.as_os_str().as_encoded_bytes());
+            stats::inc(&self.stats.invalidations);
         }
     }
 
@@ -607,10 +608,10 @@ impl Inner {
             if attempt == 2 {
                 return self.read_direct(&obj, off, end);
             }
-            if attempt == 0 {
-                if let Some(ra) = self.plan_readahead(h, &obj, off, end) {
-                    self.start_readahead(&obj, ra);
-                }
+            if attempt == 0
+                && let Some(ra) = self.plan_readahead(h, &obj, off, end)
+            {
+                self.start_readahead(&obj, ra);
             }
             let b0 = off / obj.bs;
             let mut got: Vec<Option<Bytes>> = vec![None; (end.div_ceil(obj.bs) - b0) as usize];
@@ -630,8 +631,9 @@ impl Inner {
             .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
         let mut buf = BytesMut::zeroed((end - off) as usize);
         stats::inc(&self.stats.origin_requests);
-        let n = crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, o| file.read_at(b, o))
-            .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        let n =
+            crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, o| file.read_at(b, o))
+                .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
         stats::add(&self.stats.origin_bytes, n as u64);
         stats::add(&self.stats.read_bytes, n as u64);
         buf.truncate(n);
@@ -686,17 +688,24 @@ impl Inner {
             };
             // RAM.
             let mut ram_missed: Vec<u64> = Vec::new();
+            let mut ram_hit: Vec<(u64, Bytes)> = Vec::new();
             for (i, slot) in got.iter_mut().enumerate() {
                 if slot.is_none() {
                     match self.ram.get(&key(i)) {
                         Some(b) => {
                             stats::inc(&self.stats.ram_hits);
                             stats::add(&self.stats.ram_hit_bytes, b.len() as u64);
+                            if self.disk.is_some() {
+                                ram_hit.push((b0 + i as u64, b.clone()));
+                            }
                             *slot = Some(b);
                         }
                         None => ram_missed.push(b0 + i as u64),
                     }
                 }
+            }
+            if !ram_hit.is_empty() {
+                self.refill(obj, ram_hit);
             }
             if ram_missed.is_empty() {
                 return Ok(Gathered::Complete);
@@ -951,6 +960,37 @@ impl Inner {
         Ok((out, same))
     }
 
+    /// Offers the disk tier blocks found in RAM that it does not hold and that are
+    /// not on their way (their first fill was dropped because the queue was full).
+    fn refill(&self, obj: &Arc<Object>, hits: Vec<(u64, Bytes)>) {
+        if obj.is_dead() {
+            return;
+        }
+        let mut runs: Vec<FillJob> = Vec::new();
+        {
+            let mut st = obj.lock();
+            for (blk, b) in hits {
+                let r = obj.bytes_of(blk..blk + 1);
+                if st.tree.test_any(r.clone(), bits::DISK | bits::FILLING) {
+                    continue;
+                }
+                st.tree.set(r, bits::FILLING);
+                st.filling.insert(blk, b.clone());
+                match runs.last_mut() {
+                    Some(j) if j.first + j.blocks.len() as u64 == blk => j.blocks.push(b),
+                    _ => runs.push(FillJob {
+                        obj: obj.clone(),
+                        first: blk,
+                        blocks: vec![b],
+                    }),
+                }
+            }
+        }
+        for job in runs {
+            self.queue_fill(job);
+        }
+    }
+
     fn queue_fill(&self, job: FillJob) {
         let bytes = job.bytes();
         let n = job.blocks.len() as u64;
@@ -1012,9 +1052,7 @@ impl Inner {
                     }
                     self.commit(disk, batch);
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    while disk.maintain() && rx.is_empty() {}
-                }
+                Err(RecvTimeoutError::Timeout) => while disk.maintain() && rx.is_empty() {},
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -1085,7 +1123,10 @@ impl Inner {
             let todo: Vec<u64> = blocks
                 .filter(|&b| {
                     !st.tree.test_any(obj.bytes_of(b..b + 1), busy)
-                        && !self.ram.contains(&BlockKey { obj: obj.id, blk: b })
+                        && !self.ram.contains(&BlockKey {
+                            obj: obj.id,
+                            blk: b,
+                        })
                 })
                 .collect();
             if todo.is_empty() {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::extent::{bits, ExtentTree};
+use crate::extent::{ExtentTree, bits};
 use crate::origin::{OriginFile, Token};
 use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::{
-    check_relative, Attr, DirEntry, FileKind, FsStats, Origin, OriginFile, Timestamp, Token,
+    Attr, DirEntry, FileKind, FsStats, Origin, OriginFile, Timestamp, Token, check_relative,
 };
 
 pub struct LocalOrigin {
@@ -78,10 +78,14 @@ impl LocalOrigin {
     fn parent_and_name<'a>(&self, path: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
         check_relative(path)?;
         match (path.parent(), path.file_name()) {
-            (Some(parent), Some(name)) => {
-                Ok((self.open_at(parent, OFlags::PATH | OFlags::DIRECTORY)?, name))
-            }
-            _ => Ok((self.open_at(Path::new(""), OFlags::PATH | OFlags::DIRECTORY)?, OsStr::new("."))),
+            (Some(parent), Some(name)) => Ok((
+                self.open_at(parent, OFlags::PATH | OFlags::DIRECTORY)?,
+                name,
+            )),
+            _ => Ok((
+                self.open_at(Path::new(""), OFlags::PATH | OFlags::DIRECTORY)?,
+                OsStr::new("."),
+            )),
         }
     }
 }
@@ -164,7 +168,9 @@ impl Origin for LocalOrigin {
         let fd = self.open_at(path, OFlags::RDONLY | OFlags::NOFOLLOW)?;
         let file = File::from(fd);
         if !file.metadata()?.is_file() {
-            return Err(io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error()));
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::ISDIR.raw_os_error(),
+            ));
         }
         Ok(Box::new(LocalFile { file }))
     }

@@ -44,6 +44,7 @@ pub trait Storage: Send + Sync {
 }
 
 /// An open file of a [`Storage`].
+#[allow(clippy::len_without_is_empty)] // a file's length, not a collection's
 pub trait StorageFile: Send + Sync {
     /// Reads up to `buf.len()` bytes at `off`; a short count means end of file.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;

@@ -120,7 +120,10 @@ struct State {
 
 impl State {
     fn used(&self) -> u64 {
-        self.inodes.values().map(|i| i.current.data.len() as u64).sum()
+        self.inodes
+            .values()
+            .map(|i| i.current.data.len() as u64)
+            .sum()
     }
 
     /// Counts a mutating call; fails once the armed cut is reached.
@@ -135,11 +138,7 @@ impl State {
     }
 
     fn check_alive(&self) -> io::Result<()> {
-        if self.dead {
-            Err(dead())
-        } else {
-            Ok(())
-        }
+        if self.dead { Err(dead()) } else { Ok(()) }
     }
 
     fn file(&self, path: &Path) -> io::Result<u64> {
@@ -523,7 +522,12 @@ impl StorageFile for SimFile {
     fn data_ranges(&self) -> io::Result<Vec<Range<u64>>> {
         let s = self.st();
         s.check_alive()?;
-        Ok(s.inodes[&self.ino].current.alloc.iter().map(|(r, _)| r).collect())
+        Ok(s.inodes[&self.ino]
+            .current
+            .alloc
+            .iter()
+            .map(|(r, _)| r)
+            .collect())
     }
 }
 

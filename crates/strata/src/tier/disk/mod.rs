@@ -25,14 +25,14 @@
 
 mod record;
 
-pub use record::{decode as decode_record, encode as encode_record, DecodeError, Record};
+pub use record::{DecodeError, Record, decode as decode_record, encode as encode_record};
 
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -306,7 +306,9 @@ impl Index {
 
     /// Removes one block; true if it was there.
     fn remove_block(&mut self, slot: u32, blk: u64) -> bool {
-        let Some(k) = key(slot, blk) else { return false };
+        let Some(k) = key(slot, blk) else {
+            return false;
+        };
         if self.blocks.remove(&k).is_some() {
             if let Some(o) = self.slots[slot as usize].as_mut() {
                 o.present.clear(blk..blk + 1, PRESENT);
@@ -397,7 +399,10 @@ impl DiskTier {
         let t0 = Instant::now();
         if !cfg.block_size.is_power_of_two() || cfg.block_size < 4096 {
             return Err(DiskError::Io {
-                what: format!("block size {} is not a power of two >= 4096", cfg.block_size),
+                what: format!(
+                    "block size {} is not a power of two >= 4096",
+                    cfg.block_size
+                ),
                 source: io::ErrorKind::InvalidInput.into(),
             });
         }
@@ -439,7 +444,8 @@ impl DiskTier {
             .map_err(io_err("open index log"))?;
         let len = log.len().map_err(io_err("read index log"))?;
         let mut bytes = vec![0u8; len as usize];
-        let got = crate::storage::read_full_at(&*log, &mut bytes, 0).map_err(io_err("read index log"))?;
+        let got =
+            crate::storage::read_full_at(&*log, &mut bytes, 0).map_err(io_err("read index log"))?;
         bytes.truncate(got);
 
         let mut index = Index::new(bs);
@@ -749,10 +755,10 @@ impl DiskTier {
             }
             Err(e) => return Err(e),
         };
-        if fc.open.len() >= MAX_OPEN_FILES {
-            if let Some(&k) = fc.open.keys().next() {
-                fc.open.remove(&k);
-            }
+        if fc.open.len() >= MAX_OPEN_FILES
+            && let Some(&k) = fc.open.keys().next()
+        {
+            fc.open.remove(&k);
         }
         fc.open.insert(id, f.clone());
         Ok((f, created))
@@ -797,7 +803,9 @@ impl DiskTier {
                     stats::inc(&self.stats.disk_refusals);
                     continue;
                 };
-                if b.data.len() != block_len(o.token.size(), self.bs, b.key.blk) || b.data.is_empty() {
+                if b.data.len() != block_len(o.token.size(), self.bs, b.key.blk)
+                    || b.data.is_empty()
+                {
                     stats::inc(&self.stats.disk_refusals);
                     continue;
                 }
@@ -809,8 +817,13 @@ impl DiskTier {
                     accepted.push(i);
                 }
             }
-            let cap = idx.blocks.capacity().min((self.cfg.capacity / self.bs) * self.bs);
-            while !accepted.is_empty() && idx.blocks.weight() + accepted.len() as u64 * self.bs > cap {
+            let cap = idx
+                .blocks
+                .capacity()
+                .min((self.cfg.capacity / self.bs) * self.bs);
+            while !accepted.is_empty()
+                && idx.blocks.weight() + accepted.len() as u64 * self.bs > cap
+            {
                 match idx.evict_one() {
                     Some(v) => victims.push(v),
                     None => {
@@ -835,7 +848,8 @@ impl DiskTier {
         for (&id, idxs) in &by_obj {
             let res = self.open_file(id, true).and_then(|(f, created)| {
                 if created {
-                    w.dirty_dirs.push(object_path(id).parent().expect("has parent").to_path_buf());
+                    w.dirty_dirs
+                        .push(object_path(id).parent().expect("has parent").to_path_buf());
                 }
                 for &i in idxs {
                     let b = &blocks[i];
@@ -880,7 +894,9 @@ impl DiskTier {
             sorted.sort_by_key(|&i| blocks[i].key);
             for &i in &sorted {
                 let b = &blocks[i];
-                let Some((_, o)) = idx.obj(b.key.obj) else { continue };
+                let Some((_, o)) = idx.obj(b.key.obj) else {
+                    continue;
+                };
                 if !o.persisted && objs_done.insert(o.id) {
                     recs.push(Record::Object {
                         id: o.id,
@@ -1124,7 +1140,12 @@ impl DiskTier {
     }
 
     /// Logs the removal of blocks and reclaims their space.
-    fn retire(&self, w: &mut Writer, victims: &[(u64, u64)], drops: &[(u64, bool)]) -> io::Result<()> {
+    fn retire(
+        &self,
+        w: &mut Writer,
+        victims: &[(u64, u64)],
+        drops: &[(u64, bool)],
+    ) -> io::Result<()> {
         let mut recs = Vec::new();
         push_removals(&mut recs, drops, &[], victims);
         self.append(w, &recs)?;
@@ -1162,7 +1183,11 @@ impl DiskTier {
         touched.sort_unstable();
         touched.dedup();
         for id in touched {
-            let empty = self.index.read().obj(id).is_some_and(|(_, o)| o.present.is_empty());
+            let empty = self
+                .index
+                .read()
+                .obj(id)
+                .is_some_and(|(_, o)| o.present.is_empty());
             if empty {
                 // An object with nothing cached keeps its record but not its file, so
                 // culling frees inodes too.
@@ -1234,7 +1259,9 @@ impl DiskTier {
             let mut run: Option<(u64, u64, Vec<u32>)> = None;
             for (k, &crc) in idx.blocks.keys_in_order() {
                 let (slot, blk) = unkey(k);
-                let Some(o) = idx.slots[slot as usize].as_ref() else { continue };
+                let Some(o) = idx.slots[slot as usize].as_ref() else {
+                    continue;
+                };
                 match &mut run {
                     Some((id, first, crcs))
                         if *id == o.id
@@ -1281,7 +1308,8 @@ impl DiskTier {
             if name.len() != 16 || (id & 0xff) as u32 != n {
                 continue;
             }
-            let present: Option<ExtentTree> = self.index.read().obj(id).map(|(_, o)| o.present.clone());
+            let present: Option<ExtentTree> =
+                self.index.read().obj(id).map(|(_, o)| o.present.clone());
             let Some(present) = present else {
                 let pending_drop = self.pending.lock().drops.iter().any(|&(d, _)| d == id);
                 if pending_drop {
@@ -1295,8 +1323,12 @@ impl DiskTier {
                 }
                 continue;
             };
-            let Ok(f) = self.file(id, false) else { continue };
-            let Ok(ranges) = f.data_ranges() else { continue };
+            let Ok(f) = self.file(id, false) else {
+                continue;
+            };
+            let Ok(ranges) = f.data_ranges() else {
+                continue;
+            };
             for r in ranges {
                 let first = r.start / self.bs;
                 let end = r.end.div_ceil(self.bs);
@@ -1358,7 +1390,10 @@ impl DiskTier {
         }
         let mut w = self.writer.lock();
         if repair {
-            if let Err(e) = self.flush_pending(&mut w).and_then(|_| self.compact(&mut w)) {
+            if let Err(e) = self
+                .flush_pending(&mut w)
+                .and_then(|_| self.compact(&mut w))
+            {
                 tracing::error!(error = %e, "could not write the repaired index");
             }
         } else {
@@ -1470,7 +1505,13 @@ fn replay(
         return Ok(Some(0));
     }
     let mut off = match record::decode(bytes) {
-        Ok((Record::Header { version, block_size: bsz }, n)) => {
+        Ok((
+            Record::Header {
+                version,
+                block_size: bsz,
+            },
+            n,
+        )) => {
             if version != record::VERSION {
                 tracing::warn!(version, "cache index has an unknown format version");
                 return Ok(None);
@@ -1513,12 +1554,17 @@ fn replay(
                     report.records_dropped += 1;
                     continue;
                 };
-                let size = index.slots[slot as usize].as_ref().expect("live").token.size();
+                let size = index.slots[slot as usize]
+                    .as_ref()
+                    .expect("live")
+                    .token
+                    .size();
                 let mut end = first;
                 for (i, crc) in crcs.into_iter().enumerate() {
                     let blk = first + i as u64;
                     // A block past the object's end cannot be valid.
-                    let Some(k) = key(slot, blk).filter(|_| blk.saturating_mul(index.bs) < size) else {
+                    let Some(k) = key(slot, blk).filter(|_| blk.saturating_mul(index.bs) < size)
+                    else {
                         report.records_dropped += 1;
                         break;
                     };

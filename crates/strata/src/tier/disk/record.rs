@@ -30,12 +30,31 @@ const FRAME_HEADER: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    Header { version: u32, block_size: u32 },
-    Object { id: u64, token: Token, path: Vec<u8> },
-    Add { id: u64, first: u64, crcs: Vec<u32> },
-    Del { id: u64, first: u64, count: u64 },
-    Drop { id: u64 },
-    NextId { next: u64 },
+    Header {
+        version: u32,
+        block_size: u32,
+    },
+    Object {
+        id: u64,
+        token: Token,
+        path: Vec<u8>,
+    },
+    Add {
+        id: u64,
+        first: u64,
+        crcs: Vec<u32>,
+    },
+    Del {
+        id: u64,
+        first: u64,
+        count: u64,
+    },
+    Drop {
+        id: u64,
+    },
+    NextId {
+        next: u64,
+    },
 }
 
 /// Why decoding stopped.
@@ -114,7 +133,10 @@ pub fn encode(rec: &Record, out: &mut Vec<u8>) {
     let len = (out.len() - start - FRAME_HEADER) as u32;
     debug_assert!(len <= MAX_PAYLOAD);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &out[start + FRAME_HEADER..]);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&len.to_le_bytes()),
+        &out[start + FRAME_HEADER..],
+    );
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -240,20 +262,37 @@ mod tests {
     fn token() -> impl Strategy<Value = Token> {
         prop_oneof![
             (any::<u64>(), any::<i64>(), any::<i64>(), any::<u64>()).prop_map(
-                |(size, mtime_ns, ctime_ns, ino)| Token::Stat { size, mtime_ns, ctime_ns, ino }
+                |(size, mtime_ns, ctime_ns, ino)| Token::Stat {
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    ino
+                }
             ),
-            (any::<u64>(), "[ -~]{0,40}")
-                .prop_map(|(size, e)| Token::Etag { size, etag: Arc::from(e.as_str()) }),
+            (any::<u64>(), "[ -~]{0,40}").prop_map(|(size, e)| Token::Etag {
+                size,
+                etag: Arc::from(e.as_str())
+            }),
         ]
     }
 
     fn record() -> impl Strategy<Value = Record> {
         prop_oneof![
-            (any::<u32>(), any::<u32>())
-                .prop_map(|(version, block_size)| Record::Header { version, block_size }),
-            (any::<u64>(), token(), proptest::collection::vec(any::<u8>(), 0..64))
+            (any::<u32>(), any::<u32>()).prop_map(|(version, block_size)| Record::Header {
+                version,
+                block_size
+            }),
+            (
+                any::<u64>(),
+                token(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
                 .prop_map(|(id, token, path)| Record::Object { id, token, path }),
-            (any::<u64>(), 0u64..1 << 40, proptest::collection::vec(any::<u32>(), 1..50))
+            (
+                any::<u64>(),
+                0u64..1 << 40,
+                proptest::collection::vec(any::<u32>(), 1..50)
+            )
                 .prop_map(|(id, first, crcs)| Record::Add { id, first, crcs }),
             (any::<u64>(), 0u64..1 << 40, 0u64..1 << 40)
                 .prop_map(|(id, first, count)| Record::Del { id, first, count }),
