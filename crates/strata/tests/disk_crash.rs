@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use strata::origin::Token;
@@ -321,4 +322,62 @@ fn second_opener_is_refused() {
     .err()
     .expect("must refuse");
     assert!(err.to_string().contains("in use"), "{err}");
+}
+
+/// With the cache filesystem filling up, the tier culls between the cull and run
+/// thresholds and stops filling below the stop threshold.
+#[test]
+fn free_space_thresholds_cull_and_stop() {
+    let st = SimStorage::new();
+    // A 400-block filesystem; thresholds in percent of it.
+    st.set_capacity(Some(400 * BS));
+    let mut c = cfg(1 << 20, 1 << 30);
+    c.thresholds = Thresholds {
+        brun: 50.0,
+        bcull: 40.0,
+        bstop: 20.0,
+        frun: 0.0,
+        fcull: 0.0,
+        fstop: 0.0,
+    };
+    let stats = Arc::new(Stats::default());
+    let t = DiskTier::open(Arc::new(st.clone()) as Arc<dyn Storage>, c, stats.clone()).unwrap();
+    let fill = |t: &DiskTier, id: u64, n: u64| {
+        let blocks: Vec<FillBlock> = (0..n)
+            .map(|blk| FillBlock {
+                key: BlockKey { obj: id, blk },
+                data: Bytes::from(vec![id as u8; BS as usize]),
+            })
+            .collect();
+        t.write_batch(&blocks).into_iter().filter(|&ok| ok).count() as u64
+    };
+    let big = |id: u64| Token::Stat {
+        size: 1000 * BS,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        ino: id,
+    };
+    // 250 blocks: 62% used, 38% free: below cull, above stop.
+    t.register(1, b"a", big(1));
+    assert_eq!(fill(&t, 1, 250), 250);
+    t.maintain();
+    let used_after_cull = t.blocks();
+    assert!(
+        used_after_cull <= 200,
+        "culled to the run threshold: {used_after_cull}"
+    );
+    assert!(stats.disk_culled.load(Ordering::Relaxed) >= 50);
+    // Something else fills the filesystem: below stop, fills are refused.
+    let hog = st.open(Path::new("hog"), true).unwrap();
+    hog.write_all_at(&vec![1u8; (340 * BS - t.blocks() * BS) as usize], 0)
+        .unwrap();
+    t.register(2, b"b", big(2));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // the space reading expires
+    assert_eq!(fill(&t, 2, 10), 0, "must refuse below the stop threshold");
+    assert!(stats.disk_refused_space.load(Ordering::Relaxed) >= 10);
+    // Space comes back: filling resumes.
+    st.remove_file(Path::new("hog")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    t.maintain();
+    assert_eq!(fill(&t, 2, 10), 10);
 }

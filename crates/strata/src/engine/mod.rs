@@ -837,7 +837,7 @@ impl Inner {
                 return Ok(Gathered::Complete);
             }
             stats::inc(&self.stats.fetch_waits);
-            obj.wait_fetched(&theirs);
+            obj.wait_clear(&theirs, bits::FETCHING);
         }
     }
 

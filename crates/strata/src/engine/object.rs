@@ -152,13 +152,14 @@ impl Object {
         }
     }
 
-    /// Waits until none of `blocks` is being fetched.
-    pub(crate) fn wait_fetched(&self, blocks: &[u64]) {
+    /// Waits until none of `blocks` has any of `state` (e.g. FETCHING). Whoever
+    /// clears such a state notifies the object's condition variable.
+    pub(crate) fn wait_clear(&self, blocks: &[u64], state: u32) {
         let mut st = self.lock();
         loop {
             let busy = blocks
                 .iter()
-                .any(|&b| st.tree.test_any(self.bytes_of(b..b + 1), bits::FETCHING));
+                .any(|&b| st.tree.test_any(self.bytes_of(b..b + 1), state));
             if !busy {
                 return;
             }

@@ -120,9 +120,10 @@ struct State {
 
 impl State {
     fn used(&self) -> u64 {
+        // Allocated bytes: punching a hole frees space, as on a real filesystem.
         self.inodes
             .values()
-            .map(|i| i.current.data.len() as u64)
+            .flat_map(|i| i.current.alloc.iter().map(|(r, _)| r.end - r.start))
             .sum()
     }
 

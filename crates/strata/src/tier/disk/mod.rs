@@ -845,9 +845,11 @@ impl DiskTier {
             by_obj.entry(blocks[i].key.obj).or_default().push(i);
         }
         let mut errors = 0u32;
+        let mut new_files = 0u64;
         for (&id, idxs) in &by_obj {
             let res = self.open_file(id, true).and_then(|(f, created)| {
                 if created {
+                    new_files += 1;
                     w.dirty_dirs
                         .push(object_path(id).parent().expect("has parent").to_path_buf());
                 }
@@ -865,6 +867,14 @@ impl DiskTier {
                 }
             }
         }
+        // Keep the free-space reading current between statvfs calls, so a burst of
+        // fills crosses the thresholds when it happens, not a second later.
+        let written = ok.len() as u64 * self.bs;
+        if let Some((_, sp)) = &mut w.space {
+            sp.avail_bytes = sp.avail_bytes.saturating_sub(written);
+            sp.avail_files = sp.avail_files.saturating_sub(new_files);
+        }
+        self.check_space(&mut w, false);
         w.dirty_dirs.sort();
         w.dirty_dirs.dedup();
         let dir_sync: io::Result<()> = w
