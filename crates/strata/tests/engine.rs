@@ -192,11 +192,19 @@ fn origin_changes_are_seen_after_the_ttl() {
             f.write_all_at(b"CHANGED", 10).unwrap();
         }),
     ];
+    let mut h = h;
     for (i, step) in steps.iter().enumerate() {
         step();
         std::thread::sleep(Duration::from_millis(60));
         let want = std::fs::read(&p).unwrap();
         assert_eq!(read_all(&e, "f"), want, "new open after step {i}");
+        if i == 0 {
+            // Replaced by another file: a handle of the old file is stale.
+            assert_eq!(e.read(&h, 0, 10).unwrap_err().raw_os_error(), Some(116));
+            h = e.open(Path::new("f")).unwrap();
+            continue;
+        }
+        // Changed in place: the open handle sees the new bytes.
         let got = e.read(&h, 0, 1 << 20).unwrap().to_vec();
         assert_eq!(got, want, "open handle after step {i}");
     }
@@ -378,14 +386,22 @@ fn stress_readers_while_the_origin_changes() {
                         .wrapping_add(1442695040888963407);
                     let f = (x >> 40) % FILES;
                     let path = format!("f{f}");
-                    let h = e.open(Path::new(&path)).unwrap();
+                    let mut h = e.open(Path::new(&path)).unwrap();
                     for _ in 0..8 {
                         x = x
                             .wrapping_mul(6364136223846793005)
                             .wrapping_add(1442695040888963407);
                         let off = (x >> 20) % 200_000;
                         let len = 16 + (x >> 44) as usize % 100_000;
-                        let got = e.read(&h, off, len).unwrap().to_vec();
+                        let got = match e.read(&h, off, len) {
+                            Ok(b) => b.to_vec(),
+                            // The file was replaced under the open handle: reopen.
+                            Err(err) if err.raw_os_error() == Some(116) => {
+                                h = e.open(Path::new(&path)).unwrap();
+                                continue;
+                            }
+                            Err(err) => panic!("read failed: {err}"),
+                        };
                         reads.fetch_add(1, Ordering::Relaxed);
                         if got.len() >= 16 {
                             check_versioned(f, off, len, &got);

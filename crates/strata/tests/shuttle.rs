@@ -59,6 +59,7 @@ fn attr(v: u64) -> Attr {
         mtime: ts,
         ctime: ts,
         ino: 1,
+        dev: 1,
         token: Token::Stat {
             size: size_of(v),
             mtime_ns: v as i64,

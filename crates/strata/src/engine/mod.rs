@@ -307,6 +307,46 @@ impl Engine {
         }
     }
 
+    /// Attributes of many entries, asking the origin for those not cached with up to
+    /// `parallel` requests in flight (a cold `ls -l` over a slow origin).
+    pub fn stat_many(&self, paths: &[PathBuf], parallel: usize) -> Vec<io::Result<Attr>> {
+        let mut out: Vec<Option<io::Result<Attr>>> = paths
+            .iter()
+            .map(|p| match self.inner.attrs.get(p.as_path()) {
+                Some(Ok(a)) => Some(Ok(a)),
+                Some(Err(e)) => Some(Err(io::Error::from_raw_os_error(e))),
+                None => None,
+            })
+            .collect();
+        let todo: Vec<usize> = (0..paths.len()).filter(|&i| out[i].is_none()).collect();
+        if todo.len() <= 1 || parallel <= 1 {
+            for i in todo {
+                out[i] = Some(self.inner.stat_origin(&paths[i]));
+            }
+        } else {
+            let next = AtomicU64::new(0);
+            let results: Mutex<Vec<(usize, io::Result<Attr>)>> = Mutex::new(Vec::new());
+            std::thread::scope(|s| {
+                for _ in 0..parallel.min(todo.len()) {
+                    s.spawn(|| {
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let Some(&i) = todo.get(k) else { break };
+                            let r = self.inner.stat_origin(&paths[i]);
+                            results.lock().push((i, r));
+                        }
+                    });
+                }
+            });
+            for (i, r) in std::mem::take(&mut *results.lock()) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every entry answered"))
+            .collect()
+    }
+
     /// A directory listing: from the cache within the TTL, else from the origin.
     pub fn read_dir(&self, path: &Path) -> io::Result<Arc<Vec<DirEntry>>> {
         if let Some(d) = self.inner.dirs.get(path) {
@@ -581,7 +621,9 @@ impl Inner {
             return Ok(obj);
         }
         let attr = match self.stat_origin(&obj.path) {
-            Ok(a) if a.kind == FileKind::File => a,
+            // An open handle stays with its file: if another file now has its name
+            // (replaced by rename), the handle is stale, as on NFS.
+            Ok(a) if a.kind == FileKind::File && a.same_file(&obj.token) => a,
             Ok(_) => return Err(io::Error::from_raw_os_error(ESTALE)),
             Err(e) if e.raw_os_error() == Some(ENOENT) => {
                 return Err(io::Error::from_raw_os_error(ESTALE));

@@ -127,6 +127,7 @@ pub(crate) fn attr_of(m: &std::fs::Metadata) -> Attr {
         mtime,
         ctime,
         ino: m.ino(),
+        dev: m.dev(),
         token: Token::Stat {
             size: m.size(),
             mtime_ns: mtime.as_nanos(),
@@ -193,7 +194,11 @@ impl Origin for LocalOrigin {
                 p.push(&name);
                 kind = self.stat(&p).map(|a| a.kind).unwrap_or(FileKind::File);
             }
-            out.push(DirEntry { name, kind });
+            out.push(DirEntry {
+                name,
+                kind,
+                ino: e.ino(),
+            });
         }
         Ok(out)
     }

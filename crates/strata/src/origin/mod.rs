@@ -91,7 +91,20 @@ pub struct Attr {
     pub ctime: Timestamp,
     /// The origin's own inode number (not the one the mount presents).
     pub ino: u64,
+    /// The origin's device number (entries on submounts of the origin differ).
+    pub dev: u64,
     pub token: Token,
+}
+
+impl Attr {
+    /// True when `other` is the same file (not just the same path): same inode for
+    /// origins that have inodes; for others (ETag) a path is its file.
+    pub fn same_file(&self, other: &Token) -> bool {
+        match (&self.token, other) {
+            (Token::Stat { ino: a, .. }, Token::Stat { ino: b, .. }) => a == b,
+            _ => true,
+        }
+    }
 }
 
 /// One entry of a directory listing.
@@ -99,6 +112,8 @@ pub struct Attr {
 pub struct DirEntry {
     pub name: OsString,
     pub kind: FileKind,
+    /// The origin's inode number of the entry (0 if unknown).
+    pub ino: u64,
 }
 
 /// Space on the origin's filesystem, as `statfs` gives it.
