@@ -548,6 +548,17 @@ impl DiskTier {
         Ok(DiskTier { report, ..tier })
     }
 
+    /// The block size a cache directory was created with (None: no readable index).
+    pub fn probe_block_size(storage: &dyn Storage) -> Option<u32> {
+        let log = storage.open(Path::new(LOG), false).ok()?;
+        let mut head = vec![0u8; 64];
+        let n = crate::storage::read_full_at(&*log, &mut head, 0).ok()?;
+        match record::decode(&head[..n]) {
+            Ok((Record::Header { block_size, .. }, _)) => Some(block_size),
+            _ => None,
+        }
+    }
+
     /// What the last open found.
     pub fn open_report(&self) -> &OpenReport {
         &self.report

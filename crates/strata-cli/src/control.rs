@@ -1,0 +1,132 @@
+//! The control socket: CACHE_DIR/control.sock (mode 0600, in a 0700 directory). One
+//! command per connection, one line each way:
+//!
+//! - `stats`    → one line of JSON: `{"origin", "mountpoint", "cache_dir", ..., "stats": {...}}`
+//! - `shutdown` → unmounts, finishes fills, commits the index, then answers `ok`
+//!
+//! Clients find the socket of a mount through the extended attribute
+//! [`strata_fuse::CONTROL_XATTR`] of the mount's root.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strata::Engine;
+use strata::stats::StatsSnapshot;
+
+use crate::mount::{Plan, Shutdown};
+
+/// What `stats` answers. Field names are stable (documented in the README).
+#[derive(Serialize, Deserialize, Debug)]
+pub struct StatsReply {
+    pub origin: String,
+    pub mountpoint: String,
+    pub cache_dir: String,
+    pub block_size: u64,
+    pub ram_capacity: u64,
+    pub disk_capacity: u64,
+    pub attr_ttl_ms: u64,
+    pub stats: StatsSnapshot,
+}
+
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    // A socket left by a daemon that died; the cache directory lock (taken when the
+    // engine started) proves nobody serves it.
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict control socket {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+pub fn serve(listener: UnixListener, engine: Arc<Engine>, shutdown: Arc<Shutdown>, plan: &Plan) {
+    let info = StatsReply {
+        origin: plan.origin.to_string_lossy().into_owned(),
+        mountpoint: plan.mountpoint.to_string_lossy().into_owned(),
+        cache_dir: plan.cache_dir.to_string_lossy().into_owned(),
+        block_size: plan.config.block_size as u64,
+        ram_capacity: plan.config.ram_capacity,
+        disk_capacity: plan.config.disk.as_ref().map_or(0, |d| d.capacity),
+        attr_ttl_ms: plan.config.attr_ttl.as_millis() as u64,
+        stats: StatsSnapshot::default(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name("strata-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut line = String::new();
+                let mut r = BufReader::new(&conn);
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut w = &conn;
+                match line.trim() {
+                    "stats" => {
+                        let reply = StatsReply {
+                            stats: engine.stats(),
+                            origin: info.origin.clone(),
+                            mountpoint: info.mountpoint.clone(),
+                            cache_dir: info.cache_dir.clone(),
+                            ..info
+                        };
+                        let _ =
+                            writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default());
+                    }
+                    "shutdown" => match conn.try_clone() {
+                        // Registered before unmounting: the session may end (and the
+                        // process exit) right after the unmount.
+                        Ok(c) => {
+                            if !shutdown.unmount_and_answer(c) {
+                                let _ = writeln!(w, "busy");
+                            }
+                        }
+                        Err(e) => {
+                            let _ = writeln!(w, "error {e}");
+                        }
+                    },
+                    other => {
+                        let _ = writeln!(w, "error unknown command {other:?}");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the control thread; strata stats will not work");
+    }
+}
+
+/// The control socket of the strata mount at `mountpoint`.
+pub fn socket_of(mountpoint: &Path) -> Result<PathBuf, String> {
+    let mut buf = vec![0u8; 4096];
+    match rustix::fs::getxattr(mountpoint, strata_fuse::CONTROL_XATTR, &mut buf[..]) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(PathBuf::from(String::from_utf8_lossy(&buf).into_owned()))
+        }
+        Err(e) => Err(format!(
+            "{} is not a live strata mount (cannot reach its daemon: {e})",
+            mountpoint.display()
+        )),
+    }
+}
+
+/// Sends one command and returns the one-line answer.
+pub fn request(mountpoint: &Path, cmd: &str, timeout: Duration) -> Result<String, String> {
+    let sock = socket_of(mountpoint)?;
+    let mut s = UnixStream::connect(&sock)
+        .map_err(|e| format!("cannot connect to {}: {e}", sock.display()))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    writeln!(s, "{cmd}").map_err(|e| format!("control socket: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .map_err(|e| format!("control socket: {e}"))?;
+    Ok(line.trim_end().to_string())
+}

@@ -1,0 +1,286 @@
+//! `strata`: mount a cache in front of a slow directory, and look after it.
+
+mod control;
+mod mount;
+mod options;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use strata::storage::{RealStorage, Storage};
+use strata::tier::disk::{DiskConfig, DiskTier, Thresholds};
+
+use options::MountOpts;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata",
+    version,
+    about = "A cache for slow storage: mount a directory (NFS, SMB, sshfs, ...) through RAM and local-disk caches",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once
+enum Cmd {
+    /// Mount ORIGIN (a directory) at MOUNTPOINT, read-only, through the caches.
+    ///
+    /// Returns once the mount is live (status 0) or with a message saying why it is
+    /// not. Also usable from fstab or `mount -t fuse.strata ORIGIN MOUNTPOINT -o ...`.
+    Mount {
+        /// The directory to cache (e.g. an NFS, SMB or sshfs mount)
+        origin: PathBuf,
+        /// Where the cached view appears
+        mountpoint: PathBuf,
+        /// Stay in the foreground, log to stderr, unmount on SIGINT/SIGTERM
+        #[arg(short, long)]
+        foreground: bool,
+        /// (internal) report readiness on this file descriptor
+        #[arg(long, hide = true)]
+        ready_fd: Option<i32>,
+        #[command(flatten)]
+        opts: MountOpts,
+    },
+    /// Show the statistics of a live mount.
+    Stats {
+        mountpoint: PathBuf,
+        /// Print JSON (stable field names) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every cached block against its checksum and every record against the data.
+    ///
+    /// Exit status: 0 clean, 1 damage found and repaired, 4 damage found and left.
+    /// Refuses while a mount uses the cache directory.
+    Fsck {
+        cache_dir: PathBuf,
+        /// Drop what is damaged and reclaim what is stray
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unmount cleanly: waits until pending fills are done and the index is committed.
+    Umount { mountpoint: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let argv = normalize_args(std::env::args().collect());
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli, &argv[1..]) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("strata: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `mount.fuse3` runs `strata ORIGIN MOUNTPOINT -o OPTIONS`: treat a first argument
+/// that is not a subcommand as `mount`.
+fn normalize_args(mut argv: Vec<String>) -> Vec<String> {
+    const CMDS: &[&str] = &["mount", "stats", "fsck", "umount", "help"];
+    if let Some(first) = argv.get(1) {
+        if !first.starts_with('-') && !CMDS.contains(&first.as_str()) {
+            argv.insert(1, "mount".into());
+        }
+    }
+    argv
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},fuser=warn")));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli, args: &[String]) -> Result<ExitCode, String> {
+    match cli.cmd {
+        Cmd::Mount {
+            origin,
+            mountpoint,
+            foreground,
+            ready_fd,
+            opts,
+        } => {
+            let plan = mount::plan(&origin, &mountpoint, opts)?;
+            if foreground {
+                init_logging(&plan.log_level);
+                mount::run_foreground(plan, ready_fd)?;
+            } else {
+                mount::spawn_daemon(&plan, args)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats { mountpoint, json } => {
+            let line = control::request(&mountpoint, "stats", Duration::from_secs(10))?;
+            if json {
+                println!("{line}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let r: control::StatsReply = serde_json::from_str(&line)
+                .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+            print_stats(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fsck {
+            cache_dir,
+            repair,
+            json,
+        } => fsck(&cache_dir, repair, json),
+        Cmd::Umount { mountpoint } => umount(&mountpoint),
+    }
+}
+
+fn print_stats(r: &control::StatsReply) {
+    println!("origin      {}", r.origin);
+    println!("mountpoint  {}", r.mountpoint);
+    println!("cache dir   {}", r.cache_dir);
+    println!(
+        "block size  {}   RAM tier {}   disk tier {}   attribute TTL {} ms",
+        human(r.block_size),
+        human(r.ram_capacity),
+        human(r.disk_capacity),
+        r.attr_ttl_ms
+    );
+    let s = &r.stats;
+    let blocks = s.ram_hits + s.disk_hits + s.inflight_hits + s.misses;
+    if blocks > 0 {
+        println!(
+            "hit ratio   {:.1}% of blocks (RAM {:.1}%, disk {:.1}%), origin {} in {} requests",
+            100.0 * (blocks - s.misses) as f64 / blocks as f64,
+            100.0 * s.ram_hits as f64 / blocks as f64,
+            100.0 * s.disk_hits as f64 / blocks as f64,
+            human(s.origin_bytes),
+            s.origin_requests
+        );
+    }
+    println!();
+    for (name, value, what) in s.fields() {
+        println!("{name:<24} {value:>16}  {what}");
+    }
+}
+
+fn human(n: u64) -> String {
+    const U: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn fsck(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let storage: Arc<dyn Storage> = Arc::new(RealStorage::new(dir));
+    let Some(bs) = DiskTier::probe_block_size(&*storage) else {
+        return Err(format!(
+            "{} has no readable cache index (not a strata cache directory, or its index is \
+             destroyed: mounting it starts an empty cache and reclaims the old data)",
+            dir.display()
+        ));
+    };
+    let tier = DiskTier::open(
+        storage,
+        DiskConfig {
+            capacity: u64::MAX / 2,
+            block_size: bs,
+            thresholds: Thresholds {
+                brun: 0.0,
+                bcull: 0.0,
+                bstop: 0.0,
+                frun: 0.0,
+                fcull: 0.0,
+                fstop: 0.0,
+            },
+            compact_min_bytes: u64::MAX,
+        },
+        Arc::new(strata::stats::Stats::default()),
+    )
+    .map_err(|e| e.to_string())?;
+    let report = tier.fsck(repair);
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        println!("objects            {}", report.objects);
+        println!("blocks checked     {}", report.blocks_checked);
+        println!("blocks damaged     {}", report.blocks_bad);
+        println!("missing data files {}", report.missing_files);
+        println!("orphan data files  {}", report.orphan_files);
+        println!("stray bytes        {}", report.stray_bytes);
+        println!("index tail dropped {} bytes", report.log_tail_dropped);
+        println!("records dropped    {}", report.records_dropped);
+        println!("index reset        {}", report.index_reset);
+        println!(
+            "result             {}",
+            if report.is_clean() {
+                "clean"
+            } else if repair {
+                "damage found and repaired"
+            } else {
+                "damage found (run with --repair to drop it)"
+            }
+        );
+    }
+    Ok(ExitCode::from(if report.is_clean() {
+        0
+    } else if repair {
+        1
+    } else {
+        4
+    }))
+}
+
+fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
+    match control::request(mountpoint, "shutdown", Duration::from_secs(600)) {
+        Ok(a) if a == "ok" => Ok(ExitCode::SUCCESS),
+        Ok(a) if a == "busy" => Err(format!(
+            "{} is busy: files are open on it (close them, or use umount -l)",
+            mountpoint.display()
+        )),
+        Ok(a) => Err(format!("the daemon answered {a:?}")),
+        Err(why) => {
+            // No daemon to talk to (hung or gone): unmount directly.
+            rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty()).map_err(
+                |e| {
+                    format!(
+                        "{why}; unmounting directly failed too ({e}){}",
+                        if e == rustix::io::Errno::BUSY {
+                            ": files are open on it (close them, or use umount -l)"
+                        } else {
+                            ""
+                        }
+                    )
+                },
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

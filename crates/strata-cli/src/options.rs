@@ -1,0 +1,298 @@
+//! Mount options: from flags and from `-o key=value,...` (fstab, `mount -t fuse.strata`),
+//! with flags winning over `-o`, and defaults for the rest.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+/// Options of `strata mount`. Every one can also be given as `-o name=value` (with
+/// dashes written as underscores: `-o cache_size=10G,allow_other`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct MountOpts {
+    /// Cache directory [default: $XDG_CACHE_HOME/strata/ORIGIN-ID, or
+    /// /var/cache/strata/ORIGIN-ID for root]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most space the disk cache uses, e.g. 10G, 512MiB [default: 10GiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+    /// Most memory the RAM cache uses [default: 256MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub ram_size: Option<u64>,
+    /// Unit of caching, a power of two from 4KiB to 16MiB; fixed when a cache
+    /// directory is created [default: 64KiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub block_size: Option<u64>,
+    /// How long attributes, listings and file versions are trusted before the
+    /// origin is asked again, e.g. 1s, 250ms, 0 [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub attr_ttl: Option<Duration>,
+    /// Free space (% of the cache filesystem) at which culling stops [default: 10]
+    #[arg(long, value_name = "PERCENT")]
+    pub brun: Option<f64>,
+    /// Free space below which culling starts [default: 7]
+    #[arg(long, value_name = "PERCENT")]
+    pub bcull: Option<f64>,
+    /// Free space below which the cache stops filling [default: 3]
+    #[arg(long, value_name = "PERCENT")]
+    pub bstop: Option<f64>,
+    /// Free files (inodes, %) at which culling stops [default: 10]
+    #[arg(long, value_name = "PERCENT")]
+    pub frun: Option<f64>,
+    /// Free files below which culling starts [default: 7]
+    #[arg(long, value_name = "PERCENT")]
+    pub fcull: Option<f64>,
+    /// Free files below which the cache stops filling [default: 3]
+    #[arg(long, value_name = "PERCENT")]
+    pub fstop: Option<f64>,
+    /// Let users other than the one mounting use the mount (the origin's owners and
+    /// modes are still enforced by the kernel)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Threads serving FUSE requests [default: 16]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// FOR DEMOS AND TESTS: add this latency to every origin request, e.g. 10ms
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub origin_latency: Option<Duration>,
+    /// FOR DEMOS AND TESTS: cap origin reads at this many bytes per second, e.g. 50M
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub origin_bandwidth: Option<u64>,
+    /// Log level: error, warn, info, debug, trace [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Options as key=value pairs separated by commas, as in fstab
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub o: Vec<String>,
+}
+
+/// Standard mount options a mount helper or fstab may pass, which strata accepts and
+/// ignores (it is always read-only, nosuid and nodev).
+const IGNORED: &[&str] = &[
+    "rw",
+    "ro",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "exec",
+    "noexec",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "_netdev",
+    "nofail",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "lazytime",
+    "sync",
+    "async",
+    "dirsync",
+    "default_permissions",
+];
+
+impl MountOpts {
+    /// Folds the `-o` options into the fields that flags did not set.
+    pub fn merge_o(&mut self) -> Result<(), String> {
+        let list: Vec<String> = self
+            .o
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for item in list {
+            let (raw, v) = match item.split_once('=') {
+                Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+                None => (item.clone(), None),
+            };
+            // fstab and systemd pass options of their own (x-systemd.automount, ...).
+            if raw.starts_with("x-") || raw == "comment" {
+                continue;
+            }
+            let k = raw.replace('-', "_");
+            let need = |v: &Option<String>| -> Result<String, String> {
+                v.clone()
+                    .ok_or_else(|| format!("option -o {k} needs a value ({k}=...)"))
+            };
+            let pct = |v: &Option<String>| -> Result<f64, String> {
+                need(v)?
+                    .parse::<f64>()
+                    .map_err(|_| format!("option -o {k}: not a number"))
+            };
+            match k.as_str() {
+                "cache_dir" => {
+                    self.cache_dir.get_or_insert(PathBuf::from(need(&v)?));
+                }
+                "cache_size" => set(&mut self.cache_size, parse_size(&need(&v)?)?),
+                "ram_size" => set(&mut self.ram_size, parse_size(&need(&v)?)?),
+                "block_size" => set(&mut self.block_size, parse_size(&need(&v)?)?),
+                "attr_ttl" => set(&mut self.attr_ttl, parse_duration(&need(&v)?)?),
+                "brun" => set(&mut self.brun, pct(&v)?),
+                "bcull" => set(&mut self.bcull, pct(&v)?),
+                "bstop" => set(&mut self.bstop, pct(&v)?),
+                "frun" => set(&mut self.frun, pct(&v)?),
+                "fcull" => set(&mut self.fcull, pct(&v)?),
+                "fstop" => set(&mut self.fstop, pct(&v)?),
+                "allow_other" => self.allow_other = true,
+                "threads" => set(
+                    &mut self.threads,
+                    need(&v)?
+                        .parse()
+                        .map_err(|_| "option -o threads: not a number".to_string())?,
+                ),
+                "origin_latency" => set(&mut self.origin_latency, parse_duration(&need(&v)?)?),
+                "origin_bandwidth" => set(&mut self.origin_bandwidth, parse_size(&need(&v)?)?),
+                "log_level" => set(&mut self.log_level, need(&v)?),
+                k if IGNORED.contains(&k) => {}
+                "subtype" | "fsname" => {}
+                other => return Err(format!("unknown mount option -o {other}")),
+            }
+        }
+        self.o.clear();
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, v: T) {
+    slot.get_or_insert(v);
+}
+
+/// Parses sizes: `4096`, `64K`, `10G`, `512MiB`, `1.5GiB`, `100MB`. K, M, G, T and
+/// KiB.. are powers of 1024; KB, MB, GB, TB are powers of 1000.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 10G, 512MiB, 4096)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown size unit {unit:?} (use K, M, G, T, KiB, MB, ...)"
+            ));
+        }
+    };
+    let v = n * mult;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(v as u64)
+}
+
+/// Parses durations: `1s`, `250ms`, `2m`, `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration (try 1s, 250ms): {e}"))
+}
+
+/// Default cache directory for an origin: one per origin under the user's cache.
+pub fn default_cache_dir(origin: &Path) -> PathBuf {
+    let base = if rustix::process::geteuid().is_root() {
+        PathBuf::from("/var/cache/strata")
+    } else if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        PathBuf::from(x).join("strata")
+    } else if let Some(h) = std::env::var_os("HOME") {
+        PathBuf::from(h).join(".cache/strata")
+    } else {
+        PathBuf::from("/tmp/strata-cache")
+    };
+    base.join(origin_id(origin))
+}
+
+/// A readable, unique name for an origin path: its last components and a hash.
+pub fn origin_id(origin: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    origin.hash(&mut h);
+    let tail: String = origin
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!(
+        "{}-{:08x}",
+        if tail.is_empty() { "root" } else { &tail },
+        h.finish() as u32
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64K").unwrap(), 65536);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn o_options_fill_what_flags_left() {
+        let mut m = MountOpts {
+            ram_size: Some(1),
+            o: vec!["rw,cache_size=2G,ram_size=5M,allow_other,x-systemd.automount".into()],
+            ..Default::default()
+        };
+        m.merge_o().unwrap();
+        assert_eq!(m.cache_size, Some(2 << 30));
+        assert_eq!(m.ram_size, Some(1), "a flag wins over -o");
+        assert!(m.allow_other);
+        let mut bad = MountOpts {
+            o: vec!["cache_size=lots".into()],
+            ..Default::default()
+        };
+        assert!(bad.merge_o().is_err());
+        let mut unknown = MountOpts {
+            o: vec!["frobnicate".into()],
+            ..Default::default()
+        };
+        assert!(unknown.merge_o().unwrap_err().contains("frobnicate"));
+    }
+}

@@ -1,0 +1,153 @@
+//! Helpers for tests that mount real strata filesystems (root and /dev/fuse needed).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+/// A temporary origin, mountpoint and cache directory, unmounted on drop.
+pub struct Mount {
+    pub tmp: tempfile::TempDir,
+    pub origin: PathBuf,
+    pub mnt: PathBuf,
+    pub cache: PathBuf,
+    pub mounted: bool,
+}
+
+impl Mount {
+    pub fn new() -> Mount {
+        let tmp = tempfile::Builder::new()
+            .prefix("strata-e2e")
+            .tempdir_in(std::env::var("STRATA_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .unwrap();
+        let origin = tmp.path().join("origin");
+        let mnt = tmp.path().join("mnt");
+        let cache = tmp.path().join("cache");
+        std::fs::create_dir_all(&origin).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        Mount {
+            tmp,
+            origin,
+            mnt,
+            cache,
+            mounted: false,
+        }
+    }
+
+    /// Mounts with extra arguments; panics with the command's message on failure.
+    pub fn mount(&mut self, extra: &[&str]) {
+        let out = self.try_mount(extra);
+        assert!(
+            out.status.success(),
+            "strata mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = true;
+    }
+
+    pub fn try_mount(&self, extra: &[&str]) -> std::process::Output {
+        Command::new(STRATA)
+            .arg("mount")
+            .arg(&self.origin)
+            .arg(&self.mnt)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    pub fn umount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let out = Command::new(STRATA)
+            .arg("umount")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "strata umount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = false;
+    }
+
+    /// The daemon's statistics.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = Command::new(STRATA)
+            .args(["stats", "--json"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["stats"].clone()
+    }
+
+    pub fn stat_u64(&self, name: &str) -> u64 {
+        self.stats()[name].as_u64().unwrap()
+    }
+
+    pub fn o(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.origin.join(rel)
+    }
+
+    pub fn m(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.mnt.join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new(STRATA)
+                .arg("umount")
+                .arg(&self.mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+    }
+}
+
+pub fn drop_page_cache() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Waits until `f` holds or the timeout passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Deterministic bytes for test files.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}

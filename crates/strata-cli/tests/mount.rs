@@ -1,0 +1,504 @@
+//! End to end: real strata mounts over temporary origins, every byte and attribute
+//! compared with the origin.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Mount, drop_page_cache, eventually, pattern};
+
+const BS: usize = 64 * 1024;
+
+/// Builds the varied tree the issue asks for.
+fn build_tree(root: &Path, big_mib: usize, small_files: usize) {
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::write(root.join("one byte"), b"x").unwrap();
+    for (i, n) in [BS - 1, BS, BS + 1, 3 * BS + 17, 1_000_003]
+        .iter()
+        .enumerate()
+    {
+        fs::write(root.join(format!("odd-{i}")), pattern(i as u64, *n)).unwrap();
+    }
+    // A large file.
+    {
+        let mut f = fs::File::create(root.join("large.bin")).unwrap();
+        for i in 0..big_mib {
+            f.write_all(&pattern(1000 + i as u64, 1 << 20)).unwrap();
+        }
+    }
+    // A sparse file: holes with a little data in the middle and at the end.
+    {
+        let f = fs::File::create(root.join("sparse")).unwrap();
+        f.set_len(40 << 20).unwrap();
+        let mut f = f;
+        f.seek(SeekFrom::Start(20 << 20)).unwrap();
+        f.write_all(&pattern(7, 10_000)).unwrap();
+        f.seek(SeekFrom::Start((40 << 20) - 5)).unwrap();
+        f.write_all(b"tail!").unwrap();
+    }
+    // Names.
+    fs::write(root.join("with space.txt"), b"spaces").unwrap();
+    fs::write(root.join("ünïcödé-名前.txt"), b"unicode").unwrap();
+    fs::write(root.join(OsStr::from_bytes(b"bad-\xff\xfe-utf8")), b"bytes").unwrap();
+    fs::write(root.join("-leading-dash"), b"dash").unwrap();
+    // Symlinks: relative, to a directory, dangling, absolute out of the origin,
+    // relative out of the origin.
+    fs::create_dir(root.join("dir")).unwrap();
+    fs::write(root.join("dir/target"), b"target").unwrap();
+    symlink("dir/target", root.join("link-rel")).unwrap();
+    symlink("dir", root.join("link-dir")).unwrap();
+    symlink("does/not/exist", root.join("link-dangling")).unwrap();
+    symlink("/etc/hostname", root.join("link-abs-out")).unwrap();
+    symlink("../../outside", root.join("link-rel-out")).unwrap();
+    // Deep directories.
+    let mut deep = root.join("deep");
+    for i in 0..40 {
+        deep.push(format!("d{i}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), b"deep down").unwrap();
+    // Thousands of small files.
+    let many = root.join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..small_files {
+        fs::write(many.join(format!("f{i:05}")), pattern(i as u64, i % 3000)).unwrap();
+    }
+    // Modes.
+    fs::write(root.join("exec.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(root.join("exec.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(root.join("private"), b"secret").unwrap();
+    fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    // A hard link.
+    fs::hard_link(root.join("odd-0"), root.join("hardlink-to-odd-0")).unwrap();
+}
+
+/// Compares one entry's attributes through the mount with the origin's.
+fn same_attrs(o: &Path, m: &Path, rel: &Path) {
+    let a = fs::symlink_metadata(o).unwrap();
+    let b = fs::symlink_metadata(m).unwrap_or_else(|e| panic!("{rel:?} through the mount: {e}"));
+    let ctx = format!("{rel:?}");
+    assert_eq!(a.file_type(), b.file_type(), "{ctx}: type");
+    assert_eq!(a.mode(), b.mode(), "{ctx}: mode");
+    assert_eq!(a.uid(), b.uid(), "{ctx}: uid");
+    assert_eq!(a.gid(), b.gid(), "{ctx}: gid");
+    assert_eq!(a.nlink(), b.nlink(), "{ctx}: nlink");
+    assert_eq!(
+        (a.mtime(), a.mtime_nsec()),
+        (b.mtime(), b.mtime_nsec()),
+        "{ctx}: mtime"
+    );
+    assert_eq!(
+        (a.ctime(), a.ctime_nsec()),
+        (b.ctime(), b.ctime_nsec()),
+        "{ctx}: ctime"
+    );
+    if !rel.as_os_str().is_empty() {
+        assert_eq!(a.ino(), b.ino(), "{ctx}: inode number");
+    }
+    if !a.is_dir() {
+        assert_eq!(a.size(), b.size(), "{ctx}: size");
+        assert_eq!(a.blocks(), b.blocks(), "{ctx}: blocks");
+    }
+}
+
+/// Walks the origin and checks every entry, byte and attribute through the mount.
+/// Returns the number of files compared.
+fn compare_tree(origin: &Path, mnt: &Path) -> usize {
+    let mut files = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let (o, m) = (origin.join(&rel), mnt.join(&rel));
+        same_attrs(&o, &m, &rel);
+        let meta = fs::symlink_metadata(&o).unwrap();
+        if meta.is_dir() {
+            let mut a: Vec<_> = fs::read_dir(&o)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            let mut b: Vec<_> = fs::read_dir(&m)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "listing of {rel:?}");
+            for name in a {
+                stack.push(rel.join(name));
+            }
+        } else if meta.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&o).unwrap(),
+                fs::read_link(&m).unwrap(),
+                "{rel:?}"
+            );
+        } else if meta.is_file() {
+            let want = fs::read(&o).unwrap();
+            let got = fs::read(&m).unwrap_or_else(|e| panic!("read {rel:?}: {e}"));
+            assert!(want == got, "bytes of {rel:?} differ");
+            files += 1;
+        }
+    }
+    files
+}
+
+#[test]
+fn varied_tree_cold_warm_and_after_remount() {
+    let mut t = Mount::new();
+    build_tree(&t.origin, 256, 3000);
+    t.mount(&["--attr-ttl", "30s"]);
+
+    // Cold.
+    let n = compare_tree(&t.origin, &t.mnt);
+    assert!(n > 3000);
+    // A local origin outruns the disk writer, which drops fills rather than block
+    // readers; a second pass once it is idle caches what was dropped.
+    let idle = |t: &Mount| {
+        eventually(Duration::from_secs(60), || {
+            t.stat_u64("inflight_fill_bytes") == 0
+        })
+    };
+    assert!(idle(&t));
+    drop_page_cache();
+    compare_tree(&t.origin, &t.mnt);
+    assert!(idle(&t));
+    let cold = t.stats();
+    assert!(cold["origin_bytes"].as_u64().unwrap() >= 256 << 20);
+
+    // Warm, the kernel's page cache dropped: served by the engine, no origin reads.
+    drop_page_cache();
+    compare_tree(&t.origin, &t.mnt);
+    let warm = t.stats();
+    assert_eq!(
+        warm["origin_requests"], cold["origin_requests"],
+        "warm reads went to the origin"
+    );
+    assert!(warm["ram_hits"].as_u64().unwrap() + warm["disk_hits"].as_u64().unwrap() > 0);
+
+    // Unmount (waits for fills and the index commit), mount again: still cached.
+    t.umount();
+    drop_page_cache();
+    t.mount(&["--attr-ttl", "30s"]);
+    compare_tree(&t.origin, &t.mnt);
+    let after = t.stats();
+    assert_eq!(after["origin_requests"], 0, "after a remount: {after}");
+    assert!(after["disk_hits"].as_u64().unwrap() > 0);
+    t.umount();
+}
+
+#[test]
+fn origin_changes_are_seen_within_the_ttl() {
+    let mut t = Mount::new();
+    fs::write(t.o("a"), pattern(1, 200_000)).unwrap();
+    fs::write(t.o("b"), pattern(2, 1000)).unwrap();
+    fs::write(t.o("c"), b"to be deleted").unwrap();
+    fs::write(t.o("d"), b"to be renamed").unwrap();
+    fs::write(t.o("e"), b"chmod me").unwrap();
+    fs::write(t.o("f"), pattern(3, 300_000)).unwrap();
+    t.mount(&["--attr-ttl", "200ms"]);
+    for n in ["a", "b", "c", "d", "e", "f"] {
+        let _ = fs::read(t.m(n)).unwrap();
+    }
+    // Keep a file open across the change, as a long-running reader would.
+    let mut held = fs::File::open(t.m("a")).unwrap();
+
+    // append
+    fs::OpenOptions::new()
+        .append(true)
+        .open(t.o("a"))
+        .unwrap()
+        .write_all(&pattern(9, 5000))
+        .unwrap();
+    // truncate
+    fs::OpenOptions::new()
+        .write(true)
+        .open(t.o("b"))
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    // delete
+    fs::remove_file(t.o("c")).unwrap();
+    // rename
+    fs::rename(t.o("d"), t.o("d2")).unwrap();
+    // chmod
+    fs::set_permissions(t.o("e"), fs::Permissions::from_mode(0o640)).unwrap();
+    // replace
+    fs::write(t.o("f.tmp"), pattern(4, 12345)).unwrap();
+    fs::rename(t.o("f.tmp"), t.o("f")).unwrap();
+
+    std::thread::sleep(Duration::from_millis(450));
+    assert_eq!(
+        fs::read(t.m("a")).unwrap(),
+        fs::read(t.o("a")).unwrap(),
+        "append"
+    );
+    let mut again = Vec::new();
+    held.read_to_end(&mut again).unwrap();
+    assert_eq!(
+        again,
+        fs::read(t.o("a")).unwrap(),
+        "append, through a file held open"
+    );
+    assert_eq!(
+        fs::read(t.m("b")).unwrap(),
+        fs::read(t.o("b")).unwrap(),
+        "truncate"
+    );
+    assert_eq!(fs::metadata(t.m("b")).unwrap().len(), 10);
+    assert_eq!(
+        fs::metadata(t.m("c")).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound,
+        "delete"
+    );
+    assert!(fs::metadata(t.m("d")).is_err(), "rename: old name gone");
+    assert_eq!(
+        fs::read(t.m("d2")).unwrap(),
+        b"to be renamed",
+        "rename: new name"
+    );
+    assert_eq!(
+        fs::metadata(t.m("e")).unwrap().mode() & 0o777,
+        0o640,
+        "chmod"
+    );
+    assert_eq!(fs::read(t.m("f")).unwrap(), pattern(4, 12345), "replace");
+    // Never older data afterwards.
+    for _ in 0..5 {
+        drop_page_cache();
+        assert_eq!(fs::read(t.m("f")).unwrap(), pattern(4, 12345));
+        assert_eq!(fs::read(t.m("a")).unwrap(), fs::read(t.o("a")).unwrap());
+    }
+    // A file open on the mount makes `strata umount` refuse, as umount(8) does.
+    let out = Command::new(common::STRATA)
+        .arg("umount")
+        .arg(&t.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
+    drop(held);
+    t.umount();
+}
+
+#[test]
+fn many_concurrent_readers_get_correct_bytes() {
+    let mut t = Mount::new();
+    let files: Vec<Vec<u8>> = (0..6)
+        .map(|i| pattern(50 + i, 3_000_000 + i as usize * 77_777))
+        .collect();
+    for (i, d) in files.iter().enumerate() {
+        fs::write(t.o(format!("f{i}")), d).unwrap();
+    }
+    t.mount(&["--ram-size", "4M"]);
+    let files = Arc::new(files);
+    let threads: Vec<_> = (0..24)
+        .map(|k| {
+            let files = files.clone();
+            let mnt = t.mnt.clone();
+            std::thread::spawn(move || {
+                let mut x = k as u64 * 7919 + 1;
+                for _ in 0..60 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let i = (x >> 60) as usize % files.len();
+                    let data = &files[i];
+                    let off = (x >> 20) as usize % data.len();
+                    let len = ((x >> 8) as usize % 400_000).min(data.len() - off);
+                    let mut f = fs::File::open(mnt.join(format!("f{i}"))).unwrap();
+                    f.seek(SeekFrom::Start(off as u64)).unwrap();
+                    let mut buf = vec![0u8; len];
+                    f.read_exact(&mut buf).unwrap();
+                    assert!(buf == data[off..off + len], "f{i} at {off}+{len}");
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    t.umount();
+}
+
+/// Runs `cat` as an unprivileged user (nobody) and returns its stderr on failure.
+fn cat_as_nobody(path: &Path) -> Result<Vec<u8>, String> {
+    let out = Command::new("cat")
+        .arg(path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn the_kernel_enforces_origin_permissions_for_every_user() {
+    let mut t = Mount::new();
+    // Reachable by others: the temp dir is 0700.
+    fs::set_permissions(t.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&t.origin, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&t.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(t.o("public"), b"everyone").unwrap();
+    fs::write(t.o("secret"), b"root only").unwrap();
+    fs::set_permissions(t.o("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(t.o("unreadable"), b"nobody").unwrap();
+    fs::set_permissions(t.o("unreadable"), fs::Permissions::from_mode(0o000)).unwrap();
+    t.mount(&["--allow-other"]);
+    // Root reads the secret: now it is cached.
+    assert_eq!(fs::read(t.m("secret")).unwrap(), b"root only");
+    assert_eq!(cat_as_nobody(&t.m("public")).unwrap(), b"everyone");
+    let e = cat_as_nobody(&t.m("secret")).unwrap_err();
+    assert!(e.contains("Permission denied"), "{e}");
+    let e = cat_as_nobody(&t.m("unreadable")).unwrap_err();
+    assert!(e.contains("Permission denied"), "{e}");
+    // Writes are refused with EROFS.
+    let e = fs::write(t.m("public"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(30), "EROFS");
+    let e = fs::write(t.m("new-file"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(30), "EROFS");
+    t.umount();
+    let log = fs::read_to_string(t.cache.join("strata.log")).unwrap();
+    assert!(
+        log.contains("write refused"),
+        "a clear log line for refused writes"
+    );
+}
+
+#[test]
+fn mount_errors_are_clear_and_nonzero() {
+    let t = Mount::new();
+    let out = Command::new(common::STRATA)
+        .args(["mount", "/definitely/not/here"])
+        .arg(&t.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/definitely/not/here"));
+
+    let out = t.try_mount(&["--cache-size", "lots"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lots"));
+
+    let out = t.try_mount(&["-o", "bogus_option=1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_option"));
+
+    // Busy mountpoint, and a cache directory already in use.
+    let mut first = Mount::new();
+    first.mount(&[]);
+    let out = Command::new(common::STRATA)
+        .arg("mount")
+        .arg(&first.origin)
+        .arg(&first.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("busy"),
+        "{:?}",
+        out
+    );
+    let out = Command::new(common::STRATA)
+        .arg("mount")
+        .arg(&t.origin)
+        .arg(&t.mnt)
+        .arg("--cache-dir")
+        .arg(&first.cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{:?}",
+        out
+    );
+    // fsck refuses while mounted.
+    let out = Command::new(common::STRATA)
+        .arg("fsck")
+        .arg(&first.cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    first.umount();
+    let out = Command::new(common::STRATA)
+        .arg("fsck")
+        .arg(&first.cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn fstab_style_invocation_and_kill_9_recovery() {
+    let mut t = Mount::new();
+    fs::write(t.o("data"), pattern(11, 2_000_000)).unwrap();
+    // What mount.fuse3 runs for `mount -t fuse.strata ORIGIN MNT -o ...`.
+    let out = Command::new(common::STRATA)
+        .arg(&t.origin)
+        .arg(&t.mnt)
+        .arg("-o")
+        .arg(format!(
+            "rw,nodev,cache_dir={},attr_ttl=5s,ram_size=32M",
+            t.cache.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.mounted = true;
+    assert_eq!(fs::read(t.m("data")).unwrap(), pattern(11, 2_000_000));
+    assert!(eventually(Duration::from_secs(10), || t
+        .stat_u64("disk_blocks")
+        > 0));
+    std::thread::sleep(Duration::from_millis(300)); // let the commit land
+    // kill -9 the daemon, clear the dead mount, mount again: it recovers by itself.
+    let pid: i32 = fs::read_to_string(t.cache.join("lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+    Command::new("umount")
+        .arg("-l")
+        .arg(&t.mnt)
+        .status()
+        .unwrap();
+    t.mounted = false;
+    t.mount(&[]);
+    drop_page_cache();
+    assert_eq!(fs::read(t.m("data")).unwrap(), pattern(11, 2_000_000));
+    let s = t.stats();
+    assert!(
+        s["disk_hits"].as_u64().unwrap() > 0,
+        "blocks committed before the kill are kept: {s}"
+    );
+    t.umount();
+}
