@@ -449,17 +449,25 @@ fn mount_errors_are_clear_and_nonzero() {
 fn fstab_style_invocation_and_kill_9_recovery() {
     let mut t = Mount::new();
     fs::write(t.o("data"), pattern(11, 2_000_000)).unwrap();
-    // What mount.fuse3 runs for `mount -t fuse.strata ORIGIN MNT -o ...`.
-    let out = Command::new(common::STRATA)
+    // `mount -t fuse.strata ORIGIN MNT -o ...` runs the mount.fuse3 helper (from
+    // fuse3, which scripts/prereqs installs), which runs `strata ORIGIN MNT -o ...`.
+    let bin_dir = Path::new(common::STRATA).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("mount.fuse3")
+        .env("PATH", path)
         .arg(&t.origin)
         .arg(&t.mnt)
-        .arg("-o")
+        .args(["-t", "strata", "-o"])
         .arg(format!(
             "rw,nodev,cache_dir={},attr_ttl=5s,ram_size=32M",
             t.cache.display()
         ))
         .output()
-        .unwrap();
+        .expect("mount.fuse3 (package fuse3; scripts/prereqs installs it)");
     assert!(
         out.status.success(),
         "{}",
@@ -500,5 +508,84 @@ fn fstab_style_invocation_and_kill_9_recovery() {
         s["disk_hits"].as_u64().unwrap() > 0,
         "blocks committed before the kill are kept: {s}"
     );
+    t.umount();
+}
+
+#[test]
+fn foreground_mount_unmounts_cleanly_on_sigterm() {
+    let t = Mount::new();
+    fs::write(t.o("f"), pattern(21, 300_000)).unwrap();
+    let mut child = Command::new(common::STRATA)
+        .arg("mount")
+        .arg("-f")
+        .arg(&t.origin)
+        .arg(&t.mnt)
+        .arg("--cache-dir")
+        .arg(&t.cache)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || fs::read(t.m("f")).is_ok()),
+        "the foreground mount did not come up"
+    );
+    assert_eq!(fs::read(t.m("f")).unwrap(), pattern(21, 300_000));
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "exit {status}: {err}");
+    assert!(err.contains("clean shutdown"), "{err}");
+    assert!(fs::read(t.m("f")).is_err(), "still mounted after SIGTERM");
+}
+
+#[test]
+fn warm_metadata_walks_do_not_ask_the_origin() {
+    let mut t = Mount::new();
+    for d in 0..10 {
+        let dir = t.o(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..30 {
+            fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+        }
+        symlink("f0", dir.join("link")).unwrap();
+    }
+    t.mount(&["--attr-ttl", "60s", "--origin-latency", "5ms"]);
+    let walk = |t: &Mount| {
+        let out = Command::new("find")
+            .arg(&t.mnt)
+            .arg("-ls")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let out = Command::new("ls").arg("-lR").arg(&t.mnt).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let t0 = std::time::Instant::now();
+    let lines = walk(&t);
+    let cold = t0.elapsed();
+    let asked = t.stat_u64("revalidations");
+    assert!(asked >= 300, "cold walk stats every entry: {asked}");
+    // The kernel's own caches would hide the engine: drop them, then walk again.
+    drop_page_cache();
+    let t1 = std::time::Instant::now();
+    assert_eq!(walk(&t), lines);
+    let warm = t1.elapsed();
+    assert_eq!(
+        t.stat_u64("revalidations"),
+        asked,
+        "warm walk asked the origin"
+    );
+    println!("cold walk {cold:?}, warm walk {warm:?}");
     t.umount();
 }
