@@ -82,7 +82,7 @@ fn build_tree(root: &Path, big_mib: usize, small_files: usize) {
 }
 
 /// Compares one entry's attributes through the mount with the origin's.
-fn same_attrs(o: &Path, m: &Path, rel: &Path) {
+fn same_attrs(o: &Path, m: &Path, rel: &Path, check_ino: bool) {
     let a = fs::symlink_metadata(o).unwrap();
     let b = fs::symlink_metadata(m).unwrap_or_else(|e| panic!("{rel:?} through the mount: {e}"));
     let ctx = format!("{rel:?}");
@@ -101,7 +101,7 @@ fn same_attrs(o: &Path, m: &Path, rel: &Path) {
         (b.ctime(), b.ctime_nsec()),
         "{ctx}: ctime"
     );
-    if !rel.as_os_str().is_empty() {
+    if check_ino && !rel.as_os_str().is_empty() {
         assert_eq!(a.ino(), b.ino(), "{ctx}: inode number");
     }
     if !a.is_dir() {
@@ -113,11 +113,17 @@ fn same_attrs(o: &Path, m: &Path, rel: &Path) {
 /// Walks the origin and checks every entry, byte and attribute through the mount.
 /// Returns the number of files compared.
 fn compare_tree(origin: &Path, mnt: &Path) -> usize {
+    compare_tree_with(origin, mnt, true)
+}
+
+/// As `compare_tree`; `check_ino` is false for origins whose inode numbers strata
+/// cannot present (it numbers the files itself then).
+fn compare_tree_with(origin: &Path, mnt: &Path, check_ino: bool) -> usize {
     let mut files = 0;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let (o, m) = (origin.join(&rel), mnt.join(&rel));
-        same_attrs(&o, &m, &rel);
+        same_attrs(&o, &m, &rel, check_ino);
         let meta = fs::symlink_metadata(&o).unwrap();
         if meta.is_dir() {
             let mut a: Vec<_> = fs::read_dir(&o)
@@ -588,4 +594,47 @@ fn warm_metadata_walks_do_not_ask_the_origin() {
     );
     println!("cold walk {cold:?}, warm walk {warm:?}");
     t.umount();
+}
+
+/// sshfs numbers inodes as it meets them and renumbers them once its kernel inodes
+/// are forgotten: strata must not take that for a change of the files.
+#[test]
+fn sshfs_origin_stays_cached_across_remounts_and_forgotten_inodes() {
+    let _one = common::sshfs_lock();
+    let mut t = Mount::new();
+    let data = t.tmp.path().join("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    fs::write(data.join("big"), pattern(31, 3_000_000)).unwrap();
+    for i in 0..50 {
+        fs::write(
+            data.join(format!("sub/s{i}")),
+            pattern(i, 5000 + i as usize),
+        )
+        .unwrap();
+    }
+    let sshfs = common::SshfsOrigin::up(&data, &t.origin);
+    t.mount(&["--attr-ttl", "300ms"]);
+    compare_tree_with(&t.origin, &t.mnt, false);
+    assert!(eventually(Duration::from_secs(20), || t
+        .stat_u64("inflight_fill_bytes")
+        == 0));
+    t.umount();
+    drop_page_cache(); // sshfs forgets its inodes and will number them anew
+    t.mount(&["--attr-ttl", "300ms"]);
+    compare_tree_with(&t.origin, &t.mnt, false);
+    let s = t.stats();
+    assert_eq!(
+        s["origin_requests"], 0,
+        "warm reads over sshfs went to the origin: {s}"
+    );
+    // A change at the origin is still seen.
+    fs::write(data.join("sub/s0"), b"changed").unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // sshfs's own attribute cache
+    assert!(eventually(Duration::from_secs(25), || fs::read(
+        t.m("sub/s0")
+    )
+    .unwrap()
+        == b"changed"));
+    t.umount();
+    drop(sshfs);
 }

@@ -62,6 +62,10 @@ pub struct StrataFs {
     opts: FsOptions,
     root_dev: u64,
     root_ino: u64,
+    /// The origin's inode numbers are stable: present them. Otherwise strata numbers
+    /// paths itself (from `next_ino`), stable while the kernel knows the path.
+    stable_inodes: bool,
+    next_ino: AtomicU64,
     nodes: Arc<RwLock<Nodes>>,
     files: Mutex<FxHashMap<u64, Arc<Handle>>>,
     dirs: Mutex<FxHashMap<u64, Arc<Vec<strata::origin::DirEntry>>>>,
@@ -156,11 +160,14 @@ impl StrataFs {
             },
         );
         nodes.by_path.insert(PathBuf::new(), 1);
+        let stable_inodes = engine.origin().stable_inodes();
         Ok(Self {
             engine,
             opts,
             root_dev: root.dev,
             root_ino: root.ino,
+            stable_inodes,
+            next_ino: AtomicU64::new(2),
             nodes: Arc::new(RwLock::new(nodes)),
             files: Mutex::new(FxHashMap::default()),
             dirs: Mutex::new(FxHashMap::default()),
@@ -189,6 +196,12 @@ impl StrataFs {
     fn ino_of(&self, path: &Path, a: &Attr) -> u64 {
         if path.as_os_str().is_empty() {
             return 1;
+        }
+        if !self.stable_inodes {
+            if let Some(&ino) = self.read_nodes().by_path.get(path) {
+                return ino;
+            }
+            return self.next_ino.fetch_add(1, Ordering::Relaxed);
         }
         if a.dev == self.root_dev && a.ino != 1 && a.ino != self.root_ino && a.ino < (1 << 63) {
             return a.ino;
@@ -497,7 +510,13 @@ impl fuser::Filesystem for StrataFs {
                 1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
                 _ => {
                     let e = &list[i - 2];
-                    let d_ino = if e.ino == 0 { u64::MAX } else { e.ino };
+                    let known = (!self.stable_inodes)
+                        .then(|| {
+                            let p = self.path_of(ino).ok()?.join(&e.name);
+                            self.read_nodes().by_path.get(&p).copied()
+                        })
+                        .flatten();
+                    let d_ino = known.unwrap_or(if e.ino == 0 { u64::MAX } else { e.ino });
                     reply.add(INodeNo(d_ino), i as u64 + 1, file_type(e.kind), &e.name)
                 }
             };

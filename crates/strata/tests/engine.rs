@@ -439,3 +439,18 @@ fn stress_readers_while_the_origin_changes() {
     );
     assert!(st.invalidations > 10, "{st:?}");
 }
+
+#[test]
+fn shutdown_releases_the_cache_directory_at_once() {
+    let s = setup();
+    std::fs::write(s.origin.join("f"), pattern(8, 100_000)).unwrap();
+    let first = engine(&s, Duration::from_secs(60));
+    assert_eq!(read_all(&first, "f"), pattern(8, 100_000));
+    first.shutdown();
+    // The first engine still exists (a daemon's threads may hold it until exit), but
+    // its cache directory is free and everything it stored is there.
+    let second = engine(&s, Duration::from_secs(60));
+    assert_eq!(read_all(&second, "f"), pattern(8, 100_000));
+    assert_eq!(second.stats().origin_requests, 0);
+    drop(first);
+}

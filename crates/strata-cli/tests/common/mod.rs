@@ -151,3 +151,49 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// A directory served over ssh from a network namespace and mounted with sshfs
+/// (bench/slow-origin.sh, no added delay). One at a time: see `sshfs_lock`.
+pub struct SshfsOrigin {
+    mnt: PathBuf,
+}
+
+fn slow_origin_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/slow-origin.sh")
+}
+
+impl SshfsOrigin {
+    pub fn up(data: &Path, mnt: &Path) -> SshfsOrigin {
+        let out = Command::new(slow_origin_script())
+            .arg("up")
+            .arg(data)
+            .arg(mnt)
+            .arg("0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sshfs origin: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SshfsOrigin {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SshfsOrigin {
+    fn drop(&mut self) {
+        let _ = Command::new(slow_origin_script())
+            .arg("down")
+            .arg(&self.mnt)
+            .status();
+    }
+}
+
+/// The sshfs origin uses one network namespace: tests that need it take turns.
+pub fn sshfs_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -421,7 +421,8 @@ impl Engine {
     }
 
     /// Stops the background threads: read-ahead is abandoned, queued fills are
-    /// finished, the disk index is committed. Also done on drop.
+    /// finished, the disk index is committed and the cache directory released (another
+    /// process may open it right away). Also done on drop.
     pub fn shutdown(&self) {
         self.inner.prefetch_tx.write().take();
         self.inner.fill_tx.write().take();
@@ -430,7 +431,7 @@ impl Engine {
             let _ = t.join();
         }
         if let Some(d) = &self.inner.disk
-            && let Err(e) = d.flush()
+            && let Err(e) = d.close()
         {
             tracing::warn!(error = %e, "could not commit the cache index at shutdown");
         }

@@ -24,7 +24,12 @@ use super::{
 pub struct LocalOrigin {
     root: OwnedFd,
     root_path: PathBuf,
+    stable_inodes: bool,
 }
+
+/// statfs magic of FUSE filesystems (sshfs, rclone, s3fs, ...): their inode numbers
+/// are made up per lookup and change once the kernel forgets an inode.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS);
 
@@ -44,7 +49,23 @@ impl LocalOrigin {
                 format!("cannot open origin directory {}: {e}", root_path.display()),
             )
         })?;
-        Ok(Self { root, root_path })
+        let fs_type = rustix::fs::fstatfs(&root)
+            .map(|s| s.f_type as i64)
+            .unwrap_or(0);
+        Ok(Self {
+            root,
+            root_path,
+            stable_inodes: fs_type != FUSE_SUPER_MAGIC,
+        })
+    }
+
+    /// Attributes, with the inode left out of the token where inodes are unstable.
+    fn attr(&self, m: &std::fs::Metadata) -> Attr {
+        let mut a = attr_of(m);
+        if !self.stable_inodes {
+            forget_ino(&mut a.token);
+        }
+        a
     }
 
     pub fn root_path(&self) -> &Path {
@@ -87,6 +108,12 @@ impl LocalOrigin {
                 OsStr::new("."),
             )),
         }
+    }
+}
+
+fn forget_ino(t: &mut Token) {
+    if let Token::Stat { ino, .. } = t {
+        *ino = 0;
     }
 }
 
@@ -162,7 +189,7 @@ fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
 impl Origin for LocalOrigin {
     fn stat(&self, path: &Path) -> io::Result<Attr> {
         let fd = self.open_path(path)?;
-        Ok(attr_of(&File::from(fd).metadata()?))
+        Ok(self.attr(&File::from(fd).metadata()?))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn OriginFile>> {
@@ -173,7 +200,10 @@ impl Origin for LocalOrigin {
                 rustix::io::Errno::ISDIR.raw_os_error(),
             ));
         }
-        Ok(Box::new(LocalFile { file }))
+        Ok(Box::new(LocalFile {
+            file,
+            stable_inodes: self.stable_inodes,
+        }))
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
@@ -266,10 +296,15 @@ impl Origin for LocalOrigin {
     fn describe(&self) -> String {
         format!("local directory {}", self.root_path.display())
     }
+
+    fn stable_inodes(&self) -> bool {
+        self.stable_inodes
+    }
 }
 
 struct LocalFile {
     file: File,
+    stable_inodes: bool,
 }
 
 impl OriginFile for LocalFile {
@@ -305,7 +340,11 @@ impl OriginFile for LocalFile {
     }
 
     fn token(&self) -> io::Result<Token> {
-        Ok(attr_of(&self.file.metadata()?).token)
+        let mut t = attr_of(&self.file.metadata()?).token;
+        if !self.stable_inodes {
+            forget_ino(&mut t);
+        }
+        Ok(t)
     }
 }
 

@@ -142,6 +142,12 @@ pub trait Origin: Send + Sync {
     fn statfs(&self) -> io::Result<FsStats>;
     /// A short human description for logs ("local directory /srv/data").
     fn describe(&self) -> String;
+    /// Whether inode numbers stay the same for a file for as long as it exists. When
+    /// they do not (FUSE filesystems such as sshfs number inodes as they meet them),
+    /// tokens leave them out and a path is a file's identity.
+    fn stable_inodes(&self) -> bool {
+        true
+    }
 }
 
 /// An open origin file.

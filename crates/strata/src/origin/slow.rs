@@ -107,6 +107,10 @@ impl Origin for SlowOrigin {
         self.inner.statfs()
     }
 
+    fn stable_inodes(&self) -> bool {
+        self.inner.stable_inodes()
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (slowed: {:?} per request, {})",

@@ -361,7 +361,8 @@ struct Writer {
 
 pub struct DiskTier {
     storage: Arc<dyn Storage>,
-    _lock: Box<dyn std::any::Any + Send + Sync>,
+    /// The directory's lock; released by `close`, after which nothing is written.
+    lock: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
     cfg: DiskConfig,
     bs: u64,
     index: RwLock<Index>,
@@ -499,7 +500,7 @@ impl DiskTier {
         let ids = index.next_id;
         let tier = DiskTier {
             storage,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
             bs,
             index: RwLock::new(index),
             files: Mutex::new(FileCache {
@@ -791,6 +792,10 @@ impl DiskTier {
     pub fn write_batch(&self, blocks: &[FillBlock]) -> Vec<bool> {
         let mut done = vec![false; blocks.len()];
         let mut w = self.writer.lock();
+        if self.is_closed() {
+            stats::add(&self.stats.disk_refusals, blocks.len() as u64);
+            return done;
+        }
         if !self.may_fill(&mut w) {
             stats::add(&self.stats.disk_refusals, blocks.len() as u64);
             if self.fill_state() == FillState::Stopped {
@@ -1093,6 +1098,9 @@ impl DiskTier {
     /// scrubs one object directory. Returns true if more work is waiting.
     pub fn maintain(&self) -> bool {
         let mut w = self.writer.lock();
+        if self.is_closed() {
+            return false;
+        }
         let mut more = false;
         if let Err(e) = self.flush_pending(&mut w) {
             self.note_write_error(&mut w, &e);
@@ -1429,6 +1437,20 @@ impl DiskTier {
     pub fn flush(&self) -> io::Result<()> {
         let mut w = self.writer.lock();
         self.flush_pending(&mut w)
+    }
+
+    /// Makes everything pending durable and releases the directory's lock, so another
+    /// process may open it at once. The tier writes nothing afterwards.
+    pub fn close(&self) -> io::Result<()> {
+        let mut w = self.writer.lock();
+        let r = self.flush_pending(&mut w);
+        w.failed_until = Some(Instant::now() + Duration::from_secs(u32::MAX as u64));
+        self.lock.lock().take();
+        r
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock.lock().is_none()
     }
 
     pub fn used_bytes(&self) -> u64 {
