@@ -50,7 +50,7 @@ impl LocalOrigin {
             )
         })?;
         let fs_type = rustix::fs::fstatfs(&root)
-            .map(|s| s.f_type as i64)
+            .map(|s| s.f_type)
             .unwrap_or(0);
         Ok(Self {
             root,
