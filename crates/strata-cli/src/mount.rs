@@ -32,6 +32,7 @@ pub struct Plan {
     pub cache_dir: PathBuf,
     pub config: Config,
     pub allow_other: bool,
+    pub passthrough: bool,
     pub threads: usize,
     pub latency: Option<Duration>,
     pub bandwidth: Option<u64>,
@@ -100,6 +101,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
             thresholds,
         }),
         attr_ttl: o.attr_ttl.unwrap_or(Duration::from_secs(1)),
+        passthrough_min_age: o.passthrough_min_age.unwrap_or(Duration::from_secs(60)),
         ..Config::default()
     };
     config.validate()?;
@@ -117,6 +119,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         cache_dir,
         config,
         allow_other: o.allow_other,
+        passthrough: !o.no_passthrough,
         threads,
         latency: o.origin_latency,
         bandwidth: o.origin_bandwidth,
@@ -426,6 +429,7 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
         FsOptions {
             attr_ttl: plan.config.attr_ttl,
             control: Some(socket.clone()),
+            passthrough: plan.passthrough,
         },
     )
     .map_err(|e| format!("cannot read the origin's root: {e}"))?;

@@ -50,6 +50,15 @@ pub struct MountOpts {
     /// modes are still enforced by the kernel)
     #[arg(long)]
     pub allow_other: bool,
+    /// Never let the kernel read cached files directly (FUSE passthrough). Without
+    /// it, fully cached files are read by the kernel from the disk cache: much faster,
+    /// and an open file keeps the version it was opened with.
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// Files the origin changed more recently than this are always read through
+    /// strata (so open files follow appends), never passed through [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub passthrough_min_age: Option<Duration>,
     /// Threads serving FUSE requests [default: 16]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -142,6 +151,7 @@ impl MountOpts {
                 "fcull" => set(&mut self.fcull, pct(&v)?),
                 "fstop" => set(&mut self.fstop, pct(&v)?),
                 "allow_other" => self.allow_other = true,
+                "no_passthrough" => self.no_passthrough = true,
                 "threads" => set(
                     &mut self.threads,
                     need(&v)?
@@ -149,6 +159,9 @@ impl MountOpts {
                         .map_err(|_| "option -o threads: not a number".to_string())?,
                 ),
                 "origin_latency" => set(&mut self.origin_latency, parse_duration(&need(&v)?)?),
+                "passthrough_min_age" => {
+                    set(&mut self.passthrough_min_age, parse_duration(&need(&v)?)?)
+                }
                 "origin_bandwidth" => set(&mut self.origin_bandwidth, parse_size(&need(&v)?)?),
                 "log_level" => set(&mut self.log_level, need(&v)?),
                 k if IGNORED.contains(&k) => {}

@@ -79,6 +79,9 @@ fn build_tree(root: &Path, big_mib: usize, small_files: usize) {
     fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
     // A hard link.
     fs::hard_link(root.join("odd-0"), root.join("hardlink-to-odd-0")).unwrap();
+    // Settle delayed allocation: st_blocks changes at writeback without a ctime change,
+    // and cached attributes may lag it by up to the TTL.
+    Command::new("sync").status().unwrap();
 }
 
 /// Compares one entry's attributes through the mount with the origin's.
@@ -637,4 +640,76 @@ fn sshfs_origin_stays_cached_across_remounts_and_forgotten_inodes() {
         == b"changed"));
     t.umount();
     drop(sshfs);
+}
+
+fn age(path: &Path, secs: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+/// Fully cached, settled files are read by the kernel straight from the disk cache.
+/// A version change must still reach new opens; a handle of the old version then
+/// fails rather than pass old bytes off as new.
+#[test]
+fn passthrough_serves_settled_files_and_new_opens_still_see_changes() {
+    let mut t = Mount::new();
+    let old = pattern(41, 1_500_000);
+    fs::write(t.o("settled"), &old).unwrap();
+    age(&t.o("settled"), 3600);
+    fs::write(t.o("fresh"), pattern(42, 300_000)).unwrap();
+    t.mount(&["--attr-ttl", "200ms"]);
+    // The first read goes through strata and verifies every block.
+    assert_eq!(fs::read(t.m("settled")).unwrap(), old);
+    assert_eq!(fs::read(t.m("fresh")).unwrap(), pattern(42, 300_000));
+    assert!(eventually(Duration::from_secs(10), || t
+        .stat_u64("inflight_fill_bytes")
+        == 0));
+    let reads_before = t.stat_u64("reads");
+    drop_page_cache();
+    assert_eq!(fs::read(t.m("settled")).unwrap(), old);
+    assert_eq!(fs::read(t.m("fresh")).unwrap(), pattern(42, 300_000));
+    let s = t.stats();
+    assert_eq!(s["passthrough_opens"], 1, "only the settled file: {s}");
+    assert!(
+        s["reads"].as_u64().unwrap() > reads_before,
+        "the fresh file is read through strata"
+    );
+
+    // Hold the settled file open (passthrough), change it in place at the origin.
+    let mut held = fs::File::open(t.m("settled")).unwrap();
+    let mut head = vec![0u8; 1000];
+    held.read_exact(&mut head).unwrap();
+    assert_eq!(head, old[..1000]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(t.o("settled"))
+            .unwrap();
+        f.write_all_at(b"CHANGED IN PLACE", 0).unwrap();
+    }
+    let new = fs::read(t.o("settled")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        eventually(Duration::from_secs(5), || fs::read(t.m("settled"))
+            .is_ok_and(|b| b == new)),
+        "a new open must see the new version"
+    );
+    // The old handle reads no bytes of either version as if current: it is retired.
+    let mut rest = Vec::new();
+    match held.read_to_end(&mut rest) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(5), "{e}"),
+        Ok(_) => assert_eq!(
+            rest,
+            old[1000..],
+            "an old handle reads its own version only"
+        ),
+    }
+    drop(held);
+    t.umount();
 }

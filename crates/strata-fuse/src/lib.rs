@@ -44,6 +44,26 @@ pub struct FsOptions {
     pub attr_ttl: Duration,
     /// Control socket path reported through [`CONTROL_XATTR`].
     pub control: Option<PathBuf>,
+    /// Let the kernel read fully cached files straight from the disk cache.
+    pub passthrough: bool,
+}
+
+/// An open file.
+struct OpenFile {
+    handle: Arc<Handle>,
+    /// The inode and its generation when opened (see `StrataFs::gens`).
+    key: (u64, u64),
+    passthrough: bool,
+}
+
+/// How an inode's open files are read. The kernel allows one mode at a time per
+/// inode, and one backing file for all its passthrough opens.
+#[derive(Default)]
+struct InodeIo {
+    /// Opens read through strata and the kernel's page cache of the inode.
+    cached: u32,
+    /// The backing file (and its pin) shared by the passthrough opens.
+    passthrough: Option<(fuser::BackingId, strata::Passthrough, u32)>,
 }
 
 struct Node {
@@ -67,43 +87,82 @@ pub struct StrataFs {
     stable_inodes: bool,
     next_ino: AtomicU64,
     nodes: Arc<RwLock<Nodes>>,
-    files: Mutex<FxHashMap<u64, Arc<Handle>>>,
+    files: Mutex<FxHashMap<u64, OpenFile>>,
+    /// How each (inode, generation) is read now.
+    io: Arc<Mutex<FxHashMap<(u64, u64), InodeIo>>>,
+    /// Generations of inode numbers, when not 0. A generation is bumped when a version
+    /// the kernel reads by passthrough dies: the kernel then retires that inode and
+    /// makes a new one for the next lookup, so new opens cannot share the old backing.
+    gens: Arc<Mutex<FxHashMap<u64, u64>>>,
+    /// Passthrough was asked for and the kernel agreed (set at INIT).
+    passthrough: bool,
     dirs: Mutex<FxHashMap<u64, Arc<Vec<strata::origin::DirEntry>>>>,
     next_fh: AtomicU64,
     erofs_logged: AtomicU64,
 }
 
 /// Delivers the engine's invalidations to the kernel: when the engine drops an
-/// object, the kernel's page cache of its inode is dropped too.
+/// object, the kernel's page cache of its inode is dropped too; if the kernel reads
+/// the inode by passthrough, the inode is retired (see `StrataFs::gens`).
 pub struct Invalidator {
     engine: Arc<Engine>,
     nodes: Arc<RwLock<Nodes>>,
+    io: Arc<Mutex<FxHashMap<(u64, u64), InodeIo>>>,
+    gens: Arc<Mutex<FxHashMap<u64, u64>>>,
+}
+
+enum Notice {
+    Inode(u64),
+    Entry(u64, std::ffi::OsString),
 }
 
 impl Invalidator {
     /// Starts delivering. Notifications go out from their own thread: sending one
     /// from a request handler can deadlock against the kernel.
     pub fn connect(self, notifier: fuser::Notifier) -> io::Result<()> {
-        let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Notice>();
         std::thread::Builder::new()
             .name("strata-inval".into())
             .spawn(move || {
-                for ino in rx {
-                    // ENOENT: the kernel no longer knows the inode; nothing to drop.
-                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                for n in rx {
+                    // ENOENT: the kernel no longer knows it; nothing to drop.
+                    let _ = match n {
+                        Notice::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+                        Notice::Entry(parent, name) => notifier.inval_entry(INodeNo(parent), &name),
+                    };
                 }
             })?;
-        let nodes = self.nodes;
-        let tx: Mutex<Sender<u64>> = Mutex::new(tx);
-        self.engine.set_invalidation_listener(move |path| {
-            let ino = nodes
-                .read()
+        let Invalidator {
+            engine,
+            nodes,
+            io,
+            gens,
+        } = self;
+        let tx: Mutex<Sender<Notice>> = Mutex::new(tx);
+        engine.set_invalidation_listener(move |path| {
+            let (ino, parent) = {
+                let n = nodes.read().unwrap_or_else(|e| e.into_inner());
+                let parent = path
+                    .parent()
+                    .and_then(|p| n.by_path.get(p).copied())
+                    .unwrap_or(1);
+                (n.by_path.get(path).copied(), parent)
+            };
+            let Some(ino) = ino else { return };
+            let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = tx.send(Notice::Inode(ino));
+            let mut g = gens.lock().unwrap_or_else(|e| e.into_inner());
+            let cur = g.get(&ino).copied().unwrap_or(0);
+            let in_passthrough = io
+                .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .by_path
-                .get(path)
-                .copied();
-            if let Some(ino) = ino {
-                let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(ino);
+                .get(&(ino, cur))
+                .is_some_and(|st| st.passthrough.is_some());
+            if in_passthrough {
+                g.insert(ino, cur + 1);
+                if let Some(name) = path.file_name() {
+                    let _ = tx.send(Notice::Entry(parent, name.to_os_string()));
+                }
             }
         });
         Ok(())
@@ -170,6 +229,9 @@ impl StrataFs {
             next_ino: AtomicU64::new(2),
             nodes: Arc::new(RwLock::new(nodes)),
             files: Mutex::new(FxHashMap::default()),
+            io: Arc::new(Mutex::new(FxHashMap::default())),
+            gens: Arc::new(Mutex::new(FxHashMap::default())),
+            passthrough: false,
             dirs: Mutex::new(FxHashMap::default()),
             next_fh: AtomicU64::new(1),
             erofs_logged: AtomicU64::new(0),
@@ -181,7 +243,18 @@ impl StrataFs {
         Invalidator {
             engine: self.engine.clone(),
             nodes: self.nodes.clone(),
+            io: self.io.clone(),
+            gens: self.gens.clone(),
         }
+    }
+
+    fn gen_of(&self, ino: u64) -> u64 {
+        self.gens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn read_nodes(&self) -> std::sync::RwLockReadGuard<'_, Nodes> {
@@ -328,6 +401,15 @@ impl fuser::Filesystem for StrataFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        if self.opts.passthrough && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+            // Backing files are the cache's own files on a local filesystem: one level.
+            if config.set_max_stack_depth(1).is_ok()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            {
+                self.passthrough = true;
+            }
+        }
+        tracing::debug!(passthrough = self.passthrough, "FUSE session initialized");
         Ok(())
     }
 
@@ -340,7 +422,8 @@ impl fuser::Filesystem for StrataFs {
             Ok(a) => {
                 let ino = self.ino_of(&path, &a);
                 self.remember(ino, &path);
-                reply.entry(&self.opts.attr_ttl, &self.fattr(ino, &a), Generation(0));
+                let generation = Generation(self.gen_of(ino));
+                reply.entry(&self.opts.attr_ttl, &self.fattr(ino, &a), generation);
             }
             Err(e) if e.raw_os_error() == Some(2) => {
                 // A negative entry (inode 0) the kernel may cache for the TTL.
@@ -392,26 +475,76 @@ impl fuser::Filesystem for StrataFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        match self.engine.open(&path) {
-            Ok(h) => {
-                // The open just refreshed the attributes: is it still this inode's file?
-                let same = self
-                    .engine
-                    .stat(&path)
-                    .is_ok_and(|a| self.ino_of(&path, &a) == ino.0);
-                if !same {
-                    return reply.error(Errno::ESTALE);
-                }
-                let fh = self.new_fh();
-                self.files
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(h));
-                // Keep the kernel's page cache across opens; the engine drops it
-                // through the notifier when the object changes.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        let h = match self.engine.open(&path) {
+            Ok(h) => Arc::new(h),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // The open just refreshed the attributes: is it still this inode's file?
+        let same = self
+            .engine
+            .stat(&path)
+            .is_ok_and(|a| self.ino_of(&path, &a) == ino.0);
+        if !same {
+            return reply.error(Errno::ESTALE);
+        }
+        let fh = self.new_fh();
+        let key = (ino.0, self.gen_of(ino.0));
+        let mut pt_candidate = None;
+        if self.passthrough {
+            let join = {
+                let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+                io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
+            };
+            if !matches!(join, Some((c, false)) if c > 0) {
+                // Asked outside the lock: it may consult the origin.
+                pt_candidate = self.engine.passthrough(&h);
             }
-            Err(e) => reply.error(errno(&e)),
+        }
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        let st = io.entry(key).or_default();
+        // The file is known before the kernel hears of it: a read may follow at once.
+        let register = |passthrough: bool| {
+            self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                fh,
+                OpenFile {
+                    handle: h.clone(),
+                    key,
+                    passthrough,
+                },
+            );
+        };
+        if let Some((backing, _, opens)) = &mut st.passthrough {
+            // Every passthrough open of an inode must share its backing file.
+            *opens += 1;
+            register(true);
+            reply_pt(reply, fh, backing);
+        } else if let (Some(pt), 0) = (pt_candidate, st.cached) {
+            match reply.open_backing(&pt.file) {
+                Ok(backing) => {
+                    st.passthrough = Some((backing, pt, 1));
+                    register(true);
+                    let (backing, _, _) = st.passthrough.as_ref().expect("just set");
+                    reply_pt(reply, fh, backing);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "passthrough refused; reading through strata");
+                    st.cached += 1;
+                    register(false);
+                    reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                    );
+                }
+            }
+        } else {
+            st.cached += 1;
+            register(false);
+            // Keep the kernel's page cache across opens; the engine drops it through
+            // the notifier when the object changes.
+            reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            );
         }
     }
 
@@ -431,7 +564,7 @@ impl fuser::Filesystem for StrataFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
-            .cloned();
+            .map(|f| f.handle.clone());
         let Some(h) = h else {
             return reply.error(Errno::EBADF);
         };
@@ -466,10 +599,30 @@ impl fuser::Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files
+        let f = self
+            .files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
+        if let Some(f) = f {
+            let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(st) = io.get_mut(&f.key) {
+                if f.passthrough {
+                    if let Some((_, _, opens)) = &mut st.passthrough {
+                        *opens -= 1;
+                        if *opens == 0 {
+                            // Closes the backing id and unpins the cached object.
+                            st.passthrough = None;
+                        }
+                    }
+                } else {
+                    st.cached = st.cached.saturating_sub(1);
+                }
+                if st.cached == 0 && st.passthrough.is_none() {
+                    io.remove(&f.key);
+                }
+            }
+        }
         reply.ok();
     }
 
@@ -585,7 +738,7 @@ impl fuser::Filesystem for StrataFs {
                                 &e.name,
                                 &ttl,
                                 &self.fattr(e_ino, a),
-                                Generation(0),
+                                Generation(self.gen_of(e_ino)),
                             );
                             if !full {
                                 // The kernel holds a reference for each entry it got.
@@ -867,6 +1020,10 @@ impl StrataFs {
 
 fn libc_o_trunc() -> i32 {
     rustix::fs::OFlags::TRUNC.bits() as i32
+}
+
+fn reply_pt(reply: ReplyOpen, fh: u64, backing: &fuser::BackingId) {
+    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, backing);
 }
 
 fn negative_entry() -> FileAttr {

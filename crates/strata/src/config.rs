@@ -39,6 +39,13 @@ pub struct Config {
     pub compact_min_bytes: u64,
     /// Most metadata entries (attributes, listings) kept.
     pub meta_entries: usize,
+    /// A file is handed to the kernel to read directly (passthrough) only if the
+    /// origin has not changed it for this long: files being written (logs) stay on
+    /// the path that follows their changes.
+    pub passthrough_min_age: Duration,
+    /// Smaller files are not passed through: setting passthrough up costs more than
+    /// reading a small file through strata (and the kernel caches it either way).
+    pub passthrough_min_size: u64,
 }
 
 impl Default for Config {
@@ -54,6 +61,8 @@ impl Default for Config {
             prefetch_threads: 8,
             compact_min_bytes: 16 << 20,
             meta_entries: 1 << 20,
+            passthrough_min_age: Duration::from_secs(60),
+            passthrough_min_size: 1 << 20,
         }
     }
 }

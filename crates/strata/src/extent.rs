@@ -29,6 +29,9 @@ pub mod bits {
     pub const DIRTY: Bits = 1 << 4;
     /// Reserved for write-back caching: the range is being written to the origin.
     pub const WRITEBACK: Bits = 1 << 5;
+    /// The range's disk copy was checked against its checksums (or written by this
+    /// process) since the engine started: it may be served without the engine.
+    pub const VERIFIED: Bits = 1 << 6;
 }
 
 /// Canonical map of non-overlapping ranges to non-zero state bits.

@@ -56,6 +56,7 @@ stats! {
     fills_dropped: "fills dropped because the fill queue was full",
     fill_errors: "fills that failed on a cache device error",
     promotions: "blocks copied from the disk tier to the RAM tier",
+    passthrough_opens: "opens of fully cached files the kernel then reads directly from the disk tier",
     ram_refusals: "puts the RAM tier refused",
     disk_refusals: "fills the disk tier refused (stopped, object gone)",
     disk_refused_space: "fills refused because free space was below the stop threshold",

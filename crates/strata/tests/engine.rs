@@ -454,3 +454,50 @@ fn shutdown_releases_the_cache_directory_at_once() {
     assert_eq!(second.stats().origin_requests, 0);
     drop(first);
 }
+
+#[test]
+fn passthrough_only_for_verified_whole_files_and_pinned_against_eviction() {
+    use std::io::Read;
+    let s = setup();
+    let want = pattern(12, 5 * BS as usize + 100);
+    std::fs::write(s.origin.join("f"), &want).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            s.origin.join(format!("other{i}")),
+            pattern(100 + i, 4 * BS as usize),
+        )
+        .unwrap();
+    }
+    let mut c = config(&s.cache, Duration::from_secs(60));
+    c.disk.as_mut().unwrap().capacity = 8 * BS as u64; // room for f and a little more
+    c.ram_capacity = BS as u64 * 2;
+    c.passthrough_min_age = Duration::ZERO; // the test's files are brand new
+    c.passthrough_min_size = 0;
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let e = Engine::new(c, origin).unwrap();
+    let h = e.open(Path::new("f")).unwrap();
+    assert!(e.passthrough(&h).is_none(), "nothing cached yet");
+    e.read(&h, 0, BS as usize).unwrap();
+    assert!(e.wait_fills(Duration::from_secs(10)));
+    assert!(
+        e.passthrough(&h).is_none(),
+        "only part of the file is cached"
+    );
+    assert_eq!(read_all(&e, "f"), want);
+    assert!(e.wait_fills(Duration::from_secs(10)));
+    let pt = e.passthrough(&h).expect("whole and verified: passthrough");
+    // Other files push the disk tier past its size: the pinned file stays whole.
+    for i in 0..8 {
+        read_all(&e, &format!("other{i}"));
+        e.wait_fills(Duration::from_secs(10));
+    }
+    assert!(e.stats().disk_evictions > 0);
+    let mut got = Vec::new();
+    (&pt.file).read_to_end(&mut got).unwrap();
+    assert_eq!(
+        got, want,
+        "the kernel would read exactly the origin's bytes"
+    );
+    drop(pt);
+    assert_eq!(e.stats().passthrough_opens, 1);
+}

@@ -124,6 +124,20 @@ impl Handle {
     }
 }
 
+/// A cached file handed to the kernel to read directly (see [`Engine::passthrough`]).
+pub struct Passthrough {
+    pub file: std::fs::File,
+    _pin: crate::tier::disk::Pin,
+    object: Arc<Object>,
+}
+
+impl Passthrough {
+    /// The object version the kernel reads.
+    pub fn object(&self) -> &Arc<Object> {
+        &self.object
+    }
+}
+
 /// How gathering the blocks of a read ended.
 enum Gathered {
     Complete,
@@ -296,6 +310,47 @@ impl Engine {
     /// Reads up to `len` bytes at `off`. Fewer bytes only at the end of the file.
     pub fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
         self.inner.read(h, off, len.min(MAX_READ))
+    }
+
+    /// For a file the disk tier holds whole, every block verified since start: its
+    /// data file, for the kernel to read directly (FUSE passthrough), with a pin that
+    /// keeps the file whole while it is open. The version is the handle's current one
+    /// (checked within the TTL); it stays what the kernel reads until the pin is gone.
+    pub fn passthrough(&self, h: &Handle) -> Option<Passthrough> {
+        let disk = self.inner.disk.as_ref()?;
+        let obj = self.inner.current(h).ok()?;
+        let size = obj.size();
+        if size == 0 || size < self.inner.cfg.passthrough_min_size || obj.is_dead() {
+            return None;
+        }
+        if let Token::Stat { mtime_ns, .. } = obj.token() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            let age = now.saturating_sub(*mtime_ns);
+            if age < self.inner.cfg.passthrough_min_age.as_nanos() as i64 {
+                return None;
+            }
+        }
+        let whole = obj
+            .lock()
+            .tree
+            .test_all(0..size, bits::DISK | bits::VERIFIED);
+        if !whole {
+            return None;
+        }
+        let pin = disk.pin(obj.id)?;
+        // Checked under the pin: nothing can be evicted from here on.
+        if !disk.contains_all(obj.id, 0..obj.blocks()) {
+            return None;
+        }
+        let file = disk.backing_file(&pin).ok()?;
+        stats::inc(&self.inner.stats.passthrough_opens);
+        Some(Passthrough {
+            file,
+            _pin: pin,
+            object: obj,
+        })
     }
 
     /// Attributes of an entry: from the cache within the TTL, else from the origin.
@@ -801,6 +856,13 @@ impl Inner {
                     for blk in promoted {
                         st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
                     }
+                    for (j, b) in got[start..i].iter().enumerate() {
+                        if b.is_some() {
+                            let blk = first + j as u64;
+                            st.tree
+                                .set(obj.bytes_of(blk..blk + 1), bits::DISK | bits::VERIFIED);
+                        }
+                    }
                     for blk in absent {
                         st.tree.clear(obj.bytes_of(blk..blk + 1), bits::DISK);
                     }
@@ -1071,7 +1133,8 @@ impl Inner {
             let r = o.bytes_of(blk..blk + 1);
             st.tree.clear(r.clone(), bits::FILLING);
             if *ok {
-                st.tree.set(r, bits::DISK);
+                // Written by us from bytes checked against the origin's token.
+                st.tree.set(r, bits::DISK | bits::VERIFIED);
             }
         }
     }

@@ -49,9 +49,7 @@ impl LocalOrigin {
                 format!("cannot open origin directory {}: {e}", root_path.display()),
             )
         })?;
-        let fs_type = rustix::fs::fstatfs(&root)
-            .map(|s| s.f_type)
-            .unwrap_or(0);
+        let fs_type = rustix::fs::fstatfs(&root).map(|s| s.f_type).unwrap_or(0);
         Ok(Self {
             root,
             root_path,

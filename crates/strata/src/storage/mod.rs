@@ -41,6 +41,11 @@ pub trait Storage: Send + Sync {
     fn space(&self) -> io::Result<Space>;
     /// Takes the cache's exclusive lock for the life of the returned guard.
     fn lock(&self) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
+    /// The path of a file on a real filesystem, for handing it to the kernel (FUSE
+    /// passthrough). None for media that are not real files.
+    fn real_path(&self, _path: &Path) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// An open file of a [`Storage`].

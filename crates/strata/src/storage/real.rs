@@ -84,6 +84,10 @@ impl Storage for RealStorage {
         })
     }
 
+    fn real_path(&self, path: &Path) -> Option<PathBuf> {
+        Some(self.path(path))
+    }
+
     fn lock(&self) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
         let f = OpenOptions::new()
             .read(true)

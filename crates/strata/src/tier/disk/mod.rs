@@ -224,6 +224,8 @@ struct Index {
     blocks: S3Fifo<u64, u32, BlockWeight>,
     next_id: u64,
     bs: u64,
+    /// Objects whose data file the kernel reads directly: never evicted or punched.
+    pinned: FxHashMap<u64, u32>,
 }
 
 fn key(slot: u32, blk: u64) -> Option<u64> {
@@ -244,6 +246,7 @@ impl Index {
             blocks: S3Fifo::new(u64::MAX, BlockWeight(bs)),
             next_id: 1,
             bs,
+            pinned: FxHashMap::default(),
         }
     }
 
@@ -319,13 +322,32 @@ impl Index {
         }
     }
 
-    /// Evicts one block by policy; returns its (id, block).
+    /// Evicts one block by policy; returns its (id, block). Blocks of pinned objects
+    /// go back to the queue.
     fn evict_one(&mut self) -> Option<(u64, u64)> {
-        let (k, _) = self.blocks.evict_one()?;
-        let (slot, blk) = unkey(k);
-        let o = self.slots[slot as usize].as_mut()?;
-        o.present.clear(blk..blk + 1, PRESENT);
-        Some((o.id, blk))
+        let mut skipped = Vec::new();
+        let found = loop {
+            let Some((k, crc)) = self.blocks.evict_one() else {
+                break None;
+            };
+            let (slot, blk) = unkey(k);
+            let Some(o) = self.slots[slot as usize].as_mut() else {
+                continue;
+            };
+            if self.pinned.contains_key(&o.id) {
+                skipped.push((k, crc));
+                if skipped.len() > self.blocks.len() {
+                    break None;
+                }
+                continue;
+            }
+            o.present.clear(blk..blk + 1, PRESENT);
+            break Some((o.id, blk));
+        };
+        for (k, crc) in skipped {
+            self.blocks.insert_loaded(k, crc);
+        }
+        found
     }
 }
 
@@ -626,6 +648,28 @@ impl DiskTier {
         if let Some((id, _)) = self.lookup(path) {
             self.drop_object(id);
         }
+    }
+
+    /// Keeps an object's data file exactly as it is (no eviction, culling or punched
+    /// holes) until the returned pin is dropped. None if the object is not cached.
+    pub fn pin(self: &Arc<Self>, id: u64) -> Option<Pin> {
+        let mut idx = self.index.write();
+        idx.obj(id)?;
+        *idx.pinned.entry(id).or_insert(0) += 1;
+        Some(Pin {
+            tier: self.clone(),
+            id,
+        })
+    }
+
+    /// The data file of a fully cached object, opened read-only for the kernel to read
+    /// directly (FUSE passthrough). The caller holds a pin on the object.
+    pub fn backing_file(&self, _pin: &Pin) -> io::Result<std::fs::File> {
+        let path = self
+            .storage
+            .real_path(&object_path(_pin.id))
+            .ok_or_else(|| io::Error::other("the cache medium has no real files"))?;
+        std::fs::File::open(path)
     }
 
     /// Block ranges of an object that are on disk.
@@ -1183,7 +1227,8 @@ impl DiskTier {
     }
 
     /// Punches the holes of removed blocks and removes files of dropped or emptied
-    /// objects. Runs after the records saying so are durable.
+    /// objects. Runs after the records saying so are durable. A pinned object's file
+    /// is left whole (the kernel may be reading it); the scrubber tidies it later.
     fn reclaim(&self, drops: &[(u64, bool)], dels: &[(u64, u64)], victims: &[(u64, u64)]) {
         for &(id, _) in drops {
             self.remove_file(id);
@@ -1193,6 +1238,9 @@ impl DiskTier {
             // The block may have been stored again since; then its data is live.
             let live = {
                 let idx = self.index.read();
+                if idx.pinned.contains_key(&id) {
+                    continue;
+                }
                 match idx.obj(id) {
                     Some((_, o)) => o.present.test_any(blk..blk + 1, PRESENT),
                     None => {
@@ -1337,8 +1385,13 @@ impl DiskTier {
             if name.len() != 16 || (id & 0xff) as u32 != n {
                 continue;
             }
-            let present: Option<ExtentTree> =
-                self.index.read().obj(id).map(|(_, o)| o.present.clone());
+            let present: Option<ExtentTree> = {
+                let idx = self.index.read();
+                if idx.pinned.contains_key(&id) {
+                    continue; // the kernel reads this file directly right now
+                }
+                idx.obj(id).map(|(_, o)| o.present.clone())
+            };
             let Some(present) = present else {
                 let pending_drop = self.pending.lock().drops.iter().any(|&(d, _)| d == id);
                 if pending_drop {
@@ -1648,4 +1701,28 @@ fn replay(
         }
     }
     Ok(Some(off as u64))
+}
+
+/// Keeps an object's data file whole while the kernel reads it directly.
+pub struct Pin {
+    tier: Arc<DiskTier>,
+    id: u64,
+}
+
+impl Pin {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut idx = self.tier.index.write();
+        if let Some(n) = idx.pinned.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                idx.pinned.remove(&self.id);
+            }
+        }
+    }
 }
