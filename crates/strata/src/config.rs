@@ -46,6 +46,12 @@ pub struct Config {
     /// Smaller files are not passed through: setting passthrough up costs more than
     /// reading a small file through strata (and the kernel caches it either way).
     pub passthrough_min_size: u64,
+    /// Longest wait for one origin request (None: wait as long as the origin takes).
+    /// Past it the request fails with ETIMEDOUT and the origin counts as unreachable:
+    /// cached versions are served without asking it until it answers again.
+    pub origin_timeout: Option<Duration>,
+    /// Threads that carry origin requests when there is a timeout.
+    pub origin_threads: usize,
 }
 
 impl Default for Config {
@@ -63,6 +69,8 @@ impl Default for Config {
             meta_entries: 1 << 20,
             passthrough_min_age: Duration::from_secs(60),
             passthrough_min_size: 1 << 20,
+            origin_timeout: Some(Duration::from_secs(10)),
+            origin_threads: 32,
         }
     }
 }

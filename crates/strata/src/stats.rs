@@ -49,6 +49,8 @@ stats! {
     origin_bytes: "bytes read from the origin",
     origin_errors: "origin reads that failed",
     origin_changed: "origin reads that saw the file change under them (not cached)",
+    origin_unreachable: "origin requests that failed because it could not be reached (timeout, connection lost)",
+    stale_served: "answers given from the cache because the origin could not be asked",
     readahead_requests: "origin requests issued by read-ahead",
     readahead_bytes: "bytes fetched by read-ahead",
     fills_queued: "blocks queued for the disk tier",

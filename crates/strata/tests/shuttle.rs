@@ -126,6 +126,7 @@ fn engine(origin: Arc<MemOrigin>, ttl: Duration, ram: u64) -> Arc<Engine> {
         disk: None,
         attr_ttl: ttl,
         prefetch_threads: 0,
+        origin_timeout: None, // no worker threads under the model checker
         max_fetch: BS as u64,
         ..Config::default()
     };

@@ -35,6 +35,15 @@ impl<K: Hash + Eq, V: Clone> TtlMap<K, V> {
         (at.elapsed() < self.ttl).then(|| v.clone())
     }
 
+    /// The value whatever its age (for when the origin cannot be asked).
+    pub fn get_stale<Q>(&self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.lock().get(k).map(|(_, v)| v.clone())
+    }
+
     pub fn insert(&self, k: K, v: V) {
         if self.ttl.is_zero() {
             return;

@@ -16,6 +16,7 @@
 //! fetch is checked against the token of the open origin file after it completes, so
 //! bytes read while the file changed are returned but never cached.
 
+mod guard;
 mod meta;
 mod object;
 
@@ -41,6 +42,7 @@ use crate::sync::{Arc, Mutex, RwLock};
 use crate::tier::BlockKey;
 use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock};
 use crate::tier::ram::RamTier;
+use guard::{OriginGuard, stale_ok, unreachable};
 use meta::TtlMap;
 use object::{Claim, Claimed};
 
@@ -179,11 +181,13 @@ struct Inner {
     prefetch_tx: RwLock<Option<Sender<Claim>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     attrs: TtlMap<PathBuf, Result<Attr, i32>>,
-    dirs: TtlMap<PathBuf, Arc<Vec<DirEntry>>>,
-    links: TtlMap<PathBuf, Arc<[u8]>>,
+    dirs: TtlMap<PathBuf, Result<Arc<Vec<DirEntry>>, i32>>,
+    links: TtlMap<PathBuf, Result<Arc<[u8]>, i32>>,
     xattrs: TtlMap<XattrKey, Result<Arc<[u8]>, i32>>,
     xattr_lists: TtlMap<PathBuf, Result<Arc<Vec<OsString>>, i32>>,
-    statfs: TtlMap<(), FsStats>,
+    statfs: TtlMap<(), Result<FsStats, i32>>,
+    guard: OriginGuard,
+    stale_warned: AtomicU64,
     listener: RwLock<Option<Listener>>,
 }
 
@@ -231,6 +235,9 @@ impl Engine {
             xattrs: TtlMap::new(ttl, max / 4),
             xattr_lists: TtlMap::new(ttl, max / 4),
             statfs: TtlMap::new(ttl, 1),
+            guard: OriginGuard::new(cfg.origin_timeout, cfg.origin_threads)
+                .map_err(EngineError::Thread)?,
+            stale_warned: AtomicU64::new(0),
             listener: RwLock::new(None),
             cfg,
         });
@@ -404,53 +411,44 @@ impl Engine {
 
     /// A directory listing: from the cache within the TTL, else from the origin.
     pub fn read_dir(&self, path: &Path) -> io::Result<Arc<Vec<DirEntry>>> {
-        if let Some(d) = self.inner.dirs.get(path) {
-            return Ok(d);
-        }
-        let d = Arc::new(self.inner.origin.read_dir(path)?);
-        self.inner.dirs.insert(path.to_path_buf(), d.clone());
-        Ok(d)
+        let (o, p) = (self.inner.origin.clone(), path.to_path_buf());
+        self.inner
+            .meta(&self.inner.dirs, path.to_path_buf(), move || {
+                o.read_dir(&p).map(Arc::new)
+            })
     }
 
     pub fn read_link(&self, path: &Path) -> io::Result<Arc<[u8]>> {
-        if let Some(l) = self.inner.links.get(path) {
-            return Ok(l);
-        }
-        let l: Arc<[u8]> = Arc::from(self.inner.origin.read_link(path)?);
-        self.inner.links.insert(path.to_path_buf(), l.clone());
-        Ok(l)
+        let (o, p) = (self.inner.origin.clone(), path.to_path_buf());
+        self.inner
+            .meta(&self.inner.links, path.to_path_buf(), move || {
+                o.read_link(&p).map(Arc::from)
+            })
     }
 
     pub fn get_xattr(&self, path: &Path, name: &OsStr) -> io::Result<Arc<[u8]>> {
+        let (o, p, n) = (
+            self.inner.origin.clone(),
+            path.to_path_buf(),
+            name.to_os_string(),
+        );
         let key = (path.to_path_buf(), name.to_os_string());
-        if let Some(r) = self.inner.xattrs.get(&key) {
-            return r.map_err(io::Error::from_raw_os_error);
-        }
-        let r = self.inner.origin.get_xattr(path, name).map(Arc::from);
-        if let Some(v) = cacheable(&r) {
-            self.inner.xattrs.insert(key, v);
-        }
-        r
+        self.inner.meta(&self.inner.xattrs, key, move || {
+            o.get_xattr(&p, &n).map(Arc::from)
+        })
     }
 
     pub fn list_xattr(&self, path: &Path) -> io::Result<Arc<Vec<OsString>>> {
-        if let Some(r) = self.inner.xattr_lists.get(path) {
-            return r.map_err(io::Error::from_raw_os_error);
-        }
-        let r = self.inner.origin.list_xattr(path).map(Arc::new);
-        if let Some(v) = cacheable(&r) {
-            self.inner.xattr_lists.insert(path.to_path_buf(), v);
-        }
-        r
+        let (o, p) = (self.inner.origin.clone(), path.to_path_buf());
+        self.inner
+            .meta(&self.inner.xattr_lists, path.to_path_buf(), move || {
+                o.list_xattr(&p).map(Arc::new)
+            })
     }
 
     pub fn statfs(&self) -> io::Result<FsStats> {
-        if let Some(s) = self.inner.statfs.get(&()) {
-            return Ok(s);
-        }
-        let s = self.inner.origin.statfs()?;
-        self.inner.statfs.insert((), s);
-        Ok(s)
+        let o = self.inner.origin.clone();
+        self.inner.meta(&self.inner.statfs, (), move || o.statfs())
     }
 
     /// Forgets cached metadata of a path (the next call asks the origin).
@@ -512,8 +510,64 @@ fn cacheable<T: Clone>(r: &io::Result<T>) -> Option<Result<T, i32>> {
 }
 
 impl Inner {
+    /// Nanoseconds since the engine started, never 0 (0 marks "revalidate now").
     fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    /// Metadata: fresh from the cache, else from the origin, else (the origin cannot
+    /// be asked) whatever the cache last had, however old.
+    fn meta<K, V>(
+        &self,
+        map: &TtlMap<K, Result<V, i32>>,
+        key: K,
+        fetch: impl FnOnce() -> io::Result<V> + Send + 'static,
+    ) -> io::Result<V>
+    where
+        K: std::hash::Hash + Eq,
+        V: Clone + Send + 'static,
+    {
+        if let Some(r) = map.get(&key) {
+            return r.map_err(io::Error::from_raw_os_error);
+        }
+        let r = if self.guard.is_down() {
+            Err(OriginGuard::down_error())
+        } else {
+            self.guard.call(fetch)
+        };
+        match r {
+            Err(e) if stale_ok(&e) => match map.get_stale(&key) {
+                Some(r) => {
+                    self.served_stale(&e);
+                    r.map_err(io::Error::from_raw_os_error)
+                }
+                None => {
+                    stats::inc(&self.stats.origin_unreachable);
+                    Err(e)
+                }
+            },
+            r => {
+                if let Some(v) = cacheable(&r) {
+                    map.insert(key, v);
+                }
+                r
+            }
+        }
+    }
+
+    /// Counts (and now and then logs) an answer given from the cache because the
+    /// origin could not be asked.
+    fn served_stale(&self, e: &io::Error) {
+        stats::inc(&self.stats.origin_unreachable);
+        stats::inc(&self.stats.stale_served);
+        let n = self.stale_warned.fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() {
+            tracing::warn!(
+                error = %e,
+                served = n + 1,
+                "the origin cannot be reached; serving what the cache last confirmed with it"
+            );
+        }
     }
 
     fn notify(&self, path: &Path) {
@@ -526,8 +580,29 @@ impl Inner {
     /// Asks the origin for attributes, refreshes the cache, and invalidates the active
     /// object if its token changed.
     fn stat_origin(&self, path: &Path) -> io::Result<Attr> {
-        stats::inc(&self.stats.revalidations);
-        match self.origin.stat(path) {
+        let r = if self.guard.is_down() {
+            Err(OriginGuard::down_error())
+        } else {
+            stats::inc(&self.stats.revalidations);
+            let (o, p) = (self.origin.clone(), path.to_path_buf());
+            self.guard.call(move || o.stat(&p))
+        };
+        match r {
+            // Unreachable: the version the origin last confirmed stays valid.
+            Err(e) if stale_ok(&e) => match self.attrs.get_stale(path) {
+                Some(Ok(a)) => {
+                    self.served_stale(&e);
+                    Ok(a)
+                }
+                Some(Err(code)) => {
+                    self.served_stale(&e);
+                    Err(io::Error::from_raw_os_error(code))
+                }
+                None => {
+                    stats::inc(&self.stats.origin_unreachable);
+                    Err(e)
+                }
+            },
             Ok(a) => {
                 self.attrs.insert(path.to_path_buf(), Ok(a.clone()));
                 if a.kind == FileKind::File {
@@ -670,10 +745,10 @@ impl Inner {
     /// The handle's object, revalidated with the origin if its TTL has passed.
     fn current(&self, h: &Handle) -> io::Result<Arc<Object>> {
         let obj = h.cur.lock().clone();
-        let age = self
-            .now_ns()
-            .saturating_sub(obj.validated_ns.load(Ordering::Acquire));
-        if !obj.is_dead() && age < self.cfg.attr_ttl.as_nanos() as u64 {
+        // 0 means "ask the origin now" (a fetch saw the file change).
+        let validated = obj.validated_ns.load(Ordering::Acquire);
+        let age = self.now_ns().saturating_sub(validated);
+        if !obj.is_dead() && validated != 0 && age < self.cfg.attr_ttl.as_nanos() as u64 {
             return Ok(obj);
         }
         let attr = match self.stat_origin(&obj.path) {
@@ -723,18 +798,28 @@ impl Inner {
 
     /// Reads a range straight from a freshly opened origin file, uncached.
     fn read_direct(&self, obj: &Object, off: u64, end: u64) -> io::Result<ReadBuf> {
-        let file = self
-            .origin
-            .open(&obj.path)
-            .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
-        let mut buf = BytesMut::zeroed((end - off) as usize);
+        if self.guard.is_down() {
+            stats::inc(&self.stats.origin_unreachable);
+            return Err(OriginGuard::down_error());
+        }
+        let (o, p) = (self.origin.clone(), obj.path.clone());
+        let len = (end - off) as usize;
         stats::inc(&self.stats.origin_requests);
-        let n =
-            crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, o| file.read_at(b, o))
-                .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        let buf = self
+            .guard
+            .call(move || {
+                let file = o.open(&p)?;
+                let mut buf = BytesMut::zeroed(len);
+                let n = crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, at| {
+                    file.read_at(b, at)
+                })?;
+                buf.truncate(n);
+                Ok(buf)
+            })
+            .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        let n = buf.len();
         stats::add(&self.stats.origin_bytes, n as u64);
         stats::add(&self.stats.read_bytes, n as u64);
-        buf.truncate(n);
         Ok(ReadBuf {
             len: n,
             parts: vec![buf.freeze()],
@@ -1017,14 +1102,32 @@ impl Inner {
         blocks: Range<u64>,
         readahead: bool,
     ) -> io::Result<(Vec<Bytes>, bool)> {
+        if self.guard.is_down() {
+            stats::inc(&self.stats.origin_unreachable);
+            return Err(OriginGuard::down_error());
+        }
         let file = obj
-            .origin_file(|| self.origin.open(&obj.path))
-            .inspect_err(|_| {
+            .origin_file(|| {
+                let (o, p) = (self.origin.clone(), obj.path.clone());
+                self.guard.call(move || o.open(&p))
+            })
+            .inspect_err(|e| {
                 stats::inc(&self.stats.origin_errors);
+                if unreachable(e) {
+                    stats::inc(&self.stats.origin_unreachable);
+                }
                 // Probably gone or replaced: make the next read ask the origin.
                 obj.validated_ns.store(0, Ordering::Release);
+            })
+            .map_err(|e| {
+                if e.raw_os_error() == Some(ENOENT) {
+                    // The handle's file is gone from the origin.
+                    io::Error::from_raw_os_error(ESTALE)
+                } else {
+                    e
+                }
             })?;
-        let mut bufs: Vec<BytesMut> = blocks
+        let bufs: Vec<BytesMut> = blocks
             .clone()
             .map(|b| BytesMut::zeroed(obj.block_len(b)))
             .collect();
@@ -1033,19 +1136,31 @@ impl Inner {
         if readahead {
             stats::inc(&self.stats.readahead_requests);
         }
-        let n = {
-            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-            file.read_vectored_at(&mut slices, blocks.start * obj.bs)
-        }
-        .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        let off = blocks.start * obj.bs;
+        // The buffers travel to the worker and back: a read abandoned at its deadline
+        // still has somewhere to write.
+        let (bufs, n, token) = self
+            .guard
+            .call(move || {
+                let mut bufs = bufs;
+                let n = {
+                    let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+                    file.read_vectored_at(&mut slices, off)?
+                };
+                let token = if n == want { file.token().ok() } else { None };
+                Ok((bufs, n, token))
+            })
+            .inspect_err(|e| {
+                stats::inc(&self.stats.origin_errors);
+                if unreachable(e) {
+                    stats::inc(&self.stats.origin_unreachable);
+                }
+            })?;
         stats::add(&self.stats.origin_bytes, n as u64);
         if readahead {
             stats::add(&self.stats.readahead_bytes, n as u64);
         }
-        let mut same = n == want;
-        if same {
-            same = matches!(file.token(), Ok(t) if t == obj.token);
-        }
+        let same = n == want && token.as_ref() == Some(&obj.token);
         if !same {
             stats::inc(&self.stats.origin_changed);
             obj.validated_ns.store(0, Ordering::Release);

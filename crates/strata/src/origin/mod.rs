@@ -10,9 +10,11 @@ use std::io;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
+mod fault;
 mod local;
 mod slow;
 
+pub use fault::{FaultOrigin, Faults};
 pub use local::LocalOrigin;
 pub use slow::SlowOrigin;
 
