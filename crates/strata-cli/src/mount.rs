@@ -102,6 +102,11 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         }),
         attr_ttl: o.attr_ttl.unwrap_or(Duration::from_secs(1)),
         passthrough_min_age: o.passthrough_min_age.unwrap_or(Duration::from_secs(60)),
+        origin_timeout: match o.origin_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => Some(Duration::from_secs(10)),
+        },
         ..Config::default()
     };
     config.validate()?;

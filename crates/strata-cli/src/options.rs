@@ -59,6 +59,11 @@ pub struct MountOpts {
     /// strata (so open files follow appends), never passed through [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub passthrough_min_age: Option<Duration>,
+    /// Longest wait for one origin request; past it the origin counts as unreachable
+    /// and what it last confirmed is served from the cache. 0: wait forever
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub origin_timeout: Option<Duration>,
     /// Threads serving FUSE requests [default: 16]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -159,6 +164,7 @@ impl MountOpts {
                         .map_err(|_| "option -o threads: not a number".to_string())?,
                 ),
                 "origin_latency" => set(&mut self.origin_latency, parse_duration(&need(&v)?)?),
+                "origin_timeout" => set(&mut self.origin_timeout, parse_duration(&need(&v)?)?),
                 "passthrough_min_age" => {
                     set(&mut self.passthrough_min_age, parse_duration(&need(&v)?)?)
                 }

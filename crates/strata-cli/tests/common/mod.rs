@@ -123,6 +123,11 @@ impl Drop for Mount {
 
 pub fn drop_page_cache() {
     let _ = Command::new("sync").status();
+    drop_clean_caches();
+}
+
+/// Drops clean caches without `sync`, which would wait on a hung filesystem.
+pub fn drop_clean_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
@@ -183,12 +188,32 @@ impl SshfsOrigin {
     }
 }
 
+impl SshfsOrigin {
+    /// Sends a signal to every process serving the origin (its sshd): STOP freezes
+    /// it (a hung origin), KILL takes it away, CONT resumes it.
+    pub fn signal(&self, sig: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "pids", "strata-origin"])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid)
+                .status();
+        }
+    }
+}
+
 impl Drop for SshfsOrigin {
     fn drop(&mut self) {
+        // Never leave a frozen server behind: its mount would hang whoever touches it.
+        self.signal("CONT");
         let _ = Command::new(slow_origin_script())
             .arg("down")
             .arg(&self.mnt)
             .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
 }
 
