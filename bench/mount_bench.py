@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--rtt-ms", type=int, default=2)
     ap.add_argument("--rate", default="", help="tc tbf rate, e.g. 400mbit (default: none)")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--strata-args", default="", help="extra strata mount arguments")
+    ap.add_argument("--strata-args", default="", help="extra strata mount arguments (e.g. --passthrough)")
     a = ap.parse_args()
     extra = a.strata_args.split()
 

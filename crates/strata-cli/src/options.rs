@@ -50,11 +50,12 @@ pub struct MountOpts {
     /// modes are still enforced by the kernel)
     #[arg(long)]
     pub allow_other: bool,
-    /// Never let the kernel read cached files directly (FUSE passthrough). Without
-    /// it, fully cached files are read by the kernel from the disk cache: much faster,
-    /// and an open file keeps the version it was opened with.
+    /// Let the kernel read settled, fully cached files straight from the disk cache
+    /// (FUSE passthrough): page-cache speed, but those reads skip strata's checksum
+    /// check, and an open file keeps the version it was opened with. Safe when the
+    /// cache directory's filesystem checksums data itself (btrfs, ZFS)
     #[arg(long)]
-    pub no_passthrough: bool,
+    pub passthrough: bool,
     /// Files the origin changed more recently than this are always read through
     /// strata (so open files follow appends), never passed through [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -156,7 +157,7 @@ impl MountOpts {
                 "fcull" => set(&mut self.fcull, pct(&v)?),
                 "fstop" => set(&mut self.fstop, pct(&v)?),
                 "allow_other" => self.allow_other = true,
-                "no_passthrough" => self.no_passthrough = true,
+                "passthrough" => self.passthrough = true,
                 "threads" => set(
                     &mut self.threads,
                     need(&v)?

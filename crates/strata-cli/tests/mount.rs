@@ -662,7 +662,7 @@ fn passthrough_serves_settled_files_and_new_opens_still_see_changes() {
     fs::write(t.o("settled"), &old).unwrap();
     age(&t.o("settled"), 3600);
     fs::write(t.o("fresh"), pattern(42, 300_000)).unwrap();
-    t.mount(&["--attr-ttl", "200ms"]);
+    t.mount(&["--attr-ttl", "200ms", "--passthrough"]);
     // The first read goes through strata and verifies every block.
     assert_eq!(fs::read(t.m("settled")).unwrap(), old);
     assert_eq!(fs::read(t.m("fresh")).unwrap(), pattern(42, 300_000));

@@ -473,6 +473,14 @@ impl DiskTier {
 
         let mut index = Index::new(bs);
         let mut report = OpenReport::default();
+        if bytes.is_empty() && has_data_files(&*storage) {
+            // The index is gone but data is here: a reset, not a new cache.
+            tracing::warn!(
+                "cache index is missing; starting with an empty cache \
+                 (its data files will be reclaimed in the background)"
+            );
+            report.index_reset = true;
+        }
         let valid_end = match replay(&bytes, cfg.block_size, &mut index, &mut report)? {
             Some(end) => end,
             None => {
@@ -1561,6 +1569,11 @@ impl DiskTier {
         }
         self.append(&mut w, &recs)
     }
+}
+
+/// True if any object directory holds a file.
+fn has_data_files(storage: &dyn Storage) -> bool {
+    (0..256u32).any(|n| storage.list_dir(&subdir(n)).is_ok_and(|f| !f.is_empty()))
 }
 
 fn push_removals(
