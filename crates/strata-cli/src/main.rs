@@ -15,6 +15,17 @@ use strata::tier::disk::{DiskConfig, DiskTier, Thresholds};
 
 use options::MountOpts;
 
+/// Prints a line to stdout; a closed pipe (`strata stats | head`) ends the command
+/// quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "strata",
@@ -109,6 +120,9 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        // The log may sit on a cache filesystem that fails: a line that cannot be
+        // written is lost, never a reason for a thread to panic.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -134,7 +148,7 @@ fn run(cli: Cli, args: &[String]) -> Result<ExitCode, String> {
         Cmd::Stats { mountpoint, json } => {
             let line = control::request(&mountpoint, "stats", Duration::from_secs(10))?;
             if json {
-                println!("{line}");
+                out!("{line}");
                 return Ok(ExitCode::SUCCESS);
             }
             let r: control::StatsReply = serde_json::from_str(&line)
@@ -152,10 +166,10 @@ fn run(cli: Cli, args: &[String]) -> Result<ExitCode, String> {
 }
 
 fn print_stats(r: &control::StatsReply) {
-    println!("origin      {}", r.origin);
-    println!("mountpoint  {}", r.mountpoint);
-    println!("cache dir   {}", r.cache_dir);
-    println!(
+    out!("origin      {}", r.origin);
+    out!("mountpoint  {}", r.mountpoint);
+    out!("cache dir   {}", r.cache_dir);
+    out!(
         "block size  {}   RAM tier {}   disk tier {}   attribute TTL {} ms",
         human(r.block_size),
         human(r.ram_capacity),
@@ -165,7 +179,7 @@ fn print_stats(r: &control::StatsReply) {
     let s = &r.stats;
     let blocks = s.ram_hits + s.disk_hits + s.inflight_hits + s.misses;
     if blocks > 0 {
-        println!(
+        out!(
             "hit ratio   {:.1}% of blocks (RAM {:.1}%, disk {:.1}%), origin {} in {} requests",
             100.0 * (blocks - s.misses) as f64 / blocks as f64,
             100.0 * s.ram_hits as f64 / blocks as f64,
@@ -174,9 +188,9 @@ fn print_stats(r: &control::StatsReply) {
             s.origin_requests
         );
     }
-    println!();
+    out!();
     for (name, value, what) in s.fields() {
-        println!("{name:<24} {value:>16}  {what}");
+        out!("{name:<24} {value:>16}  {what}");
     }
 }
 
@@ -227,18 +241,18 @@ fn fsck(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
     let report = tier.fsck(repair);
     if json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        out!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
-        println!("objects            {}", report.objects);
-        println!("blocks checked     {}", report.blocks_checked);
-        println!("blocks damaged     {}", report.blocks_bad);
-        println!("missing data files {}", report.missing_files);
-        println!("orphan data files  {}", report.orphan_files);
-        println!("stray bytes        {}", report.stray_bytes);
-        println!("index tail dropped {} bytes", report.log_tail_dropped);
-        println!("records dropped    {}", report.records_dropped);
-        println!("index reset        {}", report.index_reset);
-        println!(
+        out!("objects            {}", report.objects);
+        out!("blocks checked     {}", report.blocks_checked);
+        out!("blocks damaged     {}", report.blocks_bad);
+        out!("missing data files {}", report.missing_files);
+        out!("orphan data files  {}", report.orphan_files);
+        out!("stray bytes        {}", report.stray_bytes);
+        out!("index tail dropped {} bytes", report.log_tail_dropped);
+        out!("records dropped    {}", report.records_dropped);
+        out!("index reset        {}", report.index_reset);
+        out!(
             "result             {}",
             if report.is_clean() {
                 "clean"
@@ -267,7 +281,14 @@ fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
         )),
         Ok(a) => Err(format!("the daemon answered {a:?}")),
         Err(why) => {
-            // No daemon to talk to (hung or gone): unmount directly.
+            // The control socket cannot be reached (its directory may be on a failed
+            // cache device): unmount directly, then wait for the daemon to finish.
+            let pid = {
+                let mut buf = [0u8; 32];
+                rustix::fs::getxattr(mountpoint, strata_fuse::PID_XATTR, &mut buf[..])
+                    .ok()
+                    .and_then(|n| std::str::from_utf8(&buf[..n]).ok()?.parse::<u32>().ok())
+            };
             rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty()).map_err(
                 |e| {
                     format!(
@@ -280,6 +301,13 @@ fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
                     )
                 },
             )?;
+            if let Some(pid) = pid {
+                let proc = PathBuf::from(format!("/proc/{pid}"));
+                let t = std::time::Instant::now();
+                while proc.exists() && t.elapsed() < Duration::from_secs(600) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -136,7 +136,7 @@ fn rounds() -> u64 {
 fn damage_between_mounts_is_detected_or_harmless() {
     let (mut damaged, mut wrong, mut detected) = (0u64, 0u64, 0u64);
     for round in 0..rounds() {
-        let mut rng = Rng(0x5eed ^ (round + 1) * 0x9E37_79B9);
+        let mut rng = Rng(0x5eed ^ ((round + 1) * 0x9E37_79B9));
         let mut t = Mount::new();
         origin_files(&t);
         // A RAM tier of almost nothing: reads after the remount come from the disk.

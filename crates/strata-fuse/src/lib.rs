@@ -32,6 +32,10 @@ use strata::{Engine, Handle};
 /// listed by listxattr.
 pub const CONTROL_XATTR: &str = "user.strata.control";
 
+/// Extended attribute of the mount's root that gives the daemon's process id (for
+/// `strata umount` to wait on when the control socket cannot be reached).
+pub const PID_XATTR: &str = "user.strata.pid";
+
 /// Largest read the kernel sends (max_pages × page size).
 pub const MAX_READ: u32 = 1 << 20;
 
@@ -788,6 +792,8 @@ impl fuser::Filesystem for StrataFs {
                 Some(p) => Ok(p.as_os_str().as_bytes().to_vec()),
                 None => Err(Errno::from_i32(61)), // ENODATA
             }
+        } else if ino.0 == 1 && name == PID_XATTR {
+            Ok(std::process::id().to_string().into_bytes())
         } else {
             self.path_of(ino).and_then(|p| {
                 self.engine
