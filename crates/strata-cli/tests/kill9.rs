@@ -1,0 +1,151 @@
+//! kill -9 under load: readers hammer a mount of a slow origin, the daemon is killed
+//! at a random moment, the dead mount is cleared with `umount -l`, strata is mounted
+//! again, and every byte of the tree is compared with the origin.
+//! Long run: STRATA_KILLS=50 (prints its figures as NAME = VALUE).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Mount, drop_page_cache, pattern};
+
+const FILES: u64 = 24;
+
+fn size(i: u64) -> usize {
+    200_000 + (i as usize * 157_031) % 1_500_000
+}
+
+fn kills() -> u64 {
+    std::env::var("STRATA_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Every byte of every file through the mount; returns the bytes that differ.
+fn compare_all(t: &Mount) -> u64 {
+    let mut wrong = 0u64;
+    for i in 0..FILES {
+        let want = pattern(i, size(i));
+        let got = fs::read(t.m(format!("f{i}"))).unwrap();
+        wrong += got.iter().zip(&want).filter(|(a, b)| a != b).count() as u64;
+        wrong += got.len().abs_diff(want.len()) as u64;
+    }
+    wrong
+}
+
+#[test]
+fn kill_9_under_load_loses_no_byte_and_keeps_the_cache() {
+    let mut t = Mount::new();
+    for i in 0..FILES {
+        fs::write(t.o(format!("f{i}")), pattern(i, size(i))).unwrap();
+    }
+    let args = [
+        "--origin-latency",
+        "2ms",
+        "--origin-bandwidth",
+        "100M",
+        "--ram-size",
+        "8M",
+    ];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    let (mut wrong_total, mut recoveries) = (0u64, Vec::new());
+    let (mut kept_sum, mut kept_n) = (0f64, 0u64);
+    let mut blocks_before = 0u64;
+    for k in 0..kills() {
+        let t0 = Instant::now();
+        t.mount(&args);
+        recoveries.push(t0.elapsed());
+        if k > 0 {
+            let now = t.stat_u64("disk_blocks");
+            if blocks_before > 0 {
+                kept_sum += (now as f64 / blocks_before as f64).min(1.0);
+                kept_n += 1;
+            }
+        }
+        // After recovery: every byte of the tree.
+        drop_page_cache();
+        let w = compare_all(&t);
+        assert_eq!(w, 0, "kill {k}: wrong bytes after recovery");
+        wrong_total += w;
+
+        // Load, then a kill at a random moment.
+        let stop = Arc::new(AtomicBool::new(false));
+        let wrong = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..8)
+            .map(|r| {
+                let (stop, wrong, mnt) = (stop.clone(), wrong.clone(), t.mnt.clone());
+                let mut y = (k * 100 + r + 1) * 0x9E37_79B9;
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        y ^= y << 13;
+                        y ^= y >> 7;
+                        y ^= y << 17;
+                        let i = y % FILES;
+                        let want = pattern(i, size(i));
+                        let off = (y >> 20) as usize % want.len();
+                        let len = ((y >> 40) as usize % 300_000).min(want.len() - off);
+                        let Ok(f) = fs::File::open(mnt.join(format!("f{i}"))) else {
+                            return; // the daemon is gone
+                        };
+                        let mut buf = vec![0u8; len];
+                        match f.read_exact_at(&mut buf, off as u64) {
+                            Ok(()) => {
+                                let bad = buf.iter().zip(&want[off..]).filter(|(a, b)| a != b).count();
+                                wrong.fetch_add(bad as u64, Ordering::Relaxed);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200 + rnd(1500)));
+        blocks_before = t.stat_u64("disk_blocks");
+        let pid: i32 = fs::read_to_string(t.cache.join("lock")).unwrap().trim().parse().unwrap();
+        Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        let w = wrong.load(Ordering::Relaxed);
+        assert_eq!(w, 0, "kill {k}: wrong bytes served under load");
+        wrong_total += w;
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Command::new("umount").arg("-l").arg(&t.mnt).status().unwrap();
+        t.mounted = false;
+    }
+    // A last recovery and check.
+    let t0 = Instant::now();
+    t.mount(&args);
+    recoveries.push(t0.elapsed());
+    drop_page_cache();
+    wrong_total += compare_all(&t);
+    t.umount();
+
+    recoveries.sort();
+    let median = recoveries[recoveries.len() / 2];
+    let max = *recoveries.last().unwrap();
+    println!("kill9_kills = {}", kills());
+    println!("kill9_wrong_bytes = {wrong_total}");
+    println!(
+        "kill9_cached_blocks_kept = {:.3}",
+        if kept_n > 0 { kept_sum / kept_n as f64 } else { 1.0 }
+    );
+    println!("kill9_recovery_ms_median = {}", median.as_millis());
+    println!("kill9_recovery_ms_max = {}", max.as_millis());
+    assert_eq!(wrong_total, 0);
+}
