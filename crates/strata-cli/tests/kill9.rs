@@ -102,7 +102,8 @@ fn kill_9_under_load_loses_no_byte_and_keeps_the_cache() {
                         let mut buf = vec![0u8; len];
                         match f.read_exact_at(&mut buf, off as u64) {
                             Ok(()) => {
-                                let bad = buf.iter().zip(&want[off..]).filter(|(a, b)| a != b).count();
+                                let bad =
+                                    buf.iter().zip(&want[off..]).filter(|(a, b)| a != b).count();
                                 wrong.fetch_add(bad as u64, Ordering::Relaxed);
                             }
                             Err(_) => return,
@@ -113,8 +114,16 @@ fn kill_9_under_load_loses_no_byte_and_keeps_the_cache() {
             .collect();
         std::thread::sleep(Duration::from_millis(200 + rnd(1500)));
         blocks_before = t.stat_u64("disk_blocks");
-        let pid: i32 = fs::read_to_string(t.cache.join("lock")).unwrap().trim().parse().unwrap();
-        Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+        let pid: i32 = fs::read_to_string(t.cache.join("lock"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
         stop.store(true, Ordering::Relaxed);
         for r in readers {
             r.join().unwrap();
@@ -125,7 +134,11 @@ fn kill_9_under_load_loses_no_byte_and_keeps_the_cache() {
         while std::path::Path::new(&format!("/proc/{pid}")).exists() {
             std::thread::sleep(Duration::from_millis(10));
         }
-        Command::new("umount").arg("-l").arg(&t.mnt).status().unwrap();
+        Command::new("umount")
+            .arg("-l")
+            .arg(&t.mnt)
+            .status()
+            .unwrap();
         t.mounted = false;
     }
     // A last recovery and check.
@@ -143,7 +156,11 @@ fn kill_9_under_load_loses_no_byte_and_keeps_the_cache() {
     println!("kill9_wrong_bytes = {wrong_total}");
     println!(
         "kill9_cached_blocks_kept = {:.3}",
-        if kept_n > 0 { kept_sum / kept_n as f64 } else { 1.0 }
+        if kept_n > 0 {
+            kept_sum / kept_n as f64
+        } else {
+            1.0
+        }
     );
     println!("kill9_recovery_ms_median = {}", median.as_millis());
     println!("kill9_recovery_ms_max = {}", max.as_millis());

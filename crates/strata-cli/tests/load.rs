@@ -51,8 +51,19 @@ fn sixty_four_readers_over_thousands_of_files() {
     }
     let total: u64 = (0..FILES).map(|i| size(i) as u64).sum();
     assert!(total > 8 * RAM_LIMIT, "the data must dwarf the RAM limit");
-    t.mount(&["--ram-size", "16M", "--cache-size", "64M", "--attr-ttl", "2s"]);
-    let pid: i32 = fs::read_to_string(t.cache.join("lock")).unwrap().trim().parse().unwrap();
+    t.mount(&[
+        "--ram-size",
+        "16M",
+        "--cache-size",
+        "64M",
+        "--attr-ttl",
+        "2s",
+    ]);
+    let pid: i32 = fs::read_to_string(t.cache.join("lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let idle_rss = rss(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -80,7 +91,11 @@ fn sixty_four_readers_over_thousands_of_files() {
                     y ^= y >> 7;
                     y ^= y << 17;
                     // Skewed: a tenth of the files get most of the reads.
-                    let i = if y % 4 != 0 { (y >> 8) % (FILES / 10) } else { (y >> 8) % FILES };
+                    let i = if y % 4 != 0 {
+                        (y >> 8) % (FILES / 10)
+                    } else {
+                        (y >> 8) % FILES
+                    };
                     let want = pattern(i, size(i));
                     let off = (y >> 24) as usize % want.len();
                     let len = ((y >> 44) as usize % 65_536).min(want.len() - off);
@@ -117,7 +132,10 @@ fn sixty_four_readers_over_thousands_of_files() {
             last = t0.elapsed().as_secs();
             let before = served.load(Ordering::Relaxed);
             std::thread::sleep(Duration::from_secs(1));
-            assert!(served.load(Ordering::Relaxed) > before, "no progress: deadlock?");
+            assert!(
+                served.load(Ordering::Relaxed) > before,
+                "no progress: deadlock?"
+            );
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -130,7 +148,11 @@ fn sixty_four_readers_over_thousands_of_files() {
     let s = t.stats();
     println!("load_seconds = {}", secs());
     println!("load_readers = {READERS}");
-    println!("load_files = {FILES}, data = {} MiB, ram limit = {} MiB", total >> 20, RAM_LIMIT >> 20);
+    println!(
+        "load_files = {FILES}, data = {} MiB, ram limit = {} MiB",
+        total >> 20,
+        RAM_LIMIT >> 20
+    );
     println!("load_requests_served = {}", served.load(Ordering::Relaxed));
     println!("load_errors = {}", errors.load(Ordering::Relaxed));
     println!("load_wrong_bytes = {}", wrong.load(Ordering::Relaxed));

@@ -39,9 +39,10 @@ fn the_cache_directory_and_control_socket_are_private() {
     fs::set_permissions(&t.cache, fs::Permissions::from_mode(0o777)).unwrap();
     t.mount(&[]);
     assert_eq!(fs::read(t.m("f")).unwrap(), pattern(1, 300_000));
-    assert!(common::eventually(std::time::Duration::from_secs(10), || {
-        t.stat_u64("inflight_fill_bytes") == 0
-    }));
+    assert!(common::eventually(
+        std::time::Duration::from_secs(10),
+        || { t.stat_u64("inflight_fill_bytes") == 0 }
+    ));
     assert_eq!(mode(&t.cache), 0o700, "cache directory");
     assert_eq!(mode(&t.cache.join("control.sock")), 0o600, "control socket");
     assert_eq!(mode(&t.cache.join("index.log")), 0o600, "index");
@@ -85,7 +86,12 @@ fn names_of_any_bytes_stay_inside_the_origin() {
     t.mount(&[]);
     for (i, n) in names.iter().enumerate() {
         let got = fs::read(t.m(OsStr::from_bytes(n))).unwrap();
-        assert_eq!(got, pattern(i as u64, 1000 + i), "{:?}", OsStr::from_bytes(n));
+        assert_eq!(
+            got,
+            pattern(i as u64, 1000 + i),
+            "{:?}",
+            OsStr::from_bytes(n)
+        );
     }
     let mut listed: Vec<Vec<u8>> = fs::read_dir(&t.mnt)
         .unwrap()
@@ -99,9 +105,17 @@ fn names_of_any_bytes_stay_inside_the_origin() {
     want.sort();
     assert_eq!(listed, want);
     // Symlinks are shown as they are; strata never follows them itself.
-    assert_eq!(fs::read_link(t.m("up")).unwrap(), std::path::Path::new("../outside-secret"));
+    assert_eq!(
+        fs::read_link(t.m("up")).unwrap(),
+        std::path::Path::new("../outside-secret")
+    );
     assert_eq!(fs::read_link(t.m("abs")).unwrap(), outside);
-    assert!(fs::symlink_metadata(t.m("d/parent")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(t.m("d/parent"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     // No origin read ever returned the outside file's bytes: every byte strata read
     // came from files inside the origin.
     let s = t.stats();

@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of caches over one real slow network filesystem.
+
+The origin is a directory served over SSH from a network namespace, behind a relay
+that adds a round-trip time, mounted with sshfs (bench/slow-origin.sh). Every cache
+is put in front of that same sshfs mount:
+
+  nocache    reading the sshfs mount directly
+  strata     strata with its defaults
+  strata-pt  strata with --passthrough
+  rclone     rclone mount --vfs-cache-mode full, over the mount as a local remote
+  catfs      catfs (if installed)
+  local      a copy of the same files on the local disk: the physical limit
+
+Workloads, each cold (empty cache, page cache dropped), warm (cached, page cache
+dropped) and hot (page cache warm), and again after an unmount and mount:
+  seq        sequential read of one large file (MiB/s)
+  rand4k     random 4 KiB reads of it (fio, IOPS)
+  rand128k   random 128 KiB reads of it (fio, IOPS)
+  tar        tar of a source-like tree of many small files (files/s)
+  walk       find + lstat of every file of the tree (files/s)
+  ttfb       time to the first byte of a file not read yet (ms; cold only)
+
+Writes results.md, results.json, machine.txt and PNG plots (ratios to local) into the
+output folder, and ends with one `NAME = VALUE` line per headline ratio.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STRATA = ROOT / "target/release/strata"
+SEQ_BUF = 1 << 20
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run([str(a) for a in args], check=check, **kw)
+
+
+def drop_caches():
+    # No `sync`: it would wait on a hung filesystem; nothing here is dirty.
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def is_mounted(path: Path) -> bool:
+    return sh("mountpoint", "-q", path, check=False).returncode == 0
+
+
+def wait_mounted(path: Path, timeout=60):
+    t = time.time()
+    while time.time() - t < timeout:
+        if is_mounted(path):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{path} did not get mounted")
+
+
+# --- contenders ---------------------------------------------------------------
+
+class Contender:
+    name = "?"
+    has_cache = True
+
+    def __init__(self, work: Path, origin: Path):
+        self.work, self.origin = work, origin
+        self.mnt = work / f"mnt-{self.name}"
+        self.cache = work / f"cache-{self.name}"
+
+    def root(self) -> Path:
+        return self.mnt
+
+    def fresh(self):
+        shutil.rmtree(self.cache, ignore_errors=True)
+
+    def mount(self):
+        raise NotImplementedError
+
+    def umount(self):
+        if is_mounted(self.mnt):
+            sh("umount", self.mnt, check=False)
+            if is_mounted(self.mnt):
+                sh("umount", "-l", self.mnt, check=False)
+
+    def settle(self):
+        """Waits until what was read is in the cache (background fills)."""
+        time.sleep(2)
+
+
+class NoCache(Contender):
+    name = "nocache"
+    has_cache = False
+
+    def root(self):
+        return self.origin
+
+    def mount(self):
+        pass
+
+    def umount(self):
+        pass
+
+    def settle(self):
+        pass
+
+
+class Local(NoCache):
+    name = "local"
+
+    def root(self):
+        return self.work / "local"
+
+
+class Strata(Contender):
+    name = "strata"
+    extra: list = []
+
+    def mount(self):
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        sh(STRATA, "mount", self.origin, self.mnt, "--cache-dir", self.cache, "--cache-size", "8G",
+           *self.extra)
+
+    def umount(self):
+        if is_mounted(self.mnt):
+            sh(STRATA, "umount", self.mnt, check=False)
+        super().umount()
+
+    def settle(self):
+        for _ in range(1200):
+            out = sh(STRATA, "stats", "--json", self.mnt, capture_output=True, check=False).stdout
+            try:
+                if json.loads(out)["stats"]["inflight_fill_bytes"] == 0:
+                    return
+            except (ValueError, KeyError):
+                return
+            time.sleep(0.1)
+
+
+class StrataPassthrough(Strata):
+    name = "strata-pt"
+    extra = ["--passthrough"]
+
+
+class Rclone(Contender):
+    name = "rclone"
+
+    def mount(self):
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        sh("rclone", "mount", self.origin, self.mnt, "--vfs-cache-mode", "full",
+           "--cache-dir", self.cache, "--vfs-cache-max-size", "8G", "--daemon",
+           "--log-file", self.work / "rclone.log")
+        wait_mounted(self.mnt)
+
+    def settle(self):
+        # rclone writes its cache as it reads; give it a moment to persist.
+        time.sleep(3)
+
+
+class Catfs(Contender):
+    name = "catfs"
+
+    def mount(self):
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        log = open(self.work / "catfs.log", "a")
+        self.proc = subprocess.Popen(["catfs", str(self.origin), str(self.cache), str(self.mnt)],
+                                     stdout=log, stderr=log)
+        wait_mounted(self.mnt)
+
+    def umount(self):
+        super().umount()
+        if getattr(self, "proc", None):
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# --- workloads ----------------------------------------------------------------
+
+def read_file(path: Path) -> int:
+    total = 0
+    buf = bytearray(SEQ_BUF)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                return total
+            total += n
+
+
+def w_seq(root: Path, a):
+    t = time.perf_counter()
+    n = read_file(root / "large.bin")
+    return n / (time.perf_counter() - t) / 2**20
+
+
+def w_rand(bs):
+    def run(root: Path, a):
+        out = sh("fio", "--name=r", f"--filename={root / 'large.bin'}", "--rw=randread",
+                 f"--bs={bs}", "--ioengine=psync", "--direct=0", f"--runtime={a.fio_secs}",
+                 "--time_based", "--numjobs=1", "--randrepeat=0", "--invalidate=0",
+                 "--output-format=json", capture_output=True).stdout
+        return json.loads(out)["jobs"][0]["read"]["iops"]
+    return run
+
+
+def w_tar(root: Path, a):
+    t = time.perf_counter()
+    p1 = subprocess.Popen(["tar", "cf", "-", "-C", str(root), "tree"], stdout=subprocess.PIPE)
+    p2 = subprocess.run(["wc", "-c"], stdin=p1.stdout, capture_output=True)
+    p1.wait()
+    assert p1.returncode == 0, "tar failed"
+    return a.tree_files / (time.perf_counter() - t)
+
+
+def w_walk(root: Path, a):
+    t = time.perf_counter()
+    out = sh("find", root / "tree", "-printf", "%s %T@ %m\n", capture_output=True).stdout
+    assert out.count(b"\n") >= a.tree_files
+    return a.tree_files / (time.perf_counter() - t)
+
+
+WORKLOADS = {
+    "seq": (w_seq, "MiB/s"),
+    "rand4k": (w_rand("4k"), "IOPS"),
+    "rand128k": (w_rand("128k"), "IOPS"),
+    "tar": (w_tar, "files/s"),
+    "walk": (w_walk, "files/s"),
+}
+
+
+def populate(root: Path, wl: str):
+    """After a cold run, makes sure the whole working set went through the cache."""
+    if wl in ("rand4k", "rand128k", "seq"):
+        read_file(root / "large.bin")
+    elif wl == "tar":
+        w_tar(root, ARGS)
+
+
+def ttfb(root: Path, n=5):
+    times = []
+    for i in range(n):
+        p = root / "ttfb" / f"t{i}"
+        t = time.perf_counter()
+        with open(p, "rb", buffering=0) as f:
+            f.read(1)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+# --- data ---------------------------------------------------------------------
+
+def make_data(data: Path, a):
+    data.mkdir(parents=True, exist_ok=True)
+    hour_ago = time.time() - 3600
+    large = data / "large.bin"
+    if not large.exists() or large.stat().st_size != a.large_mib << 20:
+        with open(large, "wb") as f:
+            for _ in range(a.large_mib):
+                f.write(os.urandom(1 << 20))
+        os.utime(large, (hour_ago, hour_ago))
+    tree = data / "tree"
+    if not tree.exists() or sum(1 for _ in tree.rglob("*") if _.is_file()) != a.tree_files:
+        shutil.rmtree(tree, ignore_errors=True)
+        # A source-tree shape: directories of 20-40 files, sizes from 200 B to 60 KiB.
+        for i in range(a.tree_files):
+            d = tree / f"mod{i // 400:03}" / f"pkg{(i // 25) % 16:02}"
+            d.mkdir(parents=True, exist_ok=True)
+            size = 200 + (i * 7919) % 12000 + (40000 if i % 37 == 0 else 0)
+            (d / f"file{i:05}.rs").write_bytes(os.urandom(size))
+        for p in tree.rglob("*"):
+            os.utime(p, (hour_ago, hour_ago))
+    tt = data / "ttfb"
+    tt.mkdir(exist_ok=True)
+    for i in range(20):
+        p = tt / f"t{i}"
+        if not p.exists():
+            p.write_bytes(os.urandom(256 << 10))
+
+
+def machine():
+    lines = [f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+             f"kernel: {platform.release()}",
+             f"cpus: {os.cpu_count()}"]
+    try:
+        mem = Path("/proc/meminfo").read_text().splitlines()[0]
+        lines.append(f"memory: {mem.split(':')[1].strip()}")
+        model = [l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")]
+        if model:
+            lines.append(f"cpu: {model[0].split(':')[1].strip()}")
+    except OSError:
+        pass
+    for cmd in (["sshfs", "--version"], ["rclone", "version"], ["catfs", "--version"],
+                [str(STRATA), "--version"], ["fio", "--version"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            first = (out.stdout or out.stderr).strip().splitlines()
+            lines.append(f"{cmd[0].split('/')[-1]}: {first[0] if first else '?'}")
+        except (OSError, subprocess.TimeoutExpired):
+            lines.append(f"{cmd[0]}: not available")
+    return "\n".join(lines)
+
+
+# --- the run --------------------------------------------------------------------
+
+ARGS = None
+
+
+def run_contender(c: Contender, a, res: dict, rtt: int):
+    key = lambda wl, temp: f"{rtt}ms/{c.name}/{wl}/{temp}"
+    for wl, (fn, unit) in WORKLOADS.items():
+        if wl not in a.workloads:
+            continue
+        try:
+            c.fresh()
+            c.mount()
+            drop_caches()
+            res[key(wl, "cold")] = fn(c.root(), a)
+            if c.has_cache:
+                populate(c.root(), wl)
+                c.settle()
+            drop_caches()
+            res[key(wl, "warm")] = fn(c.root(), a)
+            res[key(wl, "hot")] = fn(c.root(), a)
+            if c.has_cache:
+                c.settle()
+                c.umount()
+                c.mount()
+            drop_caches()
+            res[key(wl, "remount")] = fn(c.root(), a)
+        except Exception as e:  # a contender that fails a workload is reported, not fatal
+            print(f"  {c.name} {wl}: failed: {e}", file=sys.stderr)
+        finally:
+            c.umount()
+        done = {k.split("/")[-1]: round(v, 1) for k, v in res.items() if k.startswith(key(wl, ""))}
+        print(f"  {rtt} ms {c.name:9} {wl:9} {done} {unit}", flush=True)
+    if "ttfb" in a.workloads:
+        try:
+            c.fresh()
+            c.mount()
+            drop_caches()
+            res[key("ttfb", "cold")] = ttfb(c.root())
+        except Exception as e:
+            print(f"  {c.name} ttfb: failed: {e}", file=sys.stderr)
+        finally:
+            c.umount()
+        print(f"  {rtt} ms {c.name:9} ttfb      {res.get(key('ttfb', 'cold'), float('nan')):.1f} ms", flush=True)
+
+
+def plots(res: dict, a, out: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plots (pip install matplotlib)", file=sys.stderr)
+        return
+    names = [c for c in a.contenders if c != "local"]
+    for rtt in a.rtts:
+        fig, axes = plt.subplots(1, 3, figsize=(18, 5), sharey=False)
+        for ax, temp in zip(axes, ("cold", "warm", "hot")):
+            wls = [w for w in WORKLOADS if w in a.workloads]
+            width = 0.8 / len(names)
+            for i, n in enumerate(names):
+                vals = []
+                for wl in wls:
+                    v = res.get(f"{rtt}ms/{n}/{wl}/{temp}")
+                    local = res.get(f"{rtt}ms/local/{wl}/{'hot' if temp == 'hot' else 'cold'}")
+                    vals.append(v / local if v and local else 0)
+                ax.bar([x + i * width for x in range(len(wls))], vals, width, label=n)
+            ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(wls))])
+            ax.set_xticklabels(wls)
+            ax.set_title(f"{temp}, {rtt} ms RTT (ratio to local {'page cache' if temp == 'hot' else 'disk'})")
+            ax.axhline(1.0, color="gray", linewidth=0.8)
+            ax.set_yscale("log")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out / f"throughput-{rtt}ms.png", dpi=90)
+        plt.close(fig)
+    # Time to first byte.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, n in enumerate([c for c in a.contenders]):
+        ax.bar([x + i * 0.8 / len(a.contenders) for x in range(len(a.rtts))],
+               [res.get(f"{r}ms/{n}/ttfb/cold", 0) for r in a.rtts], 0.8 / len(a.contenders), label=n)
+    ax.set_xticks(range(len(a.rtts)))
+    ax.set_xticklabels([f"{r} ms RTT" for r in a.rtts])
+    ax.set_ylabel("ms (lower is better)")
+    ax.set_title("time to first byte, cold")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ttfb.png", dpi=90)
+    plt.close(fig)
+
+
+def table(res: dict, a) -> str:
+    lines = []
+    for rtt in a.rtts:
+        lines.append(f"\n### {rtt} ms round trip\n")
+        lines.append("| workload | temp | " + " | ".join(a.contenders) + " |")
+        lines.append("|---|---|" + "---|" * len(a.contenders))
+        for wl, (_, unit) in WORKLOADS.items():
+            if wl not in a.workloads:
+                continue
+            for temp in ("cold", "warm", "hot", "remount"):
+                row = []
+                for n in a.contenders:
+                    v = res.get(f"{rtt}ms/{n}/{wl}/{temp}")
+                    row.append("–" if v is None else f"{v:,.0f}")
+                lines.append(f"| {wl} ({unit}) | {temp} | " + " | ".join(row) + " |")
+        if "ttfb" in a.workloads:
+            row = [f"{res[k]:.1f}" if (k := f"{rtt}ms/{n}/ttfb/cold") in res else "–" for n in a.contenders]
+            lines.append("| time to first byte (ms) | cold | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def headlines(res: dict, a):
+    r = lambda rtt, n, wl, t: res.get(f"{rtt}ms/{n}/{wl}/{t}")
+    out = []
+
+    def ratio(name, x, y):
+        if x and y:
+            out.append((name, x / y))
+
+    low, high = min(a.rtts), max(a.rtts)
+    for n in ("strata", "strata-pt"):
+        if n not in a.contenders:
+            continue
+        p = n.replace("-", "_")
+        ratio(f"{p}_warm_seq_vs_local_disk", r(low, n, "seq", "warm"), r(low, "local", "seq", "cold"))
+        ratio(f"{p}_hot_seq_vs_local_page_cache", r(low, n, "seq", "hot"), r(low, "local", "seq", "hot"))
+        ratio(f"{p}_warm_rand4k_vs_local_disk", r(low, n, "rand4k", "warm"), r(low, "local", "rand4k", "cold"))
+        ratio(f"{p}_warm_walk_vs_nocache_{high}ms", r(high, n, "walk", "warm"), r(high, "nocache", "walk", "warm"))
+        for rtt in a.rtts:
+            for wl in ("seq", "rand4k", "rand128k", "tar", "walk"):
+                ratio(f"{p}_cold_{wl}_vs_nocache_{rtt}ms", r(rtt, n, wl, "cold"), r(rtt, "nocache", wl, "cold"))
+        for peer in ("rclone", "catfs"):
+            if peer not in a.contenders:
+                continue
+            for rtt in a.rtts:
+                for wl in ("seq", "rand4k", "tar", "walk"):
+                    for t in ("cold", "warm"):
+                        ratio(f"{p}_vs_{peer}_{t}_{wl}_{rtt}ms", r(rtt, n, wl, t), r(rtt, peer, wl, t))
+    return out
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/var/tmp/strata-suite")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/latest"))
+    ap.add_argument("--rtts", default="2,10")
+    ap.add_argument("--rate", default="", help="tc tbf rate for the link, e.g. 400mbit")
+    ap.add_argument("--large-mib", type=int, default=1024)
+    ap.add_argument("--tree-files", type=int, default=10000)
+    ap.add_argument("--fio-secs", type=int, default=8)
+    ap.add_argument("--contenders", default="nocache,strata,strata-pt,rclone,catfs,local")
+    ap.add_argument("--workloads", default="seq,rand4k,rand128k,tar,walk,ttfb")
+    a = ap.parse_args()
+    a.rtts = [int(x) for x in a.rtts.split(",")]
+    a.contenders = [c for c in a.contenders.split(",") if c != "catfs" or shutil.which("catfs")]
+    a.workloads = a.workloads.split(",")
+    ARGS = a
+    work = Path(a.work)
+    data, sshfs, local = work / "data", work / "sshfs", work / "local"
+    make_data(data, a)
+    if not (local / "large.bin").exists():
+        shutil.copytree(data, local, dirs_exist_ok=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "machine.txt").write_text(machine() + "\n")
+    classes = {"nocache": NoCache, "strata": Strata, "strata-pt": StrataPassthrough,
+               "rclone": Rclone, "catfs": Catfs, "local": Local}
+    res = {}
+    for rtt in a.rtts:
+        sh(ROOT / "bench/slow-origin.sh", "up", data, sshfs, rtt, *([a.rate] if a.rate else []))
+        try:
+            for n in a.contenders:
+                run_contender(classes[n](work, sshfs), a, res, rtt)
+        finally:
+            sh(ROOT / "bench/slow-origin.sh", "down", sshfs, check=False)
+    (out / "results.json").write_text(json.dumps(res, indent=1, sort_keys=True))
+    md = [f"# Side-by-side results\n", "```", machine(), "```",
+          f"\nOrigin: sshfs over ssh from a network namespace, {', '.join(f'{r} ms' for r in a.rtts)} "
+          f"round trip{', ' + a.rate if a.rate else ''}. Large file {a.large_mib} MiB, "
+          f"tree of {a.tree_files} files. cold: empty cache, page cache dropped; warm: cached, "
+          "page cache dropped; hot: page cache warm; remount: after an unmount and mount, page "
+          "cache dropped. Higher is better except time to first byte.\n",
+          table(res, a), "\n\n![throughput 2 ms](throughput-%dms.png)\n" % min(a.rtts),
+          "![throughput %d ms](throughput-%dms.png)\n" % (max(a.rtts), max(a.rtts)),
+          "![time to first byte](ttfb.png)\n"]
+    (out / "results.md").write_text("\n".join(md))
+    plots(res, a, out)
+    print(table(res, a))
+    print()
+    for name, v in headlines(res, a):
+        print(f"{name} = {v:.2f}")
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("the suite needs root (mounts, network namespaces, drop_caches)")
+    main()
