@@ -102,6 +102,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         }),
         attr_ttl: o.attr_ttl.unwrap_or(Duration::from_secs(1)),
         passthrough_min_age: o.passthrough_min_age.unwrap_or(Duration::from_secs(60)),
+        dir_prefetch_files: o.dir_prefetch.unwrap_or(32),
         origin_timeout: match o.origin_timeout {
             Some(d) if d.is_zero() => None,
             Some(d) => Some(d),
@@ -110,6 +111,9 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         ..Config::default()
     };
     config.validate()?;
+    if config.dir_prefetch_files > 1024 {
+        return Err("--dir-prefetch must be at most 1024 files".into());
+    }
     let threads = o.threads.unwrap_or(16);
     if threads == 0 || threads > 1024 {
         return Err("--threads must be between 1 and 1024".into());

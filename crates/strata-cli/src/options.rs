@@ -65,6 +65,11 @@ pub struct MountOpts {
     /// [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub origin_timeout: Option<Duration>,
+    /// When a reader opens a directory's files in listing order (tar, cp -r, rsync),
+    /// fetch up to this many of the next files ahead, in parallel. 0: off
+    /// [default: 32]
+    #[arg(long, value_name = "N")]
+    pub dir_prefetch: Option<usize>,
     /// Threads serving FUSE requests [default: 16]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -163,6 +168,12 @@ impl MountOpts {
                     need(&v)?
                         .parse()
                         .map_err(|_| "option -o threads: not a number".to_string())?,
+                ),
+                "dir_prefetch" => set(
+                    &mut self.dir_prefetch,
+                    need(&v)?
+                        .parse()
+                        .map_err(|_| "option -o dir_prefetch: not a number".to_string())?,
                 ),
                 "origin_latency" => set(&mut self.origin_latency, parse_duration(&need(&v)?)?),
                 "origin_timeout" => set(&mut self.origin_timeout, parse_duration(&need(&v)?)?),

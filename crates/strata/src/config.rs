@@ -35,6 +35,11 @@ pub struct Config {
     /// Threads that run read-ahead fetches (origin requests in parallel); 0 turns
     /// read-ahead off.
     pub prefetch_threads: usize,
+    /// Most files fetched ahead of a reader that opens a directory's files in listing
+    /// order (tar, cp -r, rsync); 0 turns this off.
+    pub dir_prefetch_files: usize,
+    /// Of each file fetched ahead that way, the first this many bytes.
+    pub dir_prefetch_bytes: u64,
     /// The disk index log is rewritten when larger than this and twice its live size.
     pub compact_min_bytes: u64,
     /// Most metadata entries (attributes, listings) kept.
@@ -65,6 +70,8 @@ impl Default for Config {
             readahead_max: 8 << 20,
             max_fetch: 1 << 20,
             prefetch_threads: 8,
+            dir_prefetch_files: 32,
+            dir_prefetch_bytes: 1 << 20,
             compact_min_bytes: 16 << 20,
             meta_entries: 1 << 20,
             passthrough_min_age: Duration::from_secs(60),

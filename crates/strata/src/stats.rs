@@ -53,6 +53,7 @@ stats! {
     stale_served: "answers given from the cache because the origin could not be asked",
     readahead_requests: "origin requests issued by read-ahead",
     readahead_bytes: "bytes fetched by read-ahead",
+    dir_prefetches: "files fetched ahead because a directory's files were being read in listing order",
     fills_queued: "blocks queued for the disk tier",
     fills_done: "blocks committed to the disk tier",
     fills_dropped: "fills dropped because the fill queue was full",

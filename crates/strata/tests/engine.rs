@@ -501,3 +501,107 @@ fn passthrough_only_for_verified_whole_files_and_pinned_against_eviction() {
     drop(pt);
     assert_eq!(e.stats().passthrough_opens, 1);
 }
+
+/// Descriptors this process holds on files below `dir`.
+fn open_files_below(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .count()
+}
+
+#[test]
+fn origin_files_stay_open_only_while_handles_are_open() {
+    let s = setup();
+    for i in 0..40u64 {
+        std::fs::write(
+            s.origin.join(format!("f{i}")),
+            pattern(i, 3 * BS as usize + 7),
+        )
+        .unwrap();
+    }
+    let e = engine(&s, Duration::from_secs(60));
+    let h = e.open(Path::new("f0")).unwrap();
+    assert_eq!(e.read(&h, 0, 10).unwrap().to_vec(), pattern(0, 10));
+    assert_eq!(open_files_below(&s.origin), 1, "kept for the open handle");
+    let h2 = e.open(Path::new("f0")).unwrap();
+    drop(h);
+    assert_eq!(open_files_below(&s.origin), 1, "another handle is open");
+    drop(h2);
+    assert_eq!(
+        open_files_below(&s.origin),
+        0,
+        "closed with the last handle"
+    );
+    for i in 0..40u64 {
+        assert_eq!(
+            read_all(&e, &format!("f{i}")),
+            pattern(i, 3 * BS as usize + 7)
+        );
+    }
+    // Read-ahead fetches still running hold their file until they finish.
+    let t = Instant::now();
+    while open_files_below(&s.origin) > 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        open_files_below(&s.origin),
+        0,
+        "40 files read, none left open"
+    );
+}
+
+#[test]
+fn files_read_in_listing_order_are_fetched_ahead() {
+    let s = setup();
+    let dir = s.origin.join("src");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    for i in 0..48u64 {
+        std::fs::write(
+            dir.join(format!("f{i:02}")),
+            pattern(i, 1000 + i as usize * 37),
+        )
+        .unwrap();
+    }
+    let local: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let slow: Arc<dyn Origin> = Arc::new(SlowOrigin::new(local, Duration::from_millis(10), 0));
+    let e = Engine::new(config(&s.cache, Duration::from_secs(60)), slow).unwrap();
+    let list = e.read_dir(Path::new("src")).unwrap();
+    let files: Vec<String> = list
+        .iter()
+        .filter(|d| d.kind == strata::origin::FileKind::File)
+        .map(|d| d.name.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 48);
+    // One file changes after the scan began: the prefetched version must not be served.
+    let changed = &files[30];
+    for (k, f) in files.iter().enumerate() {
+        if k == 5 {
+            std::thread::sleep(Duration::from_millis(200));
+            std::fs::write(dir.join(changed), b"new content, another size").unwrap();
+        }
+        let want = std::fs::read(dir.join(f)).unwrap();
+        assert_eq!(read_all(&e, &format!("src/{f}")), want, "{f}");
+    }
+    let st = e.stats();
+    assert!(st.dir_prefetches >= 20, "{st:?}");
+    assert!(
+        st.ram_hits >= 20,
+        "prefetched files were served from RAM: {st:?}"
+    );
+    assert!(st.invalidations >= 1, "{st:?}");
+
+    // Files opened in no particular order are not a scan.
+    let e2 = Engine::new(
+        config(&s.cache.join("2"), Duration::from_secs(60)),
+        Arc::new(LocalOrigin::new(&s.origin).unwrap()),
+    )
+    .unwrap();
+    e2.read_dir(Path::new("src")).unwrap();
+    for f in files.iter().rev() {
+        let want = std::fs::read(dir.join(f)).unwrap();
+        assert_eq!(read_all(&e2, &format!("src/{f}")), want, "{f}");
+    }
+    assert_eq!(e2.stats().dir_prefetches, 0);
+}

@@ -120,9 +120,30 @@ struct ReadAhead {
 }
 
 impl Handle {
+    fn new(obj: Arc<Object>) -> Self {
+        obj.handle_opened();
+        Self {
+            cur: Mutex::new(obj),
+            ra: Mutex::new(ReadAhead::default()),
+        }
+    }
+
     /// The object version the handle reads now.
     pub fn object(&self) -> Arc<Object> {
         self.cur.lock().clone()
+    }
+
+    /// Moves the handle to another version of its file.
+    fn switch(&self, to: Arc<Object>) {
+        to.handle_opened();
+        let old = std::mem::replace(&mut *self.cur.lock(), to);
+        old.handle_closed();
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.cur.lock().handle_closed();
     }
 }
 
@@ -165,6 +186,31 @@ impl FillJob {
     }
 }
 
+/// Work for the prefetch threads.
+enum Prefetch {
+    /// Read-ahead: claimed blocks of an object.
+    Blocks(Claim),
+    /// Directory prefetch: the start of a file a reader will probably open soon.
+    File(PathBuf),
+}
+
+/// A reader going through a directory's files in listing order.
+#[derive(Clone, Copy)]
+struct DirScan {
+    /// Listing index of the file opened last.
+    last: usize,
+    /// Files to keep fetched ahead (0: not a scan).
+    window: usize,
+    /// Listing index up to which prefetches were queued.
+    until: usize,
+}
+
+/// A file opened at most this many entries after the last one still continues a
+/// scan (the reader skipped a few: excluded, or opened elsewhere).
+const SCAN_SLACK: usize = 4;
+/// Directories whose scans are remembered.
+const MAX_SCANS: usize = 1024;
+
 type Listener = Arc<dyn Fn(&Path) + Send + Sync>;
 type XattrKey = (PathBuf, OsString);
 
@@ -178,7 +224,8 @@ struct Inner {
     ids: AtomicU64,
     epoch: Instant,
     fill_tx: RwLock<Option<Sender<FillJob>>>,
-    prefetch_tx: RwLock<Option<Sender<Claim>>>,
+    prefetch_tx: RwLock<Option<Sender<Prefetch>>>,
+    dir_scans: Mutex<FxHashMap<PathBuf, DirScan>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     attrs: TtlMap<PathBuf, Result<Attr, i32>>,
     dirs: TtlMap<PathBuf, Result<Arc<Vec<DirEntry>>, i32>>,
@@ -228,6 +275,7 @@ impl Engine {
             epoch: Instant::now(),
             fill_tx: RwLock::new(None),
             prefetch_tx: RwLock::new(None),
+            dir_scans: Mutex::new(FxHashMap::default()),
             threads: Mutex::new(Vec::new()),
             attrs: TtlMap::new(ttl, max),
             dirs: TtlMap::new(ttl, max / 16),
@@ -261,7 +309,7 @@ impl Engine {
         if self.inner.cfg.prefetch_threads == 0 {
             return Ok(());
         }
-        let (tx, rx) = crossbeam_channel::bounded::<Claim>(self.inner.cfg.prefetch_threads * 4);
+        let (tx, rx) = crossbeam_channel::bounded::<Prefetch>(self.inner.cfg.prefetch_threads * 4);
         *self.inner.prefetch_tx.write() = Some(tx);
         for n in 0..self.inner.cfg.prefetch_threads {
             let inner = self.inner.clone();
@@ -270,9 +318,14 @@ impl Engine {
                 std::thread::Builder::new()
                     .name(format!("strata-ra-{n}"))
                     .spawn(move || {
-                        for claim in rx {
-                            let obj = claim.obj.clone();
-                            let _ = inner.fetch(&obj, claim, true);
+                        for job in rx {
+                            match job {
+                                Prefetch::Blocks(claim) => {
+                                    let obj = claim.obj.clone();
+                                    let _ = inner.fetch(&obj, claim, true);
+                                }
+                                Prefetch::File(path) => inner.prefetch_file(&path),
+                            }
                         }
                     })?,
             );
@@ -308,10 +361,9 @@ impl Engine {
     pub fn open(&self, path: &Path) -> io::Result<Handle> {
         let attr = self.inner.stat_origin(path)?;
         let obj = self.inner.object_for(path, &attr)?;
-        Ok(Handle {
-            cur: Mutex::new(obj),
-            ra: Mutex::new(ReadAhead::default()),
-        })
+        let h = Handle::new(obj);
+        self.inner.note_open(path);
+        Ok(h)
     }
 
     /// Reads up to `len` bytes at `off`. Fewer bytes only at the end of the file.
@@ -762,7 +814,7 @@ impl Inner {
             Err(e) => return Err(e),
         };
         let fresh = self.object_for(&obj.path, &attr)?;
-        *h.cur.lock() = fresh.clone();
+        h.switch(fresh.clone());
         Ok(fresh)
     }
 
@@ -781,14 +833,20 @@ impl Inner {
             if attempt == 2 {
                 return self.read_direct(&obj, off, end);
             }
-            if attempt == 0
-                && let Some(ra) = self.plan_readahead(h, &obj, off, end)
-            {
-                self.start_readahead(&obj, ra);
-            }
+            let ra = if attempt == 0 {
+                self.plan_readahead(h, &obj, off, end)
+            } else {
+                None
+            };
             let b0 = off / obj.bs;
             let mut got: Vec<Option<Bytes>> = vec![None; (end.div_ceil(obj.bs) - b0) as usize];
-            match self.gather(&obj, b0, &mut got)? {
+            let gathered = self.gather(&obj, b0, &mut got)?;
+            // Read-ahead goes out after the reader's own fetch: on an origin with
+            // one connection (sshfs) its bytes would otherwise arrive first.
+            if let Some(ra) = ra {
+                self.start_readahead(&obj, ra);
+            }
+            match gathered {
                 Gathered::Complete => return Ok(self.assemble(&obj, off, end, got)),
                 Gathered::Changed => continue,
             }
@@ -1338,28 +1396,15 @@ impl Inner {
     /// Claims the blocks of a read-ahead window that are not cached or in flight and
     /// queues their fetches. A full queue drops them (and their claims).
     fn start_readahead(&self, obj: &Arc<Object>, blocks: Range<u64>) {
-        let claims = {
-            let mut st = obj.lock();
-            let busy = bits::FETCHING | bits::FILLING | bits::DISK;
-            let todo: Vec<u64> = blocks
-                .filter(|&b| {
-                    !st.tree.test_any(obj.bytes_of(b..b + 1), busy)
-                        && !self.ram.contains(&BlockKey {
-                            obj: obj.id,
-                            blk: b,
-                        })
-                })
-                .collect();
-            if todo.is_empty() {
-                return;
-            }
-            obj.claim(&mut st, &todo, |_| false).mine
-        };
+        let claims = self.claim_uncached(obj, blocks);
+        if claims.is_empty() {
+            return;
+        }
         let tx = self.prefetch_tx.read().clone();
         let Some(tx) = tx else { return };
         for claim in claims {
             for c in self.split(claim) {
-                match tx.try_send(c) {
+                match tx.try_send(Prefetch::Blocks(c)) {
                     Ok(()) => {}
                     // Dropping the claim releases its blocks.
                     Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
@@ -1367,4 +1412,128 @@ impl Inner {
             }
         }
     }
+
+    /// Claims the blocks of a range that no tier holds and nobody fetches.
+    fn claim_uncached(&self, obj: &Arc<Object>, blocks: Range<u64>) -> Vec<Claim> {
+        let mut st = obj.lock();
+        let busy = bits::FETCHING | bits::FILLING | bits::DISK;
+        let todo: Vec<u64> = blocks
+            .filter(|&b| {
+                !st.tree.test_any(obj.bytes_of(b..b + 1), busy)
+                    && !self.ram.contains(&BlockKey {
+                        obj: obj.id,
+                        blk: b,
+                    })
+            })
+            .collect();
+        if todo.is_empty() {
+            return Vec::new();
+        }
+        obj.claim(&mut st, &todo, |_| false).mine
+    }
+
+    /// Directory prefetch: a reader that opens a directory's files one after another
+    /// in listing order (tar, cp -r, rsync) pays a few origin round trips per small
+    /// file. Seeing that, fetch the next files ahead, several at once, with a window
+    /// that doubles while the scan goes on, as read-ahead does within a file.
+    fn note_open(&self, path: &Path) {
+        let max = self.cfg.dir_prefetch_files;
+        if max == 0 || self.cfg.prefetch_threads == 0 {
+            return;
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return;
+        };
+        // Only a directory the reader listed: that is what a scan does first.
+        let Some(Ok(list)) = self.dirs.get_stale(dir) else {
+            return;
+        };
+        let (from, to) = {
+            let mut scans = self.dir_scans.lock();
+            let prev = scans.get(dir).copied();
+            let hint = prev.map_or(0, |s| s.last + 1);
+            let Some(i) = find_entry(&list, name, hint) else {
+                return;
+            };
+            let continues = match prev {
+                Some(s) => i > s.last && i <= s.last + SCAN_SLACK,
+                // The first file of the listing starts a scan.
+                None => list[..i].iter().all(|e| e.kind != FileKind::File),
+            };
+            let scan = if continues {
+                let w = prev.map_or(0, |s| s.window);
+                DirScan {
+                    last: i,
+                    window: if w == 0 { 4 } else { w * 2 }.min(max),
+                    until: prev.map_or(0, |s| s.until).max(i + 1),
+                }
+            } else {
+                DirScan {
+                    last: i,
+                    window: 0,
+                    until: i + 1,
+                }
+            };
+            let to = (i + 1 + scan.window).min(list.len()).max(scan.until);
+            if scans.len() >= MAX_SCANS && prev.is_none() {
+                scans.clear();
+            }
+            scans.insert(dir.to_path_buf(), DirScan { until: to, ..scan });
+            (scan.until, to)
+        };
+        if from >= to {
+            return;
+        }
+        let tx = self.prefetch_tx.read().clone();
+        let Some(tx) = tx else { return };
+        for e in &list[from..to] {
+            if e.kind != FileKind::File {
+                continue;
+            }
+            if tx.try_send(Prefetch::File(dir.join(&e.name))).is_err() {
+                // Busy: the files left out are fetched when the reader opens them.
+                break;
+            }
+        }
+    }
+
+    /// Fetches the start of a file a directory scan will probably reach, unless it is
+    /// cached already.
+    fn prefetch_file(&self, path: &Path) {
+        let attr = match self.attrs.get(path) {
+            Some(Ok(a)) => a,
+            Some(Err(_)) => return,
+            None => match self.stat_origin(path) {
+                Ok(a) => a,
+                Err(_) => return,
+            },
+        };
+        if attr.kind != FileKind::File || attr.token.size() == 0 {
+            return;
+        }
+        let Ok(obj) = self.object_for(path, &attr) else {
+            return;
+        };
+        let end = obj.size().min(self.cfg.dir_prefetch_bytes.max(1));
+        let claims = self.claim_uncached(&obj, 0..end.div_ceil(obj.bs));
+        if claims.is_empty() {
+            return;
+        }
+        stats::inc(&self.stats.dir_prefetches);
+        for claim in claims {
+            for c in self.split(claim) {
+                if self.fetch(&obj, c, true).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Index of `name` in a listing, looked for first at `hint` and just after it.
+fn find_entry(list: &[DirEntry], name: &OsStr, hint: usize) -> Option<usize> {
+    let near = hint..(hint + SCAN_SLACK).min(list.len());
+    near.clone()
+        .find(|&i| list[i].name == name)
+        .or_else(|| list.iter().position(|e| e.name == name))
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -33,7 +33,10 @@ pub struct Object {
     pub(crate) dead: AtomicBool,
     pub(crate) st: Mutex<ObjState>,
     pub(crate) cond: Condvar,
+    /// The origin file, kept open while handles are open on this version.
     pub(crate) file: Mutex<Option<Arc<dyn OriginFile>>>,
+    /// Engine handles reading this version.
+    pub(crate) handles: AtomicUsize,
 }
 
 impl Object {
@@ -51,6 +54,7 @@ impl Object {
             }),
             cond: Condvar::new(),
             file: Mutex::new(None),
+            handles: AtomicUsize::new(0),
         }
     }
 
@@ -93,7 +97,10 @@ impl Object {
         self.st.lock()
     }
 
-    /// The origin file, opened on first use and kept for the version's life.
+    /// The origin file, opened on first use and kept while handles are open (a fetch
+    /// for nobody's handle, a directory prefetch, closes it when done): an origin
+    /// file open per cached object would run out of descriptors, here and on the
+    /// origin's server.
     pub(crate) fn origin_file(
         &self,
         open: impl FnOnce() -> io::Result<Box<dyn OriginFile>>,
@@ -103,8 +110,25 @@ impl Object {
             return Ok(f.clone());
         }
         let opened: Arc<dyn OriginFile> = Arc::from(open()?);
-        *f = Some(opened.clone());
+        if self.handles.load(Ordering::Acquire) > 0 {
+            *f = Some(opened.clone());
+        }
         Ok(opened)
+    }
+
+    pub(crate) fn handle_opened(&self) {
+        self.handles.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The last handle closes the origin file (fetches in flight hold their own
+    /// reference to it).
+    pub(crate) fn handle_closed(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut f = self.file.lock();
+            if self.handles.load(Ordering::Acquire) == 0 {
+                *f = None;
+            }
+        }
     }
 
     /// Sorts missing blocks, under the object's lock: those nobody fetches are claimed
