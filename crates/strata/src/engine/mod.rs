@@ -48,6 +48,8 @@ use object::{Claim, Claimed};
 
 /// Largest read served in one call.
 const MAX_READ: usize = 64 << 20;
+/// How far from where a sequential reader got to its next read may start.
+const SEQ_SLACK: u64 = 2 << 20;
 /// Largest disk commit batch.
 const FILL_BATCH_BYTES: u64 = 8 << 20;
 /// Active objects kept before idle ones are forgotten.
@@ -1369,33 +1371,55 @@ impl Inner {
         }
     }
 
-    /// Sequential detection per handle: a read that starts where the last one ended
-    /// grows the window (doubling up to the maximum); any other read resets it.
+    /// Sequential detection per handle: a read that starts near where the reading
+    /// got to grows the window (doubling up to the maximum); any other read resets it.
+    /// Near, not exactly: the kernel sends a sequential reader's requests several at
+    /// a time, and they reach us on different threads in any order.
     fn plan_readahead(&self, h: &Handle, obj: &Object, off: u64, end: u64) -> Option<Range<u64>> {
         if self.cfg.readahead_max == 0 || self.cfg.prefetch_threads == 0 {
             return None;
         }
         let mut ra = h.ra.lock();
-        let sequential = off == ra.next;
-        ra.next = end;
+        let sequential = off <= ra.next + SEQ_SLACK && off + SEQ_SLACK >= ra.next;
         if !sequential {
+            ra.next = end;
             ra.window = 0;
             return None;
         }
+        ra.next = ra.next.max(end);
         ra.window = if ra.window == 0 {
             ((end - off) * 2).max(2 * obj.bs)
         } else {
             ra.window * 2
         }
         .min(self.cfg.readahead_max);
-        let first = end.div_ceil(obj.bs);
-        let last = (end + ra.window).min(obj.size()).div_ceil(obj.bs);
+        let first = ra.next.div_ceil(obj.bs);
+        let last = (ra.next + ra.window).min(obj.size()).div_ceil(obj.bs);
         (first < last).then_some(first..last)
     }
 
     /// Claims the blocks of a read-ahead window that are not cached or in flight and
     /// queues their fetches. A full queue drops them (and their claims).
     fn start_readahead(&self, obj: &Arc<Object>, blocks: Range<u64>) {
+        if let Some(disk) = &self.disk {
+            // What the disk tier holds of the window: have the kernel read it ahead.
+            let on_disk: Vec<u64> = {
+                let st = obj.lock();
+                blocks
+                    .clone()
+                    .filter(|&b| st.tree.test_all(obj.bytes_of(b..b + 1), bits::DISK))
+                    .collect()
+            };
+            let mut i = 0;
+            while i < on_disk.len() {
+                let mut j = i + 1;
+                while j < on_disk.len() && on_disk[j] == on_disk[j - 1] + 1 {
+                    j += 1;
+                }
+                disk.will_need(obj.id, on_disk[i], (j - i) as u64);
+                i = j;
+            }
+        }
         let claims = self.claim_uncached(obj, blocks);
         if claims.is_empty() {
             return;

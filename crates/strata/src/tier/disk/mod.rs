@@ -725,6 +725,14 @@ impl DiskTier {
         out
     }
 
+    /// Starts reading blocks of an object into the page cache ahead of a sequential
+    /// reader (the cache file's own read-ahead sees a reader jumping between files).
+    pub fn will_need(&self, id: u64, first: u64, count: u64) {
+        if let Ok(f) = self.file(id, false) {
+            f.will_need(first * self.bs, count * self.bs);
+        }
+    }
+
     fn read_run(
         &self,
         id: u64,
