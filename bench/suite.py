@@ -208,8 +208,15 @@ def w_rand(bs):
                  f"--bs={bs}", "--ioengine=psync", "--direct=0", f"--runtime={a.fio_secs}",
                  "--time_based", "--numjobs=1", "--randrepeat=0", "--invalidate=0",
                  "--output-format=json", capture_output=True).stdout
-        return json.loads(out)["jobs"][0]["read"]["iops"]
+        rd = json.loads(out)["jobs"][0]["read"]
+        pct = rd.get("clat_ns", {}).get("percentile", {})
+        LAT_LAST[:] = [pct.get("50.000000", 0) / 1e6, pct.get("99.000000", 0) / 1e6]
+        return rd["iops"]
     return run
+
+
+# Latency percentiles (ms) of the last fio run: p50, p99.
+LAT_LAST: list = []
 
 
 def w_tar(root: Path, a):
@@ -334,31 +341,37 @@ ARGS = None
 
 def run_contender(c: Contender, a, res: dict, rtt: int):
     key = lambda wl, temp: f"{rtt}ms/{c.name}/{wl}/{temp}"
-    for wl, (fn, unit) in WORKLOADS.items():
+    for wl, (measure, unit) in WORKLOADS.items():
+        def run_one(temp, wl=wl, measure=measure):
+            LAT_LAST.clear()
+            res[key(wl, temp)] = measure(c.root(), a)
+            if LAT_LAST:
+                res[f"lat/{key(wl, temp)}"] = list(LAT_LAST)
+
         if wl not in a.workloads:
             continue
         try:
             c.fresh()
             c.mount()
             drop_caches()
-            res[key(wl, "cold")] = fn(c.root(), a)
+            run_one("cold")
             if c.has_cache:
                 populate(c.root(), wl)
                 c.settle()
             drop_caches()
-            res[key(wl, "warm")] = fn(c.root(), a)
+            run_one("warm")
             # Without a cache, hot and remount only repeat warm: skipped.
             if c.has_cache or c.name == "local":
                 if wl in ("rand4k", "rand128k"):
                     # Hot: the whole file in the page cache, not only what warm read.
                     read_file(c.root() / "large.bin")
-                res[key(wl, "hot")] = fn(c.root(), a)
+                run_one("hot")
                 if c.has_cache:
                     c.settle()
                     c.umount()
                     c.mount()
                 drop_caches()
-                res[key(wl, "remount")] = fn(c.root(), a)
+                run_one("remount")
         except Exception as e:  # a contender that fails a workload is reported, not fatal
             print(f"  {c.name} {wl}: failed: {e}", file=sys.stderr)
         finally:
@@ -408,6 +421,28 @@ def plots(res: dict, a, out: Path):
         fig.tight_layout()
         fig.savefig(out / f"throughput-{rtt}ms.png", dpi=90)
         plt.close(fig)
+    # Read latency (fio p50 and p99) of the random workloads, as a ratio to local.
+    for rtt in a.rtts:
+        fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+        for ax, temp in zip(axes, ("cold", "warm", "hot")):
+            cols = [(wl, q) for wl in ("rand4k", "rand128k") if wl in a.workloads for q in (0, 1)]
+            width = 0.8 / max(len(names), 1)
+            for i, n in enumerate(names):
+                vals = []
+                for wl, q in cols:
+                    v = res.get(f"lat/{rtt}ms/{n}/{wl}/{temp}")
+                    local = res.get(f"lat/{rtt}ms/local/{wl}/{'hot' if temp == 'hot' else 'warm'}")
+                    vals.append(v[q] / local[q] if v and local and local[q] else 0)
+                ax.bar([x + i * width for x in range(len(cols))], vals, width, label=n)
+            ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(cols))])
+            ax.set_xticklabels([f"{wl} {'p50' if q == 0 else 'p99'}" for wl, q in cols])
+            ax.set_title(f"read latency, {temp}, {rtt} ms RTT (ratio to local; lower is better)")
+            ax.axhline(1.0, color="gray", linewidth=0.8)
+            ax.set_yscale("log")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out / f"latency-{rtt}ms.png", dpi=90)
+        plt.close(fig)
     # Time to first byte.
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, n in enumerate([c for c in a.contenders]):
@@ -438,6 +473,15 @@ def table(res: dict, a) -> str:
                     v = res.get(f"{rtt}ms/{n}/{wl}/{temp}")
                     row.append("–" if v is None else f"{v:,.0f}")
                 lines.append(f"| {wl} ({unit}) | {temp} | " + " | ".join(row) + " |")
+        for wl in ("rand4k", "rand128k"):
+            if wl not in a.workloads:
+                continue
+            for temp in ("cold", "warm", "hot", "remount"):
+                row = []
+                for n in a.contenders:
+                    v = res.get(f"lat/{rtt}ms/{n}/{wl}/{temp}")
+                    row.append("–" if not v else f"{v[0]:.3g} / {v[1]:.3g}")
+                lines.append(f"| {wl} latency p50 / p99 (ms) | {temp} | " + " | ".join(row) + " |")
         if "ttfb" in a.workloads:
             row = [f"{res[k]:.1f}" if (k := f"{rtt}ms/{n}/ttfb/cold") in res else "–" for n in a.contenders]
             lines.append("| time to first byte (ms) | cold | " + " | ".join(row) + " |")
@@ -525,6 +569,8 @@ def main():
           "cache dropped. Higher is better except time to first byte.\n",
           table(res, a), "\n\n![throughput 2 ms](throughput-%dms.png)\n" % min(a.rtts),
           "![throughput %d ms](throughput-%dms.png)\n" % (max(a.rtts), max(a.rtts)),
+          "![latency 2 ms](latency-%dms.png)\n" % min(a.rtts),
+          "![latency %d ms](latency-%dms.png)\n" % (max(a.rtts), max(a.rtts)),
           "![time to first byte](ttfb.png)\n"]
     (out / "results.md").write_text("\n".join(md))
     plots(res, a, out)
