@@ -400,49 +400,43 @@ def plots(res: dict, a, out: Path):
         print("matplotlib missing: no plots (pip install matplotlib)", file=sys.stderr)
         return
     names = [c for c in a.contenders if c != "local"]
-    for rtt in a.rtts:
-        fig, axes = plt.subplots(1, 3, figsize=(18, 5), sharey=False)
-        for ax, temp in zip(axes, ("cold", "warm", "hot")):
-            wls = [w for w in WORKLOADS if w in a.workloads]
-            width = 0.8 / len(names)
-            for i, n in enumerate(names):
-                vals = []
-                for wl in wls:
-                    v = res.get(f"{rtt}ms/{n}/{wl}/{temp}")
-                    local = res.get(f"{rtt}ms/local/{wl}/{'hot' if temp == 'hot' else 'warm'}")
-                    vals.append(v / local if v and local else 0)
-                ax.bar([x + i * width for x in range(len(wls))], vals, width, label=n)
-            ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(wls))])
-            ax.set_xticklabels(wls)
-            ax.set_title(f"{temp}, {rtt} ms RTT (ratio to local {'page cache' if temp == 'hot' else 'disk'})")
-            ax.axhline(1.0, color="gray", linewidth=0.8)
-            ax.set_yscale("log")
-        axes[0].legend()
-        fig.tight_layout()
-        fig.savefig(out / f"throughput-{rtt}ms.png", dpi=90)
-        plt.close(fig)
-    # Read latency (fio p50 and p99) of the random workloads, as a ratio to local.
-    for rtt in a.rtts:
+
+    def panels(path, columns, value, title):
+        """One figure per round trip: cold, warm and hot side by side, a bar per
+        contender and column, as a ratio to local (log scale)."""
         fig, axes = plt.subplots(1, 3, figsize=(18, 5))
         for ax, temp in zip(axes, ("cold", "warm", "hot")):
-            cols = [(wl, q) for wl in ("rand4k", "rand128k") if wl in a.workloads for q in (0, 1)]
             width = 0.8 / max(len(names), 1)
             for i, n in enumerate(names):
-                vals = []
-                for wl, q in cols:
-                    v = res.get(f"lat/{rtt}ms/{n}/{wl}/{temp}")
-                    local = res.get(f"lat/{rtt}ms/local/{wl}/{'hot' if temp == 'hot' else 'warm'}")
-                    vals.append(v[q] / local[q] if v and local and local[q] else 0)
-                ax.bar([x + i * width for x in range(len(cols))], vals, width, label=n)
-            ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(cols))])
-            ax.set_xticklabels([f"{wl} {'p50' if q == 0 else 'p99'}" for wl, q in cols])
-            ax.set_title(f"read latency, {temp}, {rtt} ms RTT (ratio to local; lower is better)")
+                ref = "hot" if temp == "hot" else "warm"
+                vals = [value(n, col, temp, ref) for col, _ in columns]
+                ax.bar([x + i * width for x in range(len(columns))], vals, width, label=n)
+            ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(columns))])
+            ax.set_xticklabels([label for _, label in columns])
+            ax.set_title(title(temp))
             ax.axhline(1.0, color="gray", linewidth=0.8)
             ax.set_yscale("log")
         axes[0].legend()
         fig.tight_layout()
-        fig.savefig(out / f"latency-{rtt}ms.png", dpi=90)
+        fig.savefig(path, dpi=90)
         plt.close(fig)
+
+    def ratio(x, y):
+        return x / y if x and y else 0
+
+    for rtt in a.rtts:
+        wls = [(w, w) for w in WORKLOADS if w in a.workloads]
+        panels(out / f"throughput-{rtt}ms.png", wls,
+               lambda n, wl, t, ref: ratio(res.get(f"{rtt}ms/{n}/{wl}/{t}"),
+                                           res.get(f"{rtt}ms/local/{wl}/{ref}")),
+               lambda t: f"{t}, {rtt} ms RTT (ratio to local {'page cache' if t == 'hot' else 'disk'})")
+        # Read latency (fio p50 and p99) of the random workloads.
+        cols = [((wl, q), f"{wl} {'p50' if q == 0 else 'p99'}")
+                for wl in ("rand4k", "rand128k") if wl in a.workloads for q in (0, 1)]
+        lat = lambda n, col, t: (res.get(f"lat/{rtt}ms/{n}/{col[0]}/{t}") or [0, 0])[col[1]]
+        panels(out / f"latency-{rtt}ms.png", cols,
+               lambda n, col, t, ref: ratio(lat(n, col, t), lat("local", col, ref)),
+               lambda t: f"read latency, {t}, {rtt} ms RTT (ratio to local; lower is better)")
     # Time to first byte.
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, n in enumerate([c for c in a.contenders]):
