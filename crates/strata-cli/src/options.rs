@@ -311,8 +311,10 @@ mod tests {
             o: vec!["rw,cache_size=2G,ram_size=5M,allow_other,x-systemd.automount".into()],
             ..Default::default()
         };
+        m.o.push("dir_prefetch=0".into());
         m.merge_o().unwrap();
         assert_eq!(m.cache_size, Some(2 << 30));
+        assert_eq!(m.dir_prefetch, Some(0));
         assert_eq!(m.ram_size, Some(1), "a flag wins over -o");
         assert!(m.allow_other);
         let mut bad = MountOpts {
@@ -320,6 +322,11 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.merge_o().is_err());
+        let mut bad_n = MountOpts {
+            o: vec!["dir_prefetch=many".into()],
+            ..Default::default()
+        };
+        assert!(bad_n.merge_o().unwrap_err().contains("dir_prefetch"));
         let mut unknown = MountOpts {
             o: vec!["frobnicate".into()],
             ..Default::default()
