@@ -104,14 +104,7 @@ fuzz_target!(|inp: Input| {
     let cfg = DiskConfig {
         capacity: 1 << 20,
         block_size: BS as u32,
-        thresholds: Thresholds {
-            brun: 0.0,
-            bcull: 0.0,
-            bstop: 0.0,
-            frun: 0.0,
-            fcull: 0.0,
-            fstop: 0.0,
-        },
+        thresholds: Thresholds::OFF,
         compact_min_bytes: 256,
     };
     let Ok(t) = DiskTier::open(Arc::new(st), cfg, Arc::new(Stats::default())) else {

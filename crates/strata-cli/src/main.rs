@@ -226,14 +226,7 @@ fn fsck(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, String> {
         DiskConfig {
             capacity: u64::MAX / 2,
             block_size: bs,
-            thresholds: Thresholds {
-                brun: 0.0,
-                bcull: 0.0,
-                bstop: 0.0,
-                frun: 0.0,
-                fcull: 0.0,
-                fstop: 0.0,
-            },
+            thresholds: Thresholds::OFF,
             compact_min_bytes: u64::MAX,
         },
         Arc::new(strata::stats::Stats::default()),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Mount, drop_page_cache, pattern};
+use common::{Mount, drop_page_cache, kill, pattern};
 
 const FILES: u64 = 24;
 
@@ -114,16 +114,8 @@ fn kill_9_under_load_loses_no_byte_and_keeps_the_cache() {
             .collect();
         std::thread::sleep(Duration::from_millis(200 + rnd(1500)));
         blocks_before = t.stat_u64("disk_blocks");
-        let pid: i32 = fs::read_to_string(t.cache.join("lock"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        Command::new("kill")
-            .arg("-9")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
+        let pid = t.daemon_pid();
+        kill(pid, "-9");
         stop.store(true, Ordering::Relaxed);
         for r in readers {
             r.join().unwrap();

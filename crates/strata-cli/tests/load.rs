@@ -59,11 +59,7 @@ fn sixty_four_readers_over_thousands_of_files() {
         "--attr-ttl",
         "2s",
     ]);
-    let pid: i32 = fs::read_to_string(t.cache.join("lock"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = t.daemon_pid();
     let idle_rss = rss(pid);
 
     let stop = Arc::new(AtomicBool::new(false));

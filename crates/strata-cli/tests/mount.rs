@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Mount, drop_page_cache, eventually, pattern};
+use common::{Mount, drop_page_cache, eventually, kill, pattern};
 
 const BS: usize = 64 * 1024;
 
@@ -489,16 +489,8 @@ fn fstab_style_invocation_and_kill_9_recovery() {
         > 0));
     std::thread::sleep(Duration::from_millis(300)); // let the commit land
     // kill -9 the daemon, clear the dead mount, mount again: it recovers by itself.
-    let pid: i32 = fs::read_to_string(t.cache.join("lock"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    Command::new("kill")
-        .arg("-9")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let pid = t.daemon_pid();
+    kill(pid, "-9");
     assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
         "/proc/{pid}"
     ))
@@ -539,11 +531,7 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
         "the foreground mount did not come up"
     );
     assert_eq!(fs::read(t.m("f")).unwrap(), pattern(21, 300_000));
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    kill(child.id(), "-TERM");
     let status = child.wait().unwrap();
     let mut err = String::new();
     child

@@ -396,14 +396,7 @@ fn open_million(dir: &PathBuf) -> (f64, f64, f64) {
     let cfg = DiskConfig {
         capacity: 1 << 50,
         block_size: BS,
-        thresholds: Thresholds {
-            brun: 0.0,
-            bcull: 0.0,
-            bstop: 0.0,
-            frun: 0.0,
-            fcull: 0.0,
-            fstop: 0.0,
-        },
+        thresholds: Thresholds::OFF,
         compact_min_bytes: 1 << 40,
     };
     let storage = || -> Arc<dyn Storage> { Arc::new(RealStorage::new(dir)) };

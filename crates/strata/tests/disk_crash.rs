@@ -20,14 +20,7 @@ fn cfg(capacity_blocks: u64, compact_min: u64) -> DiskConfig {
     DiskConfig {
         capacity: capacity_blocks * BS,
         block_size: BS as u32,
-        thresholds: Thresholds {
-            brun: 0.0,
-            bcull: 0.0,
-            bstop: 0.0,
-            frun: 0.0,
-            fcull: 0.0,
-            fstop: 0.0,
-        },
+        thresholds: Thresholds::OFF,
         compact_min_bytes: compact_min,
     }
 }

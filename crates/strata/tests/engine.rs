@@ -49,14 +49,7 @@ fn config(cache: &Path, ttl: Duration) -> Config {
         disk: Some(DiskSetup {
             storage: Arc::new(RealStorage::new(cache)),
             capacity: 64 << 20,
-            thresholds: Thresholds {
-                brun: 0.0,
-                bcull: 0.0,
-                bstop: 0.0,
-                frun: 0.0,
-                fcull: 0.0,
-                fstop: 0.0,
-            },
+            thresholds: Thresholds::OFF,
         }),
         attr_ttl: ttl,
         ..Config::default()

@@ -46,14 +46,7 @@ fn setup(ttl: Duration, timeout: Duration) -> T {
         disk: Some(DiskSetup {
             storage: Arc::new(RealStorage::new(tmp.path().join("cache"))),
             capacity: 64 << 20,
-            thresholds: Thresholds {
-                brun: 0.0,
-                bcull: 0.0,
-                bstop: 0.0,
-                frun: 0.0,
-                fcull: 0.0,
-                fstop: 0.0,
-            },
+            thresholds: Thresholds::OFF,
         }),
         attr_ttl: ttl,
         origin_timeout: Some(timeout),

@@ -97,6 +97,15 @@ impl Mount {
         self.stats()[name].as_u64().unwrap()
     }
 
+    /// The pid of the mount's daemon, from the cache directory's lock file.
+    pub fn daemon_pid(&self) -> i32 {
+        std::fs::read_to_string(self.cache.join("lock"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     pub fn o(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.origin.join(rel)
     }
@@ -119,6 +128,15 @@ impl Drop for Mount {
             }
         }
     }
+}
+
+/// Sends a signal (`-9`, `-TERM`, ...) to a process.
+pub fn kill(pid: impl std::fmt::Display, sig: &str) {
+    Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
 }
 
 pub fn drop_page_cache() {

@@ -1401,26 +1401,13 @@ impl Inner {
     /// Claims the blocks of a read-ahead window that are not cached or in flight and
     /// queues their fetches. A full queue drops them (and their claims).
     fn start_readahead(&self, obj: &Arc<Object>, blocks: Range<u64>) {
+        let (claims, on_disk) = self.claim_uncached(obj, blocks);
         if let Some(disk) = &self.disk {
             // What the disk tier holds of the window: have the kernel read it ahead.
-            let on_disk: Vec<u64> = {
-                let st = obj.lock();
-                blocks
-                    .clone()
-                    .filter(|&b| st.tree.test_all(obj.bytes_of(b..b + 1), bits::DISK))
-                    .collect()
-            };
-            let mut i = 0;
-            while i < on_disk.len() {
-                let mut j = i + 1;
-                while j < on_disk.len() && on_disk[j] == on_disk[j - 1] + 1 {
-                    j += 1;
-                }
-                disk.will_need(obj.id, on_disk[i], (j - i) as u64);
-                i = j;
+            for r in on_disk {
+                disk.will_need(obj.id, r.start, r.end - r.start);
             }
         }
-        let claims = self.claim_uncached(obj, blocks);
         if claims.is_empty() {
             return;
         }
@@ -1437,23 +1424,38 @@ impl Inner {
         }
     }
 
-    /// Claims the blocks of a range that no tier holds and nobody fetches.
-    fn claim_uncached(&self, obj: &Arc<Object>, blocks: Range<u64>) -> Vec<Claim> {
+    /// Claims the blocks of a range that no tier holds and nobody fetches; also says
+    /// which runs of it the disk tier holds. One pass, under one lock of the object.
+    fn claim_uncached(
+        &self,
+        obj: &Arc<Object>,
+        blocks: Range<u64>,
+    ) -> (Vec<Claim>, Vec<Range<u64>>) {
         let mut st = obj.lock();
         let busy = bits::FETCHING | bits::FILLING | bits::DISK;
-        let todo: Vec<u64> = blocks
-            .filter(|&b| {
-                !st.tree.test_any(obj.bytes_of(b..b + 1), busy)
-                    && !self.ram.contains(&BlockKey {
-                        obj: obj.id,
-                        blk: b,
-                    })
-            })
-            .collect();
-        if todo.is_empty() {
-            return Vec::new();
+        let mut todo: Vec<u64> = Vec::new();
+        let mut on_disk: Vec<Range<u64>> = Vec::new();
+        for b in blocks {
+            let r = obj.bytes_of(b..b + 1);
+            if st.tree.test_all(r.clone(), bits::DISK) {
+                match on_disk.last_mut() {
+                    Some(run) if run.end == b => run.end = b + 1,
+                    _ => on_disk.push(b..b + 1),
+                }
+            }
+            if !st.tree.test_any(r, busy)
+                && !self.ram.contains(&BlockKey {
+                    obj: obj.id,
+                    blk: b,
+                })
+            {
+                todo.push(b);
+            }
         }
-        obj.claim(&mut st, &todo, |_| false).mine
+        if todo.is_empty() {
+            return (Vec::new(), on_disk);
+        }
+        (obj.claim(&mut st, &todo, |_| false).mine, on_disk)
     }
 
     /// Directory prefetch: a reader that opens a directory's files one after another
@@ -1539,7 +1541,7 @@ impl Inner {
             return;
         };
         let end = obj.size().min(self.cfg.dir_prefetch_bytes.max(1));
-        let claims = self.claim_uncached(&obj, 0..end.div_ceil(obj.bs));
+        let (claims, _) = self.claim_uncached(&obj, 0..end.div_ceil(obj.bs));
         if claims.is_empty() {
             return;
         }
@@ -1556,8 +1558,7 @@ impl Inner {
 
 /// Index of `name` in a listing, looked for first at `hint` and just after it.
 fn find_entry(list: &[DirEntry], name: &OsStr, hint: usize) -> Option<usize> {
-    let near = hint..(hint + SCAN_SLACK).min(list.len());
-    near.clone()
+    (hint..(hint + SCAN_SLACK).min(list.len()))
         .find(|&i| list[i].name == name)
         .or_else(|| list.iter().position(|e| e.name == name))
 }

@@ -84,6 +84,16 @@ impl Default for Thresholds {
 }
 
 impl Thresholds {
+    /// Never cull or stop for free space (tools and tests that manage space alone).
+    pub const OFF: Thresholds = Thresholds {
+        brun: 0.0,
+        bcull: 0.0,
+        bstop: 0.0,
+        frun: 0.0,
+        fcull: 0.0,
+        fstop: 0.0,
+    };
+
     pub fn validate(&self) -> Result<(), String> {
         let ok = |run: f64, cull: f64, stop: f64| {
             (0.0..100.0).contains(&stop) && stop <= cull && cull <= run && run < 100.0
