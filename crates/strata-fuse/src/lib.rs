@@ -182,7 +182,8 @@ fn errno(e: &io::Error) -> Errno {
 
 fn file_type(k: FileKind) -> FileType {
     match k {
-        FileKind::File => FileType::RegularFile,
+        // Unknown never leaves the engine; a file is the safe guess.
+        FileKind::File | FileKind::Unknown => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
         FileKind::Fifo => FileType::NamedPipe,

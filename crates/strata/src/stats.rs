@@ -54,6 +54,7 @@ stats! {
     readahead_requests: "origin requests issued by read-ahead",
     readahead_bytes: "bytes fetched by read-ahead",
     dir_prefetches: "files fetched ahead because a directory's files were being read in listing order",
+    list_prefetches: "directory listings fetched ahead of a tree walk (find, du, ls -R)",
     fills_queued: "blocks queued for the disk tier",
     fills_done: "blocks committed to the disk tier",
     fills_dropped: "fills dropped because the fill queue was full",

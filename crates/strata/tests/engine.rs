@@ -598,3 +598,128 @@ fn files_read_in_listing_order_are_fetched_ahead() {
     }
     assert_eq!(e2.stats().dir_prefetches, 0);
 }
+
+/// Counts the listings asked of the origin it wraps, by directory.
+struct CountingOrigin {
+    inner: Arc<dyn Origin>,
+    listings: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>>,
+}
+
+impl Origin for CountingOrigin {
+    fn stat(&self, path: &Path) -> std::io::Result<strata::origin::Attr> {
+        self.inner.stat(path)
+    }
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn strata::origin::OriginFile>> {
+        self.inner.open(path)
+    }
+    fn read_dir(&self, path: &Path) -> std::io::Result<Vec<strata::origin::DirEntry>> {
+        *self
+            .listings
+            .lock()
+            .unwrap()
+            .entry(path.to_path_buf())
+            .or_default() += 1;
+        self.inner.read_dir(path)
+    }
+    fn read_link(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.inner.read_link(path)
+    }
+    fn get_xattr(&self, path: &Path, name: &std::ffi::OsStr) -> std::io::Result<Vec<u8>> {
+        self.inner.get_xattr(path, name)
+    }
+    fn list_xattr(&self, path: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+        self.inner.list_xattr(path)
+    }
+    fn statfs(&self) -> std::io::Result<strata::origin::FsStats> {
+        self.inner.statfs()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[test]
+fn subdirectories_listed_in_order_are_listed_ahead() {
+    let s = setup();
+    let top = s.origin.join("tree");
+    for d in 0..20 {
+        let sub = top.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..3 {
+            std::fs::write(sub.join(format!("f{f}")), b"x").unwrap();
+        }
+        // Files among the directories do not count in the window.
+        std::fs::write(top.join(format!("d{d:02}.txt")), b"y").unwrap();
+    }
+    let listings = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let listed = |d: &str| -> u64 {
+        listings
+            .lock()
+            .unwrap()
+            .get(Path::new(d))
+            .copied()
+            .unwrap_or(0)
+    };
+    let wait_listed = |d: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while listed(d) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let origin: Arc<dyn Origin> = Arc::new(CountingOrigin {
+        inner: Arc::new(LocalOrigin::new(&s.origin).unwrap()),
+        listings: listings.clone(),
+    });
+    let e = Engine::new(config(&s.cache, Duration::from_secs(60)), origin).unwrap();
+    let mut subdirs: Vec<String> = e
+        .read_dir(Path::new("tree"))
+        .unwrap()
+        .iter()
+        .filter(|d| d.kind == strata::origin::FileKind::Dir)
+        .map(|d| format!("tree/{}", d.name.to_string_lossy()))
+        .collect();
+    assert_eq!(subdirs.len(), 20);
+    let stat_all = |d: &str| {
+        for f in e.read_dir(Path::new(d)).unwrap().iter() {
+            assert_eq!(e.stat(&Path::new(d).join(&f.name)).unwrap().size, 1);
+        }
+    };
+    // The walk enters the first subdirectory: the next ones are listed ahead, with
+    // their entries' attributes.
+    stat_all(&subdirs[0]);
+    for d in &subdirs[1..5] {
+        wait_listed(d);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let revalidations = e.stats().revalidations;
+    for d in &subdirs[1..5] {
+        stat_all(d);
+    }
+    assert_eq!(
+        e.stats().revalidations,
+        revalidations,
+        "attributes came ahead"
+    );
+    // And so on to the end, each directory listed once: ahead, never again.
+    for d in &subdirs[5..] {
+        wait_listed(d);
+        stat_all(d);
+    }
+    for d in &subdirs {
+        assert_eq!(listed(d), 1, "{d}");
+    }
+    assert!(e.stats().list_prefetches >= 19, "{:?}", e.stats());
+
+    // Directories listed in no particular order are not a walk.
+    subdirs.reverse();
+    let e2 = Engine::new(
+        config(&s.cache.join("2"), Duration::from_secs(60)),
+        Arc::new(LocalOrigin::new(&s.origin).unwrap()),
+    )
+    .unwrap();
+    e2.read_dir(Path::new("tree")).unwrap();
+    for d in &subdirs {
+        e2.read_dir(Path::new(d)).unwrap();
+    }
+    assert_eq!(e2.stats().list_prefetches, 0);
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata::origin::{FaultOrigin, Faults, LocalOrigin, Origin};
+use strata::origin::{FaultOrigin, Faults, FileKind, LocalOrigin, Origin};
 use strata::storage::RealStorage;
 use strata::tier::disk::Thresholds;
 use strata::{Config, DiskSetup, Engine, Handle};
@@ -215,4 +215,73 @@ fn a_file_replaced_or_deleted_during_a_read_leaves_the_handle_stale() {
     );
     let fresh = t.e.open(Path::new("f0")).unwrap();
     assert_eq!(read_all(&t.e, &fresh).unwrap(), b"replacement");
+}
+
+#[test]
+fn kinds_a_listing_leaves_unknown_are_asked_once_and_cached() {
+    let t = setup(Duration::from_secs(60), Duration::from_secs(5));
+    std::fs::create_dir(t.dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink("f0", t.dir.join("link")).unwrap();
+    t.faults.hide_kinds(true);
+    let before = t.e.stats().revalidations;
+    let mut listing: Vec<(String, FileKind)> =
+        t.e.read_dir(Path::new(""))
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.to_string_lossy().into_owned(), e.kind))
+            .collect();
+    listing.sort();
+    assert_eq!(
+        listing,
+        [
+            ("f0".to_string(), FileKind::File),
+            ("f1".to_string(), FileKind::File),
+            ("f2".to_string(), FileKind::File),
+            ("link".to_string(), FileKind::Symlink),
+            ("sub".to_string(), FileKind::Dir),
+        ]
+    );
+    assert_eq!(t.e.stats().revalidations - before, 5, "one stat per entry");
+    // Those answers are the attributes a readdirplus needs: no second round.
+    let paths: Vec<_> = ["f0", "f1", "f2", "link", "sub"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    let attrs = t.e.stat_many(&paths, 4);
+    assert!(attrs.iter().all(|a| a.is_ok()));
+    assert_eq!(t.e.stat(Path::new("sub")).unwrap().kind, FileKind::Dir);
+    assert_eq!(t.e.stats().revalidations - before, 5);
+}
+
+#[test]
+fn many_stats_at_once_keep_their_order_and_report_each_error() {
+    let t = setup(Duration::from_millis(1), Duration::from_secs(5));
+    let paths: Vec<_> = ["f2", "missing", "f0", "f1"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    std::thread::sleep(Duration::from_millis(5));
+    let attrs = t.e.stat_many(&paths, 2);
+    assert_eq!(attrs[0].as_ref().unwrap().size, 100_000);
+    assert_eq!(attrs[1].as_ref().err().unwrap().raw_os_error(), Some(2));
+    assert_eq!(attrs[2].as_ref().unwrap().size, 100_000);
+    assert_eq!(attrs[3].as_ref().unwrap().size, 100_000);
+    // A hung origin: every answer times out at the one deadline, none is lost.
+    let t = setup(Duration::from_millis(1), Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(5));
+    t.faults.hang(true);
+    let start = Instant::now();
+    let attrs = t.e.stat_many(&paths, 2);
+    let took = start.elapsed();
+    t.faults.hang(false);
+    assert!(
+        took < Duration::from_secs(2),
+        "one deadline for all: {took:?}"
+    );
+    assert!(
+        attrs
+            .iter()
+            .all(|a| a.as_ref().err().unwrap().raw_os_error() == Some(ETIMEDOUT)),
+        "{attrs:?}"
+    );
 }

@@ -4,12 +4,16 @@
 //! the origin is unreachable nobody waits for it more than once per backoff period.
 
 use std::io;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// One origin request for [`OriginGuard::call_all`].
+pub(crate) type Call<T> = Box<dyn FnOnce() -> io::Result<T> + Send>;
 
 /// Errors that say "the origin could not be asked", as opposed to "the origin
 /// answered: no". ETIMEDOUT is also what a call past its deadline gets. These trip
@@ -108,6 +112,98 @@ impl OriginGuard {
         };
         self.note(&r);
         r
+    }
+
+    /// Runs several origin requests on the pool, at most `width` at a time, all under
+    /// one deadline; the answers come back in the order of `calls`. Listing a cold
+    /// directory asks for every entry this way: no thread is spawned and each request
+    /// costs one hand-off, where a helper thread per request cost two.
+    pub fn call_all<T: Send + 'static>(
+        &self,
+        calls: Vec<Call<T>>,
+        width: usize,
+    ) -> Vec<io::Result<T>> {
+        let (tx, timeout) = match (&self.tx, self.timeout) {
+            (Some(tx), Some(timeout)) if calls.len() > 1 => (tx, timeout),
+            (None, _) if calls.len() > 1 && width > 1 => return self.call_all_inline(calls, width),
+            _ => return calls.into_iter().map(|f| self.call(f)).collect(),
+        };
+        let deadline = Instant::now() + timeout;
+        let n = calls.len();
+        let (rtx, rrx) = crossbeam_channel::bounded::<(usize, io::Result<T>)>(n);
+        let mut slots: Vec<Option<io::Result<T>>> = (0..n).map(|_| None).collect();
+        let mut todo = calls.into_iter().enumerate();
+        // Hands the next request to the pool; false when none is left.
+        let mut send_next = |slots: &mut Vec<Option<io::Result<T>>>| {
+            for (i, f) in todo.by_ref() {
+                let rtx = rtx.clone();
+                let job: Job = Box::new(move || {
+                    let _ = rtx.send((i, f()));
+                });
+                if tx.send(job).is_ok() {
+                    return true;
+                }
+                slots[i] = Some(Err(io::Error::other("origin worker pool stopped")));
+            }
+            false
+        };
+        let mut in_flight = 0;
+        while in_flight < width.max(1) && send_next(&mut slots) {
+            in_flight += 1;
+        }
+        while in_flight > 0 {
+            match rrx.recv_deadline(deadline) {
+                Ok((i, r)) => {
+                    self.note(&r);
+                    slots[i] = Some(r);
+                    in_flight -= 1;
+                    if send_next(&mut slots) {
+                        in_flight += 1;
+                    }
+                }
+                // Past the deadline: what has not answered times out, and what was
+                // never handed out is not asked.
+                Err(_) => break,
+            }
+        }
+        if slots.iter().any(Option::is_none) {
+            self.note::<()>(&Err(io::Error::from_raw_os_error(110)));
+        }
+        slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err(io::Error::from_raw_os_error(110)))) // ETIMEDOUT
+            .collect()
+    }
+
+    /// `call_all` without a pool (no deadline): on helper threads, `width` at a time.
+    fn call_all_inline<T: Send + 'static>(
+        &self,
+        calls: Vec<Call<T>>,
+        width: usize,
+    ) -> Vec<io::Result<T>> {
+        let n = calls.len();
+        let todo = Mutex::new(calls.into_iter().enumerate());
+        let done = Mutex::new(Vec::with_capacity(n));
+        std::thread::scope(|s| {
+            for _ in 0..width.min(n) {
+                s.spawn(|| {
+                    loop {
+                        let next = todo.lock().unwrap_or_else(|e| e.into_inner()).next();
+                        let Some((i, f)) = next else { break };
+                        let r = f();
+                        done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r));
+                    }
+                });
+            }
+        });
+        let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter()
+            .map(|(_, r)| {
+                self.note(&r);
+                r
+            })
+            .collect()
     }
 
     /// Updates the circuit breaker from a result.

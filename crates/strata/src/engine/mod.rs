@@ -55,6 +55,8 @@ const FILL_BATCH_BYTES: u64 = 8 << 20;
 /// Active objects kept before idle ones are forgotten.
 const MAX_ACTIVE: usize = 1 << 16;
 const ENOENT: i32 = 2;
+/// Origin requests in flight at once when a listing's entries are asked about.
+const LISTING_WIDTH: usize = 16;
 const ESTALE: i32 = 116;
 
 /// Why the engine could not start.
@@ -194,12 +196,23 @@ enum Prefetch {
     Blocks(Claim),
     /// Directory prefetch: the start of a file a reader will probably open soon.
     File(PathBuf),
+    /// Listing prefetch: a directory a tree walk will probably list soon; the sender
+    /// is dropped when it is done.
+    Dir(PathBuf, Sender<()>),
 }
 
-/// A reader going through a directory's files in listing order.
+/// A listing fetched ahead of a tree walk.
+struct ListAhead {
+    /// Being fetched (not only queued): the walk waits for it rather than ask too.
+    started: bool,
+    /// Disconnected when the fetch is over.
+    done: Receiver<()>,
+}
+
+/// A reader going through a directory's files (or subdirectories) in listing order.
 #[derive(Clone, Copy)]
 struct DirScan {
-    /// Listing index of the file opened last.
+    /// Listing index of the entry opened (or listed) last.
     last: usize,
     /// Files to keep fetched ahead (0: not a scan).
     window: usize,
@@ -212,6 +225,11 @@ struct DirScan {
 const SCAN_SLACK: usize = 4;
 /// Directories whose scans are remembered.
 const MAX_SCANS: usize = 1024;
+/// Subdirectories a tree walk gets listed ahead of it, at most.
+const LIST_AHEAD: usize = 8;
+/// Entries of a prefetched listing whose attributes are asked for too: what one
+/// readdirplus reply holds, so a huge directory costs no more than that.
+const LIST_AHEAD_ATTRS: usize = 256;
 
 type Listener = Arc<dyn Fn(&Path) + Send + Sync>;
 type XattrKey = (PathBuf, OsString);
@@ -228,6 +246,10 @@ struct Inner {
     fill_tx: RwLock<Option<Sender<FillJob>>>,
     prefetch_tx: RwLock<Option<Sender<Prefetch>>>,
     dir_scans: Mutex<FxHashMap<PathBuf, DirScan>>,
+    /// Scans of directories' subdirectories (tree walks), by parent.
+    list_scans: Mutex<FxHashMap<PathBuf, DirScan>>,
+    /// Listings queued or being fetched ahead, so none is asked for twice.
+    lists_ahead: Mutex<FxHashMap<PathBuf, ListAhead>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     attrs: TtlMap<PathBuf, Result<Attr, i32>>,
     dirs: TtlMap<PathBuf, Result<Arc<Vec<DirEntry>>, i32>>,
@@ -278,6 +300,8 @@ impl Engine {
             fill_tx: RwLock::new(None),
             prefetch_tx: RwLock::new(None),
             dir_scans: Mutex::new(FxHashMap::default()),
+            list_scans: Mutex::new(FxHashMap::default()),
+            lists_ahead: Mutex::new(Default::default()),
             threads: Mutex::new(Vec::new()),
             attrs: TtlMap::new(ttl, max),
             dirs: TtlMap::new(ttl, max / 16),
@@ -327,6 +351,10 @@ impl Engine {
                                     let _ = inner.fetch(&obj, claim, true);
                                 }
                                 Prefetch::File(path) => inner.prefetch_file(&path),
+                                Prefetch::Dir(path, done) => {
+                                    inner.prefetch_dir(&path);
+                                    drop(done);
+                                }
                             }
                         }
                     })?,
@@ -426,50 +454,27 @@ impl Engine {
     /// Attributes of many entries, asking the origin for those not cached with up to
     /// `parallel` requests in flight (a cold `ls -l` over a slow origin).
     pub fn stat_many(&self, paths: &[PathBuf], parallel: usize) -> Vec<io::Result<Attr>> {
-        let mut out: Vec<Option<io::Result<Attr>>> = paths
-            .iter()
-            .map(|p| match self.inner.attrs.get(p.as_path()) {
-                Some(Ok(a)) => Some(Ok(a)),
-                Some(Err(e)) => Some(Err(io::Error::from_raw_os_error(e))),
-                None => None,
-            })
-            .collect();
-        let todo: Vec<usize> = (0..paths.len()).filter(|&i| out[i].is_none()).collect();
-        if todo.len() <= 1 || parallel <= 1 {
-            for i in todo {
-                out[i] = Some(self.inner.stat_origin(&paths[i]));
-            }
-        } else {
-            let next = AtomicU64::new(0);
-            let results: Mutex<Vec<(usize, io::Result<Attr>)>> = Mutex::new(Vec::new());
-            std::thread::scope(|s| {
-                for _ in 0..parallel.min(todo.len()) {
-                    s.spawn(|| {
-                        loop {
-                            let k = next.fetch_add(1, Ordering::Relaxed) as usize;
-                            let Some(&i) = todo.get(k) else { break };
-                            let r = self.inner.stat_origin(&paths[i]);
-                            results.lock().push((i, r));
-                        }
-                    });
-                }
-            });
-            for (i, r) in std::mem::take(&mut *results.lock()) {
-                out[i] = Some(r);
-            }
-        }
-        out.into_iter()
-            .map(|r| r.expect("every entry answered"))
-            .collect()
+        self.inner.stat_many(paths, parallel)
     }
 
     /// A directory listing: from the cache within the TTL, else from the origin.
     pub fn read_dir(&self, path: &Path) -> io::Result<Arc<Vec<DirEntry>>> {
-        let (o, p) = (self.inner.origin.clone(), path.to_path_buf());
-        self.inner
-            .meta(&self.inner.dirs, path.to_path_buf(), move || {
-                o.read_dir(&p).map(Arc::new)
-            })
+        // Caught up with a listing on its way ahead: wait for it instead of asking twice.
+        let ahead = {
+            let m = self.inner.lists_ahead.lock();
+            m.get(path).filter(|a| a.started).map(|a| a.done.clone())
+        };
+        if let Some(done) = ahead {
+            let limit = self
+                .inner
+                .cfg
+                .origin_timeout
+                .unwrap_or(Duration::from_secs(10));
+            let _ = done.recv_timeout(limit);
+        }
+        let list = self.inner.read_dir(path)?;
+        self.inner.note_list(path);
+        Ok(list)
     }
 
     pub fn read_link(&self, path: &Path) -> io::Result<Arc<[u8]>> {
@@ -581,6 +586,50 @@ impl Inner {
         K: std::hash::Hash + Eq,
         V: Clone + Send + 'static,
     {
+        self.meta_then(map, key, fetch, |v| v)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Arc<Vec<DirEntry>>> {
+        let (o, p) = (self.origin.clone(), path.to_path_buf());
+        self.meta_then(
+            &self.dirs,
+            path.to_path_buf(),
+            move || o.read_dir(&p).map(Arc::new),
+            |list| self.resolve_kinds(path, list),
+        )
+    }
+
+    fn stat_many(&self, paths: &[PathBuf], parallel: usize) -> Vec<io::Result<Attr>> {
+        let mut out: Vec<Option<io::Result<Attr>>> = paths
+            .iter()
+            .map(|p| match self.attrs.get(p.as_path()) {
+                Some(Ok(a)) => Some(Ok(a)),
+                Some(Err(e)) => Some(Err(io::Error::from_raw_os_error(e))),
+                None => None,
+            })
+            .collect();
+        let todo: Vec<usize> = (0..paths.len()).filter(|&i| out[i].is_none()).collect();
+        let asked: Vec<&Path> = todo.iter().map(|&i| paths[i].as_path()).collect();
+        for (i, r) in todo.iter().zip(self.stat_origin_many(&asked, parallel)) {
+            out[*i] = Some(r);
+        }
+        out.into_iter()
+            .map(|r| r.expect("every entry answered"))
+            .collect()
+    }
+
+    /// `meta`, with `then` applied on this thread to a fresh answer before it is cached.
+    fn meta_then<K, V>(
+        &self,
+        map: &TtlMap<K, Result<V, i32>>,
+        key: K,
+        fetch: impl FnOnce() -> io::Result<V> + Send + 'static,
+        then: impl FnOnce(V) -> V,
+    ) -> io::Result<V>
+    where
+        K: std::hash::Hash + Eq,
+        V: Clone + Send + 'static,
+    {
         if let Some(r) = map.get(&key) {
             return r.map_err(io::Error::from_raw_os_error);
         }
@@ -601,12 +650,43 @@ impl Inner {
                 }
             },
             r => {
+                let r = r.map(then);
                 if let Some(v) = cacheable(&r) {
                     map.insert(key, v);
                 }
                 r
             }
         }
+    }
+
+    /// Fills in the kinds a listing left unknown, asking the origin for all of them at
+    /// once. The answers refresh the attribute cache too, so a readdirplus of the same
+    /// directory does not ask again. An entry gone since the listing is left out.
+    fn resolve_kinds(&self, dir: &Path, list: Arc<Vec<DirEntry>>) -> Arc<Vec<DirEntry>> {
+        let unknown: Vec<PathBuf> = list
+            .iter()
+            .filter(|e| e.kind == FileKind::Unknown)
+            .map(|e| dir.join(&e.name))
+            .collect();
+        if unknown.is_empty() {
+            return list;
+        }
+        let asked: Vec<&Path> = unknown.iter().map(PathBuf::as_path).collect();
+        let mut answers = self.stat_origin_many(&asked, LISTING_WIDTH).into_iter();
+        let mut out = Vec::with_capacity(list.len());
+        for e in list.iter() {
+            let mut e = e.clone();
+            if e.kind == FileKind::Unknown {
+                match answers.next() {
+                    Some(Ok(a)) => e.kind = a.kind,
+                    Some(Err(err)) if err.raw_os_error() == Some(ENOENT) => continue,
+                    // Could not ask: a file is the safe guess (its lookup will tell).
+                    _ => e.kind = FileKind::File,
+                }
+            }
+            out.push(e);
+        }
+        Arc::new(out)
     }
 
     /// Counts (and now and then logs) an answer given from the cache because the
@@ -641,6 +721,38 @@ impl Inner {
             let (o, p) = (self.origin.clone(), path.to_path_buf());
             self.guard.call(move || o.stat(&p))
         };
+        self.stat_answered(path, r)
+    }
+
+    /// `stat_origin` for many paths: asked of the origin at once, `width` at a time.
+    fn stat_origin_many(&self, paths: &[&Path], width: usize) -> Vec<io::Result<Attr>> {
+        let answers = if self.guard.is_down() {
+            paths
+                .iter()
+                .map(|_| Err(OriginGuard::down_error()))
+                .collect()
+        } else {
+            stats::add(&self.stats.revalidations, paths.len() as u64);
+            let calls = paths
+                .iter()
+                .map(|p| {
+                    let (o, p) = (self.origin.clone(), p.to_path_buf());
+                    Box::new(move || o.stat(&p)) as guard::Call<Attr>
+                })
+                .collect();
+            self.guard.call_all(calls, width)
+        };
+        paths
+            .iter()
+            .zip(answers)
+            .map(|(p, r)| self.stat_answered(p, r))
+            .collect()
+    }
+
+    /// What the origin said of `path` (or that it could not be asked): the cache is
+    /// refreshed, a changed token invalidates the object, an unreachable origin serves
+    /// what it last confirmed.
+    fn stat_answered(&self, path: &Path, r: io::Result<Attr>) -> io::Result<Attr> {
         match r {
             // Unreachable: the version the origin last confirmed stays valid.
             Err(e) if stale_ok(&e) => match self.attrs.get_stale(path) {
@@ -1467,24 +1579,86 @@ impl Inner {
         if max == 0 || self.cfg.prefetch_threads == 0 {
             return;
         }
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        let Some((dir, ahead)) = self.advance_scan(&self.dir_scans, path, FileKind::File, max)
+        else {
             return;
         };
+        let tx = self.prefetch_tx.read().clone();
+        let Some(tx) = tx else { return };
+        for name in ahead {
+            if tx.try_send(Prefetch::File(dir.join(name))).is_err() {
+                // Busy: the files left out are fetched when the reader opens them.
+                break;
+            }
+        }
+    }
+
+    /// A tree walk (`find`, `du`, `ls -R`) lists a directory's subdirectories one after
+    /// the other in listing order: once it goes through them that way, the next ones
+    /// are listed ahead of it, their entries' attributes too, with a window that
+    /// doubles up to `LIST_AHEAD`. Off with directory prefetch.
+    fn note_list(&self, path: &Path) {
+        if self.cfg.dir_prefetch_files == 0 || self.cfg.prefetch_threads == 0 {
+            return;
+        }
+        let Some((parent, ahead)) =
+            self.advance_scan(&self.list_scans, path, FileKind::Dir, LIST_AHEAD)
+        else {
+            return;
+        };
+        let tx = self.prefetch_tx.read().clone();
+        let Some(tx) = tx else { return };
+        for name in ahead {
+            let dir = parent.join(name);
+            if self.dirs.get(&dir).is_some() {
+                continue;
+            }
+            let (tx_done, done) = crossbeam_channel::bounded(0);
+            {
+                let mut m = self.lists_ahead.lock();
+                if m.contains_key(&dir) {
+                    continue; // on its way
+                }
+                m.insert(
+                    dir.clone(),
+                    ListAhead {
+                        started: false,
+                        done,
+                    },
+                );
+            }
+            if tx.try_send(Prefetch::Dir(dir.clone(), tx_done)).is_err() {
+                // Busy: the walk lists the rest itself.
+                self.lists_ahead.lock().remove(&dir);
+                break;
+            }
+        }
+    }
+
+    /// Moves the scan of `path`'s parent on to `path`, an entry of kind `kind` in the
+    /// parent's cached listing. Returns the parent and the names of the next entries
+    /// of that kind to fetch ahead, if the reader is scanning and some are due.
+    fn advance_scan(
+        &self,
+        scans: &Mutex<FxHashMap<PathBuf, DirScan>>,
+        path: &Path,
+        kind: FileKind,
+        max: usize,
+    ) -> Option<(PathBuf, Vec<OsString>)> {
+        let (dir, name) = (path.parent()?, path.file_name()?);
         // Only a directory the reader listed: that is what a scan does first.
         let Some(Ok(list)) = self.dirs.get_stale(dir) else {
-            return;
+            return None;
         };
         let (from, to) = {
-            let mut scans = self.dir_scans.lock();
+            let mut scans = scans.lock();
             let prev = scans.get(dir).copied();
             let hint = prev.map_or(0, |s| s.last + 1);
-            let Some(i) = find_entry(&list, name, hint) else {
-                return;
-            };
+            let i = find_entry(&list, name, hint)?;
             let continues = match prev {
                 Some(s) => i > s.last && i <= s.last + SCAN_SLACK,
-                // The first file of the listing starts a scan.
-                None => list[..i].iter().all(|e| e.kind != FileKind::File),
+                // The first entry of its kind starts a scan.
+                None => list[..i].iter().all(|e| e.kind != kind),
             };
             let scan = if continues {
                 let w = prev.map_or(0, |s| s.window);
@@ -1500,27 +1674,51 @@ impl Inner {
                     until: i + 1,
                 }
             };
-            let to = (i + 1 + scan.window).min(list.len()).max(scan.until);
+            // The window counts entries of the kind scanned, not all entries.
+            let mut to = scan.until.max(i + 1);
+            let mut n = list[i + 1..to.min(list.len())]
+                .iter()
+                .filter(|e| e.kind == kind)
+                .count();
+            while to < list.len() && n < scan.window {
+                if list[to].kind == kind {
+                    n += 1;
+                }
+                to += 1;
+            }
+            let to = to.max(scan.until);
             if scans.len() >= MAX_SCANS && prev.is_none() {
                 scans.clear();
             }
             scans.insert(dir.to_path_buf(), DirScan { until: to, ..scan });
             (scan.until, to)
         };
-        if from >= to {
-            return;
+        let ahead: Vec<OsString> = list[from.min(to)..to.min(list.len())]
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.name.clone())
+            .collect();
+        (!ahead.is_empty()).then(|| (dir.to_path_buf(), ahead))
+    }
+
+    /// Lists a directory a tree walk will probably reach, with its first entries'
+    /// attributes, unless that is cached already.
+    fn prefetch_dir(&self, dir: &Path) {
+        if let Some(a) = self.lists_ahead.lock().get_mut(dir) {
+            a.started = true;
         }
-        let tx = self.prefetch_tx.read().clone();
-        let Some(tx) = tx else { return };
-        for e in &list[from..to] {
-            if e.kind != FileKind::File {
-                continue;
-            }
-            if tx.try_send(Prefetch::File(dir.join(&e.name))).is_err() {
-                // Busy: the files left out are fetched when the reader opens them.
-                break;
-            }
+        if self.dirs.get(dir).is_none() {
+            stats::inc(&self.stats.list_prefetches);
         }
+        if let Ok(list) = self.read_dir(dir) {
+            let paths: Vec<PathBuf> = list
+                .iter()
+                .take(LIST_AHEAD_ATTRS)
+                .map(|e| dir.join(&e.name))
+                .collect();
+            self.stat_many(&paths, LISTING_WIDTH);
+        }
+        self.lists_ahead.lock().remove(dir);
     }
 
     /// Fetches the start of a file a directory scan will probably reach, unless it is

@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::{Attr, DirEntry, FsStats, Origin, OriginFile, Token};
+use super::{Attr, DirEntry, FileKind, FsStats, Origin, OriginFile, Token};
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
@@ -27,6 +27,8 @@ struct State {
     /// Every request blocks until this is cleared.
     hang: bool,
     after_read: Option<Arc<Hook>>,
+    /// Listings say nothing of their entries' kinds, as sshfs's do.
+    hide_kinds: bool,
 }
 
 impl Faults {
@@ -52,6 +54,11 @@ impl Faults {
         if !on {
             self.released.notify_all();
         }
+    }
+
+    /// Makes listings leave every entry's kind unknown (true), as sshfs does.
+    pub fn hide_kinds(&self, on: bool) {
+        self.st().hide_kinds = on;
     }
 
     /// Runs `f` after every successful read, before the reader gets the bytes.
@@ -117,7 +124,13 @@ impl Origin for FaultOrigin {
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
         self.faults.meta()?;
-        self.inner.read_dir(path)
+        let mut list = self.inner.read_dir(path)?;
+        if self.faults.st().hide_kinds {
+            for e in &mut list {
+                e.kind = FileKind::Unknown;
+            }
+        }
+        Ok(list)
     }
 
     fn read_link(&self, path: &Path) -> io::Result<Vec<u8>> {

@@ -172,7 +172,7 @@ fn kind_of(t: rustix::fs::FileType) -> FileKind {
         T::Socket => FileKind::Socket,
         T::CharacterDevice => FileKind::CharDevice,
         T::BlockDevice => FileKind::BlockDevice,
-        T::Unknown => FileKind::File,
+        T::Unknown => FileKind::Unknown,
     }
 }
 
@@ -215,16 +215,9 @@ impl Origin for LocalOrigin {
                 continue;
             }
             let name = OsString::from_vec(name.to_vec());
-            let mut kind = kind_of(e.file_type());
-            if e.file_type() == rustix::fs::FileType::Unknown {
-                // Some filesystems do not fill d_type; ask.
-                let mut p = path.to_path_buf();
-                p.push(&name);
-                kind = self.stat(&p).map(|a| a.kind).unwrap_or(FileKind::File);
-            }
             out.push(DirEntry {
                 name,
-                kind,
+                kind: kind_of(e.file_type()),
                 ino: e.ino(),
             });
         }

@@ -49,6 +49,9 @@ pub enum FileKind {
     Socket,
     CharDevice,
     BlockDevice,
+    /// Only in an origin's directory listing: the origin did not say (sshfs fills no
+    /// `d_type`). The engine asks before it hands the listing out.
+    Unknown,
 }
 
 /// A point in time as seconds and nanoseconds since the epoch.
