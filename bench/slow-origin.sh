@@ -31,9 +31,10 @@ install_deps() {
 
 down() {
     local mnt=${1:-}
-    if [ -n "$mnt" ] && mountpoint -q "$mnt" 2>/dev/null; then
-        fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" || true
-    fi
+    # /proc/mounts rather than mountpoint(1), which fails on a dead sshfs (EIO).
+    while [ -n "$mnt" ] && awk -v m="$(realpath -m "$mnt")" '$2 == m {f=1} END {exit !f}' /proc/mounts; do
+        fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" || break
+    done
     [ -f $STATE/relay.pid ] && kill "$(cat $STATE/relay.pid)" 2>/dev/null || true
     [ -f $STATE/sshd.pid ] && kill "$(cat $STATE/sshd.pid)" 2>/dev/null || true
     ip link del $HOST_IF 2>/dev/null || true
