@@ -266,8 +266,15 @@ fn fsck(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, String> {
 }
 
 fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
+    // Asked first: once unmounted, the mountpoint no longer leads to the daemon.
+    let pid = daemon_pid(mountpoint);
     match control::request(mountpoint, "shutdown", Duration::from_secs(600)) {
-        Ok(a) if a == "ok" => Ok(ExitCode::SUCCESS),
+        Ok(a) if a == "ok" => {
+            // Everything is committed; returning once the process is gone means its
+            // cache directory is released too (its filesystem can be unmounted).
+            wait_gone(pid);
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(a) if a == "busy" => Err(format!(
             "{} is busy: files are open on it (close them, or use umount -l)",
             mountpoint.display()
@@ -276,12 +283,6 @@ fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
         Err(why) => {
             // The control socket cannot be reached (its directory may be on a failed
             // cache device): unmount directly, then wait for the daemon to finish.
-            let pid = {
-                let mut buf = [0u8; 32];
-                rustix::fs::getxattr(mountpoint, strata_fuse::PID_XATTR, &mut buf[..])
-                    .ok()
-                    .and_then(|n| std::str::from_utf8(&buf[..n]).ok()?.parse::<u32>().ok())
-            };
             rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::empty()).map_err(
                 |e| {
                     format!(
@@ -294,14 +295,34 @@ fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
                     )
                 },
             )?;
-            if let Some(pid) = pid {
-                let proc = PathBuf::from(format!("/proc/{pid}"));
-                let t = std::time::Instant::now();
-                while proc.exists() && t.elapsed() < Duration::from_secs(600) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
+            wait_gone(pid);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The pid of the daemon serving a mount, which it publishes as an xattr of the root.
+fn daemon_pid(mountpoint: &Path) -> Option<u32> {
+    let mut buf = [0u8; 32];
+    rustix::fs::getxattr(mountpoint, strata_fuse::PID_XATTR, &mut buf[..])
+        .ok()
+        .and_then(|n| std::str::from_utf8(&buf[..n]).ok()?.parse::<u32>().ok())
+}
+
+/// Waits (at most 10 minutes) for a process to exit. A zombie has exited: its parent
+/// (a shell or test running `strata mount -f`) may not reap it before we return.
+fn wait_gone(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    let alive = || {
+        std::fs::read_to_string(&stat).is_ok_and(|s| {
+            // "pid (comm) S ...": the state follows the last ')'.
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
+    };
+    let t = std::time::Instant::now();
+    while alive() && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
