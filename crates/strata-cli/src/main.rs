@@ -310,16 +310,20 @@ fn daemon_pid(mountpoint: &Path) -> Option<u32> {
 }
 
 /// Waits (at most 10 minutes) for a process to exit. A zombie has exited: its parent
-/// (a shell or test running `strata mount -f`) may not reap it before we return.
+/// (a shell or test running `strata mount -f`) may not reap it before we return. But
+/// the main thread turns zombie before the others are gone, and until the last one is,
+/// the process still holds its files (the cache directory's filesystem stays busy).
 fn wait_gone(pid: Option<u32>) {
     let Some(pid) = pid else { return };
     let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    let tasks = PathBuf::from(format!("/proc/{pid}/task"));
     let alive = || {
-        std::fs::read_to_string(&stat).is_ok_and(|s| {
+        let leader_alive = std::fs::read_to_string(&stat).is_ok_and(|s| {
             // "pid (comm) S ...": the state follows the last ')'.
             s.rsplit_once(')')
                 .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-        })
+        });
+        leader_alive || std::fs::read_dir(&tasks).is_ok_and(|d| d.count() > 1)
     };
     let t = std::time::Instant::now();
     while alive() && t.elapsed() < Duration::from_secs(600) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 use strata::origin::{LocalOrigin, Origin, SlowOrigin};
 use strata::storage::RealStorage;
-use strata::tier::disk::Thresholds;
+use strata::tier::disk::{DiskTier, Thresholds};
 use strata::{Config, DiskSetup, Engine};
 use strata_fuse::{FsOptions, StrataFs};
 
@@ -88,7 +88,12 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         fcull: o.fcull.unwrap_or(7.0),
         fstop: o.fstop.unwrap_or(3.0),
     };
-    let block_size = o.block_size.unwrap_or(64 * 1024);
+    // A cache directory keeps the block size it was created with; only an explicit
+    // --block-size that differs is refused (by the disk tier, with the fix in the message).
+    let block_size = o.block_size.unwrap_or_else(|| {
+        DiskTier::probe_block_size(&RealStorage::new(&cache_dir))
+            .unwrap_or(strata::config::DEFAULT_BLOCK_SIZE) as u64
+    });
     if block_size > u32::MAX as u64 {
         return Err("block size is too large".into());
     }

@@ -21,7 +21,7 @@ pub struct MountOpts {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub ram_size: Option<u64>,
     /// Unit of caching, a power of two from 4KiB to 16MiB; fixed when a cache
-    /// directory is created [default: 64KiB]
+    /// directory is created [default: 16KiB, or the size of the existing cache]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub block_size: Option<u64>,
     /// How long attributes, listings and file versions are trusted before the

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{Mount, drop_page_cache, eventually, kill, pattern};
 
-const BS: usize = 64 * 1024;
+const BS: usize = 16 * 1024; // the default block size
 
 /// Builds the varied tree the issue asks for.
 fn build_tree(root: &Path, big_mib: usize, small_files: usize) {
@@ -452,6 +452,36 @@ fn mount_errors_are_clear_and_nonzero() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn a_cache_directory_keeps_the_block_size_it_was_created_with() {
+    let mut t = Mount::new();
+    let data = pattern(5, 3 * 65536 + 100);
+    fs::write(t.o("f"), &data).unwrap();
+    t.mount(&[]);
+    assert_eq!(t.stats_reply()["block_size"], BS as u64);
+    t.umount();
+    fs::remove_dir_all(&t.cache).unwrap();
+
+    // Made with 64 KiB blocks, mounted again without saying: still 64 KiB, and what it
+    // cached is served from it.
+    t.mount(&["--block-size", "64K", "--attr-ttl", "60s"]);
+    assert_eq!(fs::read(t.m("f")).unwrap(), data);
+    assert_eq!(t.stats_reply()["block_size"], 65536);
+    t.umount();
+    t.mount(&["--attr-ttl", "60s"]);
+    assert_eq!(t.stats_reply()["block_size"], 65536);
+    drop_page_cache();
+    assert_eq!(fs::read(t.m("f")).unwrap(), data);
+    assert_eq!(t.stat_u64("origin_requests"), 0, "{}", t.stats());
+    t.umount();
+
+    // Asking for another size is refused, with the size that works in the message.
+    let out = t.try_mount(&["--block-size", "16K"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--block-size 65536"), "{err}");
 }
 
 #[test]

@@ -447,3 +447,49 @@ fn free_space_thresholds_cull_and_stop() {
     t.maintain();
     assert_eq!(fill(&t, 2, 10), 10);
 }
+
+/// One fill batch larger than the room above the stop threshold is cut to fit: the
+/// filesystem never goes below it, however much arrives at once.
+#[test]
+fn one_batch_never_fills_past_the_stop_threshold() {
+    let st = SimStorage::new();
+    st.set_capacity(Some(400 * BS));
+    let mut c = cfg(1 << 20, 1 << 30);
+    c.thresholds = Thresholds {
+        brun: 0.0,
+        bcull: 0.0,
+        bstop: 20.0,
+        frun: 0.0,
+        fcull: 0.0,
+        fstop: 0.0,
+    };
+    let stats = Arc::new(Stats::default());
+    let t = DiskTier::open(Arc::new(st.clone()) as Arc<dyn Storage>, c, stats.clone()).unwrap();
+    t.register(
+        1,
+        b"a",
+        Token::Stat {
+            size: 1000 * BS,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 1,
+        },
+    );
+    let blocks: Vec<FillBlock> = (0..380)
+        .map(|blk| FillBlock {
+            key: BlockKey { obj: 1, blk },
+            data: Bytes::from(vec![7u8; BS as usize]),
+        })
+        .collect();
+    let written = t.write_batch(&blocks).into_iter().filter(|&ok| ok).count() as u64;
+    let space = st.space().unwrap();
+    assert!(
+        space.avail_bytes * 100 >= space.total_bytes * 20,
+        "free space stayed above the stop threshold: {space:?}"
+    );
+    assert!((300..=320).contains(&written), "wrote {written} of 380");
+    assert_eq!(
+        stats.disk_refused_space.load(Ordering::Relaxed),
+        380 - written
+    );
+}

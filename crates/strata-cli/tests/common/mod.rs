@@ -79,6 +79,11 @@ impl Mount {
 
     /// The daemon's statistics.
     pub fn stats(&self) -> serde_json::Value {
+        self.stats_reply()["stats"].clone()
+    }
+
+    /// The whole `stats --json` answer: the settings (block size...) and the statistics.
+    pub fn stats_reply(&self) -> serde_json::Value {
         let out = Command::new(STRATA)
             .args(["stats", "--json"])
             .arg(&self.mnt)
@@ -89,8 +94,7 @@ impl Mount {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["stats"].clone()
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     pub fn stat_u64(&self, name: &str) -> u64 {

@@ -903,6 +903,18 @@ impl DiskTier {
                     accepted.push(i);
                 }
             }
+            // A batch (up to 8 MiB) must not carry the filesystem past the stop
+            // threshold: take only what fits above it in the current estimate.
+            if let Some((_, s)) = &w.space {
+                let floor = (s.total_bytes as f64 * self.cfg.thresholds.bstop / 100.0) as u64;
+                let room = (s.avail_bytes.saturating_sub(floor) / self.bs) as usize;
+                if accepted.len() > room {
+                    let over = (accepted.len() - room) as u64;
+                    stats::add(&self.stats.disk_refusals, over);
+                    stats::add(&self.stats.disk_refused_space, over);
+                    accepted.truncate(room);
+                }
+            }
             let cap = idx
                 .blocks
                 .capacity()
