@@ -390,24 +390,30 @@ fn second_opener_is_refused() {
     assert!(err.to_string().contains("in use"), "{err}");
 }
 
-/// With the cache filesystem filling up, the tier culls between the cull and run
-/// thresholds and stops filling below the stop threshold.
-#[test]
-fn free_space_thresholds_cull_and_stop() {
+/// A tier on a simulated 400-block filesystem with free-space thresholds (percent of it)
+/// for bytes only.
+fn tier_on_400_blocks(brun: f64, bcull: f64, bstop: f64) -> (SimStorage, DiskTier, Arc<Stats>) {
     let st = SimStorage::new();
-    // A 400-block filesystem; thresholds in percent of it.
     st.set_capacity(Some(400 * BS));
     let mut c = cfg(1 << 20, 1 << 30);
     c.thresholds = Thresholds {
-        brun: 50.0,
-        bcull: 40.0,
-        bstop: 20.0,
+        brun,
+        bcull,
+        bstop,
         frun: 0.0,
         fcull: 0.0,
         fstop: 0.0,
     };
     let stats = Arc::new(Stats::default());
     let t = DiskTier::open(Arc::new(st.clone()) as Arc<dyn Storage>, c, stats.clone()).unwrap();
+    (st, t, stats)
+}
+
+/// With the cache filesystem filling up, the tier culls between the cull and run
+/// thresholds and stops filling below the stop threshold.
+#[test]
+fn free_space_thresholds_cull_and_stop() {
+    let (st, t, stats) = tier_on_400_blocks(50.0, 40.0, 20.0);
     let fill = |t: &DiskTier, id: u64, n: u64| {
         let blocks: Vec<FillBlock> = (0..n)
             .map(|blk| FillBlock {
@@ -452,19 +458,7 @@ fn free_space_thresholds_cull_and_stop() {
 /// filesystem never goes below it, however much arrives at once.
 #[test]
 fn one_batch_never_fills_past_the_stop_threshold() {
-    let st = SimStorage::new();
-    st.set_capacity(Some(400 * BS));
-    let mut c = cfg(1 << 20, 1 << 30);
-    c.thresholds = Thresholds {
-        brun: 0.0,
-        bcull: 0.0,
-        bstop: 20.0,
-        frun: 0.0,
-        fcull: 0.0,
-        fstop: 0.0,
-    };
-    let stats = Arc::new(Stats::default());
-    let t = DiskTier::open(Arc::new(st.clone()) as Arc<dyn Storage>, c, stats.clone()).unwrap();
+    let (st, t, stats) = tier_on_400_blocks(0.0, 0.0, 20.0);
     t.register(
         1,
         b"a",
