@@ -346,59 +346,55 @@ ARGS = None
 def run_contender(c: Contender, a, res: dict, rtt: int):
     key = lambda wl, temp: f"{rtt}ms/{c.name}/{wl}/{temp}"
     for wl, (measure, unit) in WORKLOADS.items():
-        def run_one(temp, wl=wl, measure=measure, drop=False):
-            # A sequential read of 1 GiB takes a second or two when cached, and one
-            # such figure on this shared VM can be off by half: warm and hot seq are
-            # the median of three (caches dropped before each warm one).
-            cached = c.has_cache or c.name == "local"
-            times = 3 if wl == "seq" and temp in ("warm", "hot") and cached else 1
-            got = []
-            for _ in range(times):
+        def run_one(temp, wl=wl, measure=measure, drop=False, times=1, between=None):
+            """The median of `times` runs (`between` runs before each but the first);
+            the latency percentiles are those of the median run."""
+            got, lats = [], []
+            for i in range(times):
+                if i and between:
+                    between()
                 if drop:
                     drop_caches()
                 LAT_LAST.clear()
                 got.append(measure(c.root(), a))
-            res[key(wl, temp)] = statistics.median(got)
-            if LAT_LAST:
-                res[f"lat/{key(wl, temp)}"] = list(LAT_LAST)
+                lats.append(list(LAT_LAST))
+            mid = sorted(range(times), key=got.__getitem__)[times // 2]
+            res[key(wl, temp)] = got[mid]
+            if lats[mid]:
+                res[f"lat/{key(wl, temp)}"] = lats[mid]
+            if times > 1:
+                print(f"  {rtt} ms {c.name:9} {wl:9} {temp} runs: {', '.join(f'{g:.0f}' for g in got)}",
+                      flush=True)
 
+        def remount_empty():
+            c.umount()
+            c.fresh()
+            c.mount()
+
+        # A sequential read of 1 GiB takes a second or two when cached, and one such
+        # figure on this shared VM can be off by half: warm and hot seq are the median
+        # of three (caches dropped before each warm one).
+        cached = c.has_cache or c.name == "local"
+        seq_times = 3 if wl == "seq" and cached else 1
         if wl not in a.workloads:
             continue
         try:
             c.fresh()
             c.mount()
-            drop_caches()
-            if wl in ("rand4k", "rand128k"):
-                # One cold fio run of a few seconds swings by a third on this VM: the
-                # median of three, each on an empty cache.
-                got, lats = [], []
-                for i in range(3):
-                    if i:
-                        c.umount()
-                        c.fresh()
-                        c.mount()
-                        drop_caches()
-                    LAT_LAST.clear()
-                    got.append(measure(c.root(), a))
-                    lats.append(list(LAT_LAST))
-                mid = sorted(range(3), key=lambda i: got[i])[1]
-                print(f"  {rtt} ms {c.name:9} {wl:9} cold runs: {', '.join(f'{g:.0f}' for g in got)}",
-                      flush=True)
-                res[key(wl, "cold")] = got[mid]
-                if lats[mid]:
-                    res[f"lat/{key(wl, 'cold')}"] = lats[mid]
-            else:
-                run_one("cold")
+            # One cold fio run of a few seconds swings by a third on this VM: cold
+            # random reads are the median of three, each on an empty cache.
+            rand = wl in ("rand4k", "rand128k")
+            run_one("cold", drop=True, times=3 if rand else 1, between=remount_empty)
             if c.has_cache:
                 populate(c.root(), wl)
                 c.settle()
-            run_one("warm", drop=True)
+            run_one("warm", drop=True, times=seq_times)
             # Without a cache, hot and remount only repeat warm: skipped.
             if c.has_cache or c.name == "local":
                 if wl in ("rand4k", "rand128k"):
                     # Hot: the whole file in the page cache, not only what warm read.
                     read_file(c.root() / "large.bin")
-                run_one("hot")
+                run_one("hot", times=seq_times)
                 if c.has_cache:
                     c.settle()
                     c.umount()

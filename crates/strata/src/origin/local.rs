@@ -125,13 +125,8 @@ fn token_of_fd(file: &File) -> io::Result<Token> {
     let want = StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::CTIME | StatxFlags::INO;
     match rustix::fs::statx(file, c"", AtFlags::EMPTY_PATH, want) {
         Ok(st) if StatxFlags::from_bits_retain(st.stx_mask).contains(want) => {
-            let ns = |t: rustix::fs::StatxTimestamp| {
-                Timestamp {
-                    secs: t.tv_sec,
-                    nanos: t.tv_nsec.min(999_999_999),
-                }
-                .as_nanos()
-            };
+            let ns =
+                |t: rustix::fs::StatxTimestamp| timestamp(t.tv_sec, t.tv_nsec.into()).as_nanos();
             Ok(Token::Stat {
                 size: st.stx_size,
                 mtime_ns: ns(st.stx_mtime),
@@ -141,6 +136,14 @@ fn token_of_fd(file: &File) -> io::Result<Token> {
         }
         // A filesystem that cannot say all of it (or no statx): the full stat.
         _ => Ok(attr_of(&file.metadata()?).token),
+    }
+}
+
+/// A timestamp from seconds and nanoseconds as stat reports them.
+fn timestamp(secs: i64, nanos: i64) -> Timestamp {
+    Timestamp {
+        secs,
+        nanos: nanos.clamp(0, 999_999_999) as u32,
     }
 }
 
@@ -161,12 +164,8 @@ pub(crate) fn attr_of(m: &std::fs::Metadata) -> Attr {
     } else {
         FileKind::BlockDevice
     };
-    let ts = |s: i64, ns: i64| Timestamp {
-        secs: s,
-        nanos: ns.clamp(0, 999_999_999) as u32,
-    };
-    let mtime = ts(m.mtime(), m.mtime_nsec());
-    let ctime = ts(m.ctime(), m.ctime_nsec());
+    let mtime = timestamp(m.mtime(), m.mtime_nsec());
+    let ctime = timestamp(m.ctime(), m.ctime_nsec());
     Attr {
         kind,
         size: m.size(),
@@ -177,7 +176,7 @@ pub(crate) fn attr_of(m: &std::fs::Metadata) -> Attr {
         rdev: m.rdev(),
         blocks: m.blocks(),
         blksize: m.blksize().min(u32::MAX as u64) as u32,
-        atime: ts(m.atime(), m.atime_nsec()),
+        atime: timestamp(m.atime(), m.atime_nsec()),
         mtime,
         ctime,
         ino: m.ino(),
