@@ -364,11 +364,11 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
             for i in range(times):
                 if i and between:
                     between()
+                before = c.origin_requests() if temp != "cold" else None
                 if drop:
                     drop_caches()
                 LAT_LAST.clear()
                 t0 = time.perf_counter()
-                before = c.origin_requests() if temp != "cold" else None
                 got.append(measure(c.root(), a))
                 lats.append(list(LAT_LAST))
                 # A cached run that still went to the origin measures the origin too.
