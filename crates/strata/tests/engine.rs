@@ -276,6 +276,28 @@ fn a_slow_disk_queue_drops_fills_instead_of_blocking_readers() {
 }
 
 #[test]
+fn dropped_fills_reach_the_disk_once_the_writer_is_idle() {
+    let s = setup();
+    let len = 4 << 20;
+    std::fs::write(s.origin.join("f"), pattern(7, len)).unwrap();
+    let mut c = config(&s.cache, Duration::from_secs(60));
+    c.fill_queue_bytes = BS as u64 * 2;
+    c.ram_capacity = 16 << 20; // every block stays in RAM
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let e = Engine::new(c, origin).unwrap();
+    assert_eq!(read_all(&e, "f"), pattern(7, len));
+    assert!(e.stats().fills_dropped > 0, "{:?}", e.stats());
+    let blocks = (len / BS as usize) as u64;
+    let t = Instant::now();
+    while e.stats().disk_blocks < blocks && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = e.stats();
+    assert_eq!(st.disk_blocks, blocks, "{st:?}");
+    assert_eq!(read_all(&e, "f"), pattern(7, len));
+}
+
+#[test]
 fn cold_read_is_answered_at_origin_speed() {
     // The reader must not wait for the disk fill: a read of a slow origin costs about
     // one origin request.

@@ -52,6 +52,8 @@ const MAX_READ: usize = 64 << 20;
 const SEQ_SLACK: u64 = 2 << 20;
 /// Largest disk commit batch.
 const FILL_BATCH_BYTES: u64 = 8 << 20;
+/// Dropped fill runs remembered for a retry; older ones are forgotten.
+const MAX_DROPPED_RUNS: usize = 4096;
 /// Active objects kept before idle ones are forgotten.
 const MAX_ACTIVE: usize = 1 << 16;
 const ENOENT: i32 = 2;
@@ -244,6 +246,9 @@ struct Inner {
     ids: AtomicU64,
     epoch: Instant,
     fill_tx: RwLock<Option<Sender<FillJob>>>,
+    /// Runs whose fill was dropped (queue full), offered again from RAM once the
+    /// writer is idle: a block read once over a busy machine still gets to disk.
+    dropped: Mutex<std::collections::VecDeque<(Arc<Object>, Range<u64>)>>,
     prefetch_tx: RwLock<Option<Sender<Prefetch>>>,
     dir_scans: Mutex<FxHashMap<PathBuf, DirScan>>,
     /// Scans of directories' subdirectories (tree walks), by parent.
@@ -298,6 +303,7 @@ impl Engine {
             ids: AtomicU64::new(1),
             epoch: Instant::now(),
             fill_tx: RwLock::new(None),
+            dropped: Mutex::new(Default::default()),
             prefetch_tx: RwLock::new(None),
             dir_scans: Mutex::new(FxHashMap::default()),
             list_scans: Mutex::new(FxHashMap::default()),
@@ -1406,6 +1412,11 @@ impl Inner {
             Some(job) => {
                 stats::add(&self.stats.fills_dropped, n);
                 self.fill_finished(&job, &vec![false; job.blocks.len()]);
+                let mut d = self.dropped.lock();
+                if d.len() >= MAX_DROPPED_RUNS {
+                    d.pop_front();
+                }
+                d.push_back((job.obj.clone(), job.first..job.first + n));
             }
         }
     }
@@ -1445,8 +1456,38 @@ impl Inner {
                     }
                     self.commit(disk, batch);
                 }
-                Err(RecvTimeoutError::Timeout) => while disk.maintain() && rx.is_empty() {},
+                Err(RecvTimeoutError::Timeout) => {
+                    self.retry_dropped();
+                    while disk.maintain() && rx.is_empty() {}
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Offers the disk again the dropped runs still in RAM, as much as the queue
+    /// takes, in pieces that fit it.
+    fn retry_dropped(&self) {
+        let per = (self.cfg.fill_queue_bytes / self.cfg.block_size as u64).max(1);
+        loop {
+            let Some((obj, blocks)) = self.dropped.lock().pop_front() else {
+                return;
+            };
+            let end = blocks.end;
+            let hits: Vec<(u64, Bytes)> = blocks
+                .filter_map(|blk| {
+                    let key = BlockKey { obj: obj.id, blk };
+                    self.ram.get(&key).map(|b| (blk, b))
+                })
+                .collect();
+            for part in hits.chunks(per as usize) {
+                let before = self.stats.fills_dropped.load(Ordering::Relaxed);
+                self.refill(&obj, part.to_vec());
+                if self.stats.fills_dropped.load(Ordering::Relaxed) != before {
+                    // Still full: the rest waits for the next idle moment.
+                    self.dropped.lock().push_front((obj, part[0].0..end));
+                    return;
+                }
             }
         }
     }
