@@ -1484,8 +1484,12 @@ impl Inner {
                 let before = self.stats.fills_dropped.load(Ordering::Relaxed);
                 self.refill(&obj, part.to_vec());
                 if self.stats.fills_dropped.load(Ordering::Relaxed) != before {
-                    // Still full: the rest waits for the next idle moment.
-                    self.dropped.lock().push_front((obj, part[0].0..end));
+                    // Still full: `queue_fill` has noted this piece again; what
+                    // follows it waits for the next idle moment.
+                    let next = part[part.len() - 1].0 + 1;
+                    if next < end {
+                        self.dropped.lock().push_front((obj, next..end));
+                    }
                     return;
                 }
             }
