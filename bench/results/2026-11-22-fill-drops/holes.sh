@@ -6,7 +6,7 @@ O=${O:-/tmp/chk/sshfs}; M=/tmp/chk/mnt; C=/tmp/chk/cache
 st() { $BIN stats --json $M | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(" ".join(f"{k}={s[k]}" for k in sys.argv[1:]))' "$@"; }
 fiof() { fio --name=r --filename=$1 --rw=randread --bs=${2:-4k} --ioengine=psync --runtime=8 --time_based --randrepeat=0 --invalidate=0 --output-format=json | python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; print(int(r["iops"]), r["clat_ns"]["percentile"]["50.000000"]//1000,"us")'; }
 drop() { echo 3 > /proc/sys/vm/drop_caches; }
-settle() { while [ "$($BIN stats --json $M | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["inflight_fill_bytes"])')" != 0 ]; do sleep 0.1; done; }
+settle() { for _ in 1 2; do while [ "$($BIN stats --json $M | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["inflight_fill_bytes"])')" != 0 ]; do sleep 0.1; done; sleep 0.3; done; }
 mkdir -p $M; rm -rf $C
 $BIN mount $O $M --cache-dir $C --cache-size 8G "$@"
 drop; echo -n "cold seq: "; dd if=$M/large.bin of=/dev/null bs=1M 2>&1 | tail -1

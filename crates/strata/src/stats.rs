@@ -53,6 +53,7 @@ stats! {
     stale_served: "answers given from the cache because the origin could not be asked",
     readahead_requests: "origin requests issued by read-ahead",
     readahead_bytes: "bytes fetched by read-ahead",
+    readahead_held: "read-ahead blocks (or files ahead) not fetched because the disk writer was behind",
     dir_prefetches: "files fetched ahead because a directory's files were being read in listing order",
     list_prefetches: "directory listings fetched ahead of a tree walk (find, du, ls -R)",
     fills_queued: "blocks queued for the disk tier",

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use strata::origin::{LocalOrigin, Origin, SlowOrigin};
-use strata::storage::RealStorage;
+use strata::storage::{RealStorage, SimStorage};
 use strata::tier::disk::Thresholds;
 use strata::{Config, DiskSetup, Engine};
 
@@ -295,6 +295,43 @@ fn dropped_fills_reach_the_disk_once_the_writer_is_idle() {
     let st = e.stats();
     assert_eq!(st.disk_blocks, blocks, "{st:?}");
     assert_eq!(read_all(&e, "f"), pattern(7, len));
+}
+
+#[test]
+fn read_ahead_waits_while_the_disk_writer_is_behind() {
+    let s = setup();
+    std::fs::write(s.origin.join("a"), pattern(8, 8 * BS as usize)).unwrap();
+    std::fs::write(s.origin.join("b"), pattern(9, 64 * BS as usize)).unwrap();
+    let medium = SimStorage::new();
+    let mut c = config(&s.cache, Duration::from_secs(60));
+    c.disk.as_mut().unwrap().storage = Arc::new(medium.clone());
+    c.fill_queue_bytes = 8 * BS as u64;
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let e = Engine::new(c, origin).unwrap();
+    // A slow device: "a" fills the queue and stays there while its commit syncs.
+    medium.set_sync_delay(Duration::from_secs(3));
+    assert_eq!(read_all(&e, "a"), pattern(8, 8 * BS as usize));
+    let before = e.stats().readahead_requests;
+    let h = e.open(Path::new("b")).unwrap();
+    let want = pattern(9, 64 * BS as usize);
+    let got = e.read(&h, 0, BS as usize).unwrap().to_vec();
+    assert_eq!(got, want[..BS as usize]);
+    std::thread::sleep(Duration::from_millis(200)); // a read-ahead would be out by now
+    let st = e.stats();
+    assert!(st.inflight_fill_bytes > 0, "still behind: {st:?}");
+    assert_eq!(st.readahead_requests, before, "{st:?}");
+    assert!(st.readahead_held > 0, "{st:?}");
+    // Once the writer has caught up, read-ahead goes out again.
+    medium.set_sync_delay(Duration::ZERO);
+    assert!(e.wait_fills(Duration::from_secs(20)));
+    let got = e.read(&h, BS as u64, BS as usize).unwrap().to_vec();
+    assert_eq!(got, want[BS as usize..2 * BS as usize]);
+    let t = Instant::now();
+    while e.stats().readahead_requests == before && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(e.stats().readahead_requests > before, "{:?}", e.stats());
+    assert_eq!(read_all(&e, "b"), want);
 }
 
 #[test]

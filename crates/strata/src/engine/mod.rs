@@ -1421,6 +1421,15 @@ impl Inner {
         }
     }
 
+    /// Bytes the fill queue can still take; unbounded without a disk tier.
+    fn fill_room(&self) -> u64 {
+        if self.disk.is_none() {
+            return u64::MAX;
+        }
+        let inflight = self.stats.inflight_fill_bytes.load(Ordering::Relaxed);
+        self.cfg.fill_queue_bytes.saturating_sub(inflight)
+    }
+
     /// Clears the FILLING state of a job's blocks; marks those stored as on disk.
     fn fill_finished(&self, job: &FillJob, done: &[bool]) {
         let o = &job.obj;
@@ -1557,7 +1566,15 @@ impl Inner {
 
     /// Claims the blocks of a read-ahead window that are not cached or in flight and
     /// queues their fetches. A full queue drops them (and their claims).
-    fn start_readahead(&self, obj: &Arc<Object>, blocks: Range<u64>) {
+    fn start_readahead(&self, obj: &Arc<Object>, mut blocks: Range<u64>) {
+        // Fetching ahead of a disk writer that is behind would only see the fills
+        // dropped, and the blocks lost once RAM evicts them: fetch as much as the fill
+        // queue has room for; the reader's own fetches still go out.
+        let room = self.fill_room() / obj.bs;
+        if room < blocks.end - blocks.start {
+            stats::add(&self.stats.readahead_held, blocks.end - blocks.start - room);
+            blocks.end = blocks.start + room;
+        }
         let (claims, on_disk) = self.claim_uncached(obj, blocks);
         if let Some(disk) = &self.disk {
             // What the disk tier holds of the window: have the kernel read it ahead.
@@ -1628,6 +1645,11 @@ impl Inner {
         else {
             return;
         };
+        if self.fill_room() < self.cfg.fill_queue_bytes / 2 {
+            // The disk writer is behind (see `start_readahead`).
+            stats::add(&self.stats.readahead_held, ahead.len() as u64);
+            return;
+        }
         let tx = self.prefetch_tx.read().clone();
         let Some(tx) = tx else { return };
         for name in ahead {

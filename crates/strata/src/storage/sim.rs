@@ -11,7 +11,8 @@
 //! a random prefix of the name journal survives. [`SimStorage::cut_after`] arms a cut
 //! at the n-th mutating call, after which every call fails as a dead device would.
 //!
-//! Faults for other tests: writes that fail with EIO, and a capacity that gives ENOSPC.
+//! Faults for other tests: writes that fail with EIO, a capacity that gives ENOSPC,
+//! and a slow device (every sync takes a while).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -115,6 +116,8 @@ struct State {
     dead: bool,
     fail_writes: bool,
     capacity: Option<u64>,
+    /// How long each `sync_data` takes: a slow device.
+    sync_delay: std::time::Duration,
     locked: bool,
 }
 
@@ -227,6 +230,11 @@ impl SimStorage {
     /// Limits the bytes the medium holds; writes past it fail with ENOSPC.
     pub fn set_capacity(&self, cap: Option<u64>) {
         self.st().capacity = cap;
+    }
+
+    /// Makes every `sync_data` take `d` (the medium stays usable meanwhile).
+    pub fn set_sync_delay(&self, d: std::time::Duration) {
+        self.st().sync_delay = d;
     }
 
     /// The medium as it could be found after losing power now. The old handle keeps
@@ -498,6 +506,10 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self.st().sync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut s = self.st();
         s.mutate()?;
         let i = s.inodes.get_mut(&self.ino).expect("open inode");
