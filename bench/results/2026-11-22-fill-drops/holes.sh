@@ -11,7 +11,7 @@ mkdir -p $M; rm -rf $C
 $BIN mount $O $M --cache-dir $C --cache-size 8G "$@"
 drop; echo -n "cold seq: "; dd if=$M/large.bin of=/dev/null bs=1M 2>&1 | tail -1
 echo -n "populate: "; dd if=$M/large.bin of=/dev/null bs=1M 2>&1 | tail -1; settle
-st fills_queued fills_dropped origin_requests disk_bytes
+st fills_queued fills_dropped readahead_held readahead_requests origin_requests disk_bytes
 drop; echo -n "warm seq: "; dd if=$M/large.bin of=/dev/null bs=1M 2>&1 | tail -1
 st origin_requests disk_hits ram_hits fills_dropped disk_bytes
 drop; echo -n "warm rand4k: "; fiof $M/large.bin; st origin_requests disk_hits ram_hits
