@@ -169,17 +169,26 @@ fn varied_tree_cold_warm_and_after_remount() {
     let n = compare_tree(&t.origin, &t.mnt);
     assert!(n > 3000);
     // A local origin outruns the disk writer, which drops fills rather than block
-    // readers; a second pass once it is idle caches what was dropped.
+    // readers; another pass once it is idle caches what was dropped.
     let idle = |t: &Mount| {
         eventually(Duration::from_secs(60), || {
             t.stat_u64("inflight_fill_bytes") == 0
         })
     };
     assert!(idle(&t));
-    drop_page_cache();
-    compare_tree(&t.origin, &t.mnt);
-    assert!(idle(&t));
-    let cold = t.stats();
+    // A fill dropped in a pass and evicted from RAM before the writer could retry it
+    // is fetched again by the next pass; on a loaded machine that can take a few.
+    let mut cold = t.stats();
+    for _ in 0..5 {
+        drop_page_cache();
+        compare_tree(&t.origin, &t.mnt);
+        assert!(idle(&t));
+        let before = cold["origin_requests"].clone();
+        cold = t.stats();
+        if cold["origin_requests"] == before {
+            break;
+        }
+    }
     assert!(cold["origin_bytes"].as_u64().unwrap() >= 256 << 20);
 
     // Warm, the kernel's page cache dropped: served by the engine, no origin reads.
@@ -188,7 +197,7 @@ fn varied_tree_cold_warm_and_after_remount() {
     let warm = t.stats();
     assert_eq!(
         warm["origin_requests"], cold["origin_requests"],
-        "warm reads went to the origin"
+        "warm reads went to the origin: {warm}"
     );
     assert!(warm["ram_hits"].as_u64().unwrap() + warm["disk_hits"].as_u64().unwrap() > 0);
 
