@@ -67,21 +67,20 @@ impl Mount {
         // Tests run in parallel threads, and a child another test spawns holds a copy
         // of this thread's descriptors from its fork to its exec: a file just closed
         // here can keep the mount busy for that moment.
-        let mut out = Command::new(STRATA)
-            .arg("umount")
-            .arg(&self.mnt)
-            .output()
-            .unwrap();
+        let umount = || {
+            Command::new(STRATA)
+                .arg("umount")
+                .arg(&self.mnt)
+                .output()
+                .unwrap()
+        };
+        let mut out = umount();
         for _ in 0..50 {
             if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("busy") {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
-            out = Command::new(STRATA)
-                .arg("umount")
-                .arg(&self.mnt)
-                .output()
-                .unwrap();
+            out = umount();
         }
         assert!(
             out.status.success(),

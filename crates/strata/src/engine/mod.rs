@@ -1566,21 +1566,35 @@ impl Inner {
 
     /// Claims the blocks of a read-ahead window that are not cached or in flight and
     /// queues their fetches. A full queue drops them (and their claims).
-    fn start_readahead(&self, obj: &Arc<Object>, mut blocks: Range<u64>) {
-        // Fetching ahead of a disk writer that is behind would only see the fills
-        // dropped, and the blocks lost once RAM evicts them: fetch as much as the fill
-        // queue has room for; the reader's own fetches still go out.
-        let room = self.fill_room() / obj.bs;
-        if room < blocks.end - blocks.start {
-            stats::add(&self.stats.readahead_held, blocks.end - blocks.start - room);
-            blocks.end = blocks.start + room;
-        }
-        let (claims, on_disk) = self.claim_uncached(obj, blocks);
+    fn start_readahead(&self, obj: &Arc<Object>, blocks: Range<u64>) {
+        let (mut claims, on_disk) = self.claim_uncached(obj, blocks);
         if let Some(disk) = &self.disk {
             // What the disk tier holds of the window: have the kernel read it ahead.
             for r in on_disk {
                 disk.will_need(obj.id, r.start, r.end - r.start);
             }
+        }
+        // Fetching ahead of a disk writer that is behind would only see the fills
+        // dropped, and the blocks lost once RAM evicts them: fetch as much as the fill
+        // queue has room for; the reader's own fetches still go out.
+        let mut room = self.fill_room() / obj.bs;
+        let mut held = 0;
+        for c in &mut claims {
+            let keep = (c.blocks.end - c.blocks.start).min(room);
+            room -= keep;
+            if c.blocks.start + keep < c.blocks.end {
+                held += c.blocks.end - c.blocks.start - keep;
+                // The tail, dropped here, releases its blocks.
+                drop(Claim {
+                    obj: c.obj.clone(),
+                    blocks: c.blocks.start + keep..c.blocks.end,
+                });
+                c.blocks.end = c.blocks.start + keep;
+            }
+        }
+        if held > 0 {
+            stats::add(&self.stats.readahead_held, held);
+            claims.retain(|c| !c.blocks.is_empty());
         }
         if claims.is_empty() {
             return;
