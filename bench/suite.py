@@ -357,13 +357,20 @@ ARGS = None
 def run_contender(c: Contender, a, res: dict, rtt: int):
     key = lambda wl, temp: f"{rtt}ms/{c.name}/{wl}/{temp}"
     for wl, (measure, unit) in WORKLOADS.items():
-        def run_one(temp, wl=wl, measure=measure, drop=False, times=1, between=None):
+        def run_one(temp, wl=wl, measure=measure, drop=False, times=1, between=None,
+                    pair=False):
             """The median of `times` runs (`between` runs before each but the first);
-            the latency percentiles are those of the median run."""
-            got, lats = [], []
+            the latency percentiles are those of the median run. With `pair`, each run
+            follows a run of the same workload on the origin itself (no cache), and the
+            median of the run-by-run ratios is kept too."""
+            got, lats, ratios = [], [], []
             for i in range(times):
                 if i and between:
                     between()
+                if pair:
+                    drop_caches()
+                    LAT_LAST.clear()
+                    base = measure(c.origin, a)
                 before = c.origin_requests() if temp != "cold" else None
                 if drop:
                     drop_caches()
@@ -371,6 +378,8 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                 t0 = time.perf_counter()
                 got.append(measure(c.root(), a))
                 lats.append(list(LAT_LAST))
+                if pair and base:
+                    ratios.append(got[-1] / base)
                 # A cached run that still went to the origin measures the origin too.
                 if before is not None and (after := c.origin_requests()) is not None and after > before:
                     print(f"  {rtt} ms {c.name:9} {wl:9} {temp}: {after - before} origin requests",
@@ -387,6 +396,10 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
             if len(got) > 1:
                 print(f"  {rtt} ms {c.name:9} {wl:9} {temp} runs: {', '.join(f'{g:.0f}' for g in got)}",
                       flush=True)
+            if ratios:
+                res[f"pair/{key(wl, temp)}"] = statistics.median(ratios)
+                print(f"  {rtt} ms {c.name:9} {wl:9} {temp} / no cache run just before: "
+                      f"{', '.join(f'{r:.2f}' for r in ratios)}", flush=True)
 
         def remount_empty():
             c.umount()
@@ -406,7 +419,11 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
             # One cold fio run of a few seconds swings by a third on this VM: cold
             # random reads are the median of three, each on an empty cache.
             rand = wl in ("rand4k", "rand128k")
-            run_one("cold", drop=True, times=3 if rand else 1, between=remount_empty)
+            # Cold random reads are within a few tens of percent of the origin's own
+            # speed, and this VM's speed drifts by as much within minutes: each cold
+            # run is paired with a run on the origin just before it.
+            run_one("cold", drop=True, times=3 if rand else 1, between=remount_empty,
+                    pair=rand and c.has_cache and "nocache" in a.contenders)
             if c.has_cache:
                 populate(c.root(), wl)
                 c.settle()
@@ -519,6 +536,11 @@ def table(res: dict, a) -> str:
                     row.append("–" if v is None else f"{v:,.0f}")
                 lines.append(f"| {wl} ({unit}) | {temp} | " + " | ".join(row) + " |")
         for wl in ("rand4k", "rand128k"):
+            if wl not in a.workloads or not any(f"pair/{rtt}ms/{n}/{wl}/cold" in res for n in a.contenders):
+                continue
+            row = [f"{v:.2f}" if (v := res.get(f"pair/{rtt}ms/{n}/{wl}/cold")) else "–" for n in a.contenders]
+            lines.append(f"| {wl} ÷ no cache run just before (median) | cold | " + " | ".join(row) + " |")
+        for wl in ("rand4k", "rand128k"):
             if wl not in a.workloads:
                 continue
             for temp in ("cold", "warm", "hot", "remount"):
@@ -554,7 +576,12 @@ def headlines(res: dict, a):
         ratio(f"{p}_warm_walk_vs_nocache_{high}ms", r(high, n, "walk", "warm"), r(high, "nocache", "walk", "warm"))
         for rtt in a.rtts:
             for wl in ("seq", "rand4k", "rand128k", "tar", "walk"):
-                ratio(f"{p}_cold_{wl}_vs_nocache_{rtt}ms", r(rtt, n, wl, "cold"), r(rtt, "nocache", wl, "cold"))
+                paired = res.get(f"pair/{rtt}ms/{n}/{wl}/cold")
+                if paired:
+                    out.append((f"{p}_cold_{wl}_vs_nocache_{rtt}ms", paired))
+                else:
+                    ratio(f"{p}_cold_{wl}_vs_nocache_{rtt}ms", r(rtt, n, wl, "cold"),
+                          r(rtt, "nocache", wl, "cold"))
         for peer in ("rclone", "catfs"):
             if peer not in a.contenders:
                 continue
