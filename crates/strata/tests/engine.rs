@@ -288,10 +288,7 @@ fn dropped_fills_reach_the_disk_once_the_writer_is_idle() {
     assert_eq!(read_all(&e, "f"), pattern(7, len));
     assert!(e.stats().fills_dropped > 0, "{:?}", e.stats());
     let blocks = (len / BS as usize) as u64;
-    let t = Instant::now();
-    while e.stats().disk_blocks < blocks && t.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(20), || e.stats().disk_blocks >= blocks);
     let st = e.stats();
     assert_eq!(st.disk_blocks, blocks, "{st:?}");
     assert_eq!(read_all(&e, "f"), pattern(7, len));
@@ -326,10 +323,9 @@ fn read_ahead_waits_while_the_disk_writer_is_behind() {
     assert!(e.wait_fills(Duration::from_secs(20)));
     let got = e.read(&h, BS as u64, BS as usize).unwrap().to_vec();
     assert_eq!(got, want[BS as usize..2 * BS as usize]);
-    let t = Instant::now();
-    while e.stats().readahead_requests == before && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(Duration::from_secs(10), || {
+        e.stats().readahead_requests != before
+    });
     assert!(e.stats().readahead_requests > before, "{:?}", e.stats());
     assert_eq!(read_all(&e, "b"), want);
 }
@@ -565,11 +561,16 @@ fn open_files_below(dir: &Path) -> usize {
 
 /// Descriptors below `dir` once fetches in flight have had up to 10 s to finish.
 fn open_files_settled(dir: &Path) -> usize {
+    wait_for(Duration::from_secs(10), || open_files_below(dir) == 0);
+    open_files_below(dir)
+}
+
+/// Polls `done` every 10 ms until it holds or `timeout` passes; the caller asserts.
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) {
     let t = Instant::now();
-    while open_files_below(dir) > 0 && t.elapsed() < Duration::from_secs(10) {
+    while !done() && t.elapsed() < timeout {
         std::thread::sleep(Duration::from_millis(10));
     }
-    open_files_below(dir)
 }
 
 #[test]
