@@ -106,6 +106,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
             thresholds,
         }),
         attr_ttl: o.attr_ttl.unwrap_or(Duration::from_secs(1)),
+        commit_interval: o.commit_interval.unwrap_or(Duration::ZERO),
         passthrough_min_age: o.passthrough_min_age.unwrap_or(Duration::from_secs(60)),
         dir_prefetch_files: o.dir_prefetch.unwrap_or(32),
         origin_timeout: match o.origin_timeout {

@@ -28,6 +28,11 @@ pub struct MountOpts {
     /// origin is asked again, e.g. 1s, 250ms, 0 [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub attr_ttl: Option<Duration>,
+    /// How long the disk cache gathers newly read blocks before writing them in one
+    /// commit (two syncs); a full batch of 8MiB is written at once. 0: write each
+    /// read's blocks at once [default: 0]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub commit_interval: Option<Duration>,
     /// Free space (% of the cache filesystem) at which culling stops [default: 10]
     #[arg(long, value_name = "PERCENT")]
     pub brun: Option<f64>,
@@ -155,6 +160,7 @@ impl MountOpts {
                 "ram_size" => set(&mut self.ram_size, parse_size(&need(&v)?)?),
                 "block_size" => set(&mut self.block_size, parse_size(&need(&v)?)?),
                 "attr_ttl" => set(&mut self.attr_ttl, parse_duration(&need(&v)?)?),
+                "commit_interval" => set(&mut self.commit_interval, parse_duration(&need(&v)?)?),
                 "brun" => set(&mut self.brun, pct(&v)?),
                 "bcull" => set(&mut self.bcull, pct(&v)?),
                 "bstop" => set(&mut self.bstop, pct(&v)?),
@@ -311,9 +317,10 @@ mod tests {
             o: vec!["rw,cache_size=2G,ram_size=5M,allow_other,x-systemd.automount".into()],
             ..Default::default()
         };
-        m.o.push("dir_prefetch=0".into());
+        m.o.push("dir_prefetch=0,commit_interval=250ms".into());
         m.merge_o().unwrap();
         assert_eq!(m.cache_size, Some(2 << 30));
+        assert_eq!(m.commit_interval, Some(Duration::from_millis(250)));
         assert_eq!(m.dir_prefetch, Some(0));
         assert_eq!(m.ram_size, Some(1), "a flag wins over -o");
         assert!(m.allow_other);

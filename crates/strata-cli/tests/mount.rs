@@ -413,6 +413,10 @@ fn mount_errors_are_clear_and_nonzero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_option"));
 
+    let out = t.try_mount(&["--commit-interval", "5m"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("commit interval"));
+
     // Busy mountpoint, and a cache directory already in use.
     let mut first = Mount::new();
     first.mount(&[]);

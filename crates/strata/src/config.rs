@@ -34,6 +34,12 @@ pub struct Config {
     pub attr_ttl: Duration,
     /// Most bytes waiting to be written to the disk tier; beyond it fills are dropped.
     pub fill_queue_bytes: u64,
+    /// How long the disk writer gathers fills before a group commit (a full 8 MiB
+    /// batch commits at once). Each commit costs two syncs, and on a shared disk a
+    /// stream of syncs slows other readers, the origin's included: a trickle of
+    /// small fills (cold random reads) is better committed a few times a second.
+    /// Zero commits whatever is queued at once.
+    pub commit_interval: Duration,
     /// Largest read-ahead window.
     pub readahead_max: u64,
     /// Largest single origin request.
@@ -73,6 +79,7 @@ impl Default for Config {
             disk: None,
             attr_ttl: Duration::from_secs(1),
             fill_queue_bytes: 64 << 20,
+            commit_interval: Duration::ZERO,
             readahead_max: 8 << 20,
             max_fetch: 1 << 20,
             prefetch_threads: 8,
@@ -96,6 +103,9 @@ impl Config {
             return Err(format!(
                 "block size must be a power of two from 4KiB to 16MiB (got {bs})"
             ));
+        }
+        if self.commit_interval > Duration::from_secs(60) {
+            return Err("the commit interval must be at most 60s".into());
         }
         if self.max_fetch < bs as u64 {
             return Err("the largest origin request must hold at least one block".into());

@@ -295,6 +295,42 @@ fn dropped_fills_reach_the_disk_once_the_writer_is_idle() {
 }
 
 #[test]
+fn fills_gathered_for_the_commit_interval_share_one_commit_and_survive_shutdown() {
+    let s = setup();
+    let n = 8u64;
+    let want = pattern(11, (n * BS as u64) as usize);
+    std::fs::write(s.origin.join("f"), &want).unwrap();
+    let mut c = config(&s.cache, Duration::from_secs(60));
+    // Longer than any test machine needs for the reads below, so they land in one batch.
+    c.commit_interval = Duration::from_secs(10);
+    c.prefetch_threads = 0; // one fill per read
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let first = Engine::new(c, origin).unwrap();
+    let h = first.open(Path::new("f")).unwrap();
+    let before = first.stats().index_commits;
+    for i in [5, 1, 7, 3, 0, 6, 2, 4] {
+        let off = i * BS as u64;
+        let got = first.read(&h, off, BS as usize).unwrap().to_vec();
+        assert_eq!(got, want[off as usize..(off + BS as u64) as usize]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let st = first.stats();
+    assert_eq!(st.index_commits, before, "still gathering: {st:?}");
+    assert_eq!(st.fills_done, 0, "{st:?}");
+    // Shutdown does not sit out the interval: the gathered fills commit at once.
+    drop(h);
+    let t = Instant::now();
+    first.shutdown();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let st = first.stats();
+    assert_eq!(st.fills_done, n, "{st:?}");
+    assert!(st.index_commits - before <= 2, "one batch: {st:?}");
+    let second = engine(&s, Duration::from_secs(60));
+    assert_eq!(read_all(&second, "f"), want);
+    assert_eq!(second.stats().origin_requests, 0, "{:?}", second.stats());
+}
+
+#[test]
 fn read_ahead_waits_while_the_disk_writer_is_behind() {
     let s = setup();
     std::fs::write(s.origin.join("a"), pattern(8, 8 * BS as usize)).unwrap();

@@ -1452,18 +1452,28 @@ impl Inner {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(job) => {
+                    let deadline = Instant::now() + self.cfg.commit_interval;
                     let mut batch = vec![job];
                     let mut bytes = batch[0].bytes();
+                    let mut closed = false;
                     while bytes < FILL_BATCH_BYTES {
-                        match rx.try_recv() {
+                        let wait = deadline.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(wait) {
                             Ok(j) => {
                                 bytes += j.bytes();
                                 batch.push(j);
                             }
-                            Err(_) => break,
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
                         }
                     }
                     self.commit(disk, batch);
+                    if closed {
+                        break;
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.retry_dropped();
