@@ -369,7 +369,6 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                     between()
                 if pair:
                     drop_caches()
-                    LAT_LAST.clear()
                     base = measure(c.origin, a)
                 before = c.origin_requests() if temp != "cold" else None
                 if drop:
@@ -538,7 +537,8 @@ def table(res: dict, a) -> str:
         for wl in ("rand4k", "rand128k"):
             if wl not in a.workloads or not any(f"pair/{rtt}ms/{n}/{wl}/cold" in res for n in a.contenders):
                 continue
-            row = [f"{v:.2f}" if (v := res.get(f"pair/{rtt}ms/{n}/{wl}/cold")) else "–" for n in a.contenders]
+            row = [f"{v:.2f}" if (v := res.get(f"pair/{rtt}ms/{n}/{wl}/cold")) is not None else "–"
+                   for n in a.contenders]
             lines.append(f"| {wl} ÷ no cache run just before (median) | cold | " + " | ".join(row) + " |")
         for wl in ("rand4k", "rand128k"):
             if wl not in a.workloads:
@@ -577,7 +577,7 @@ def headlines(res: dict, a):
         for rtt in a.rtts:
             for wl in ("seq", "rand4k", "rand128k", "tar", "walk"):
                 paired = res.get(f"pair/{rtt}ms/{n}/{wl}/cold")
-                if paired:
+                if paired is not None:
                     out.append((f"{p}_cold_{wl}_vs_nocache_{rtt}ms", paired))
                 else:
                     ratio(f"{p}_cold_{wl}_vs_nocache_{rtt}ms", r(rtt, n, wl, "cold"),

@@ -35,10 +35,11 @@ pub struct Config {
     /// Most bytes waiting to be written to the disk tier; beyond it fills are dropped.
     pub fill_queue_bytes: u64,
     /// How long the disk writer gathers fills before a group commit (a full 8 MiB
-    /// batch commits at once). Each commit costs two syncs, and on a shared disk a
-    /// stream of syncs slows other readers, the origin's included: a trickle of
-    /// small fills (cold random reads) is better committed a few times a second.
-    /// Zero commits whatever is queued at once.
+    /// batch commits at once). Each commit costs two syncs; a trickle of small fills
+    /// (cold random reads) commits once per read at zero, a few times a second with
+    /// an interval, for disks whose syncs are costly. On the development VM neither
+    /// measured better (bench/results/2026-11-22-commit-interval). Zero commits
+    /// whatever is queued at once.
     pub commit_interval: Duration,
     /// Largest read-ahead window.
     pub readahead_max: u64,
