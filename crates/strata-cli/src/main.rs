@@ -188,6 +188,17 @@ fn print_stats(r: &control::StatsReply) {
             s.origin_requests
         );
     }
+    let waited = s.origin_requests.saturating_sub(s.readahead_requests);
+    if s.reads > 0 && waited > 0 {
+        // The wait beyond the origin's own time is strata's hand-off to an origin
+        // thread; the read beyond the wait is its own work and waiting for others.
+        out!(
+            "read time   {:.0} us per read; per origin request a reader waited {:.0} us, the origin took {:.0} us",
+            s.read_us as f64 / s.reads as f64,
+            s.origin_wait_us as f64 / waited as f64,
+            s.origin_read_us as f64 / waited as f64
+        );
+    }
     out!();
     for (name, value, what) in s.fields() {
         out!("{name:<24} {value:>16}  {what}");

@@ -384,6 +384,22 @@ fn cold_read_is_answered_at_origin_speed() {
     let took = t.elapsed();
     // open (1 request) + read (1 request); generous bound for a loaded machine.
     assert!(took < Duration::from_millis(30 * 2 + 200), "{took:?}");
+    // Where the read's time went: the origin's 30 ms, within the reader's wait for it,
+    // within the read.
+    let st = e.stats();
+    assert!(st.origin_read_us >= 30_000, "{st:?}");
+    assert!(st.origin_wait_us >= st.origin_read_us, "{st:?}");
+    assert!(st.read_us >= st.origin_wait_us, "{st:?}");
+    assert!(st.read_us <= took.as_micros() as u64, "{st:?} {took:?}");
+    // A cached read adds to the read time only.
+    e.read(&h, 0, BS as usize).unwrap();
+    let warm = e.stats();
+    assert_eq!(warm.origin_wait_us, st.origin_wait_us);
+    assert_eq!(warm.origin_read_us, st.origin_read_us);
+    assert!(
+        warm.reads == st.reads + 1 && warm.read_us >= st.read_us,
+        "{warm:?}"
+    );
 }
 
 /// Content of version `v` of file `f`: every 8-byte word says (file, version, index),

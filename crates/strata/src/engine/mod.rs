@@ -404,7 +404,10 @@ impl Engine {
 
     /// Reads up to `len` bytes at `off`. Fewer bytes only at the end of the file.
     pub fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
-        self.inner.read(h, off, len.min(MAX_READ))
+        let t0 = Instant::now();
+        let r = self.inner.read(h, off, len.min(MAX_READ));
+        stats::add(&self.inner.stats.read_us, t0.elapsed().as_micros() as u64);
+        r
     }
 
     /// For a file the disk tier holds whole, every block verified since start: its
@@ -974,6 +977,13 @@ impl Inner {
         unreachable!("the last attempt returns")
     }
 
+    /// Counts a reader's wait for an origin request that began at `t0` and the part
+    /// of it the origin itself took.
+    fn note_origin_time(&self, t0: Instant, took: Duration) {
+        stats::add(&self.stats.origin_wait_us, t0.elapsed().as_micros() as u64);
+        stats::add(&self.stats.origin_read_us, took.as_micros() as u64);
+    }
+
     /// Reads a range straight from a freshly opened origin file, uncached.
     fn read_direct(&self, obj: &Object, off: u64, end: u64) -> io::Result<ReadBuf> {
         if self.guard.is_down() {
@@ -983,18 +993,21 @@ impl Inner {
         let (o, p) = (self.origin.clone(), obj.path.clone());
         let len = (end - off) as usize;
         stats::inc(&self.stats.origin_requests);
-        let buf = self
+        let t0 = Instant::now();
+        let (buf, took) = self
             .guard
             .call(move || {
+                let t1 = Instant::now();
                 let file = o.open(&p)?;
                 let mut buf = BytesMut::zeroed(len);
                 let n = crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, at| {
                     file.read_at(b, at)
                 })?;
                 buf.truncate(n);
-                Ok(buf)
+                Ok((buf, t1.elapsed()))
             })
             .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        self.note_origin_time(t0, took);
         let n = buf.len();
         stats::add(&self.stats.origin_bytes, n as u64);
         stats::add(&self.stats.read_bytes, n as u64);
@@ -1317,16 +1330,18 @@ impl Inner {
         let off = blocks.start * obj.bs;
         // The buffers travel to the worker and back: a read abandoned at its deadline
         // still has somewhere to write.
-        let (bufs, n, token) = self
+        let t0 = Instant::now();
+        let (bufs, n, token, took) = self
             .guard
             .call(move || {
+                let t1 = Instant::now();
                 let mut bufs = bufs;
                 let n = {
                     let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
                     file.read_vectored_at(&mut slices, off)?
                 };
                 let token = if n == want { file.token().ok() } else { None };
-                Ok((bufs, n, token))
+                Ok((bufs, n, token, t1.elapsed()))
             })
             .inspect_err(|e| {
                 stats::inc(&self.stats.origin_errors);
@@ -1335,6 +1350,9 @@ impl Inner {
                 }
             })?;
         stats::add(&self.stats.origin_bytes, n as u64);
+        if !readahead {
+            self.note_origin_time(t0, took);
+        }
         if readahead {
             stats::add(&self.stats.readahead_bytes, n as u64);
         }
