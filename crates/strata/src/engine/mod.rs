@@ -1350,11 +1350,10 @@ impl Inner {
                 }
             })?;
         stats::add(&self.stats.origin_bytes, n as u64);
-        if !readahead {
-            self.note_origin_time(t0, took);
-        }
         if readahead {
             stats::add(&self.stats.readahead_bytes, n as u64);
+        } else {
+            self.note_origin_time(t0, took);
         }
         let same = n == want && token.as_ref() == Some(&obj.token);
         if !same {
