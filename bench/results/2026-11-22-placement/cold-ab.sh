@@ -1,6 +1,9 @@
 #!/bin/bash
 # Cold rand4k at 2 ms: nocache vs strata variants, alternating, with CPU accounting.
 # usage: exp.sh ROUNDS SECS BS VARIANT...   (VARIANT: nocache | strata:ARGS)
+# The script as run, from a scratch directory: it expects a checkout at /work/main,
+# the suite's origin in /var/tmp/strata-suite/origin, and uses /tmp/y for its sshfs
+# mountpoint, strata mountpoint and cache.
 cd /work/main
 R=$1; S=$2; BS=$3; shift 3
 W=/var/tmp/strata-suite

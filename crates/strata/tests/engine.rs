@@ -324,7 +324,7 @@ fn fills_gathered_for_the_commit_interval_share_one_commit_and_survive_shutdown(
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let st = first.stats();
     assert_eq!(st.fills_done, n, "{st:?}");
-    assert!(st.index_commits - before <= 2, "one batch: {st:?}");
+    assert_eq!(st.index_commits - before, 1, "one batch: {st:?}");
     let second = engine(&s, Duration::from_secs(60));
     assert_eq!(read_all(&second, "f"), want);
     assert_eq!(second.stats().origin_requests, 0, "{:?}", second.stats());
