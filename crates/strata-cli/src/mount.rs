@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -20,7 +21,7 @@ use strata::origin::{LocalOrigin, Origin, SlowOrigin};
 use strata::storage::RealStorage;
 use strata::tier::disk::{DiskTier, Thresholds};
 use strata::{Config, DiskSetup, Engine};
-use strata_fuse::{FsOptions, StrataFs};
+use strata_fuse::{FsOptions, FuseFs, StrataFs, UringQueues};
 
 use crate::control;
 use crate::options::{MountOpts, default_cache_dir};
@@ -33,6 +34,7 @@ pub struct Plan {
     pub config: Config,
     pub allow_other: bool,
     pub passthrough: bool,
+    pub uring: bool,
     pub threads: usize,
     pub latency: Option<Duration>,
     pub bandwidth: Option<u64>,
@@ -124,6 +126,9 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
     if threads == 0 || threads > 1024 {
         return Err("--threads must be between 1 and 1024".into());
     }
+    if o.uring && o.passthrough {
+        return Err("--uring and --passthrough cannot be used together yet".into());
+    }
     let log_level = o.log_level.clone().unwrap_or_else(|| "info".into());
     if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
         return Err(format!("unknown log level {log_level:?}"));
@@ -135,6 +140,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         config,
         allow_other: o.allow_other,
         passthrough: o.passthrough,
+        uring: o.uring,
         threads,
         latency: o.origin_latency,
         bandwidth: o.origin_bandwidth,
@@ -439,15 +445,19 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     }
     let socket = plan.cache_dir.join("control.sock");
     let listener = control::bind(&socket)?;
-    let fs = StrataFs::new(
-        engine.clone(),
-        FsOptions {
-            attr_ttl: plan.config.attr_ttl,
-            control: Some(socket.clone()),
-            passthrough: plan.passthrough,
-        },
-    )
-    .map_err(|e| format!("cannot read the origin's root: {e}"))?;
+    let fs = Arc::new(
+        StrataFs::new(
+            engine.clone(),
+            FsOptions {
+                attr_ttl: plan.config.attr_ttl,
+                control: Some(socket.clone()),
+                passthrough: plan.passthrough,
+                uring: plan.uring,
+                allow_other: plan.allow_other,
+            },
+        )
+        .map_err(|e| format!("cannot read the origin's root: {e}"))?,
+    );
     let invalidator = fs.invalidator();
     let options = vec![
         MountOption::FSName(plan.origin.to_string_lossy().into_owned()),
@@ -466,8 +476,11 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     };
     cfg.n_threads = Some(plan.threads);
     cfg.clone_fd = true;
-    let mut session = fuser::Session::new(fs, &plan.mountpoint, &cfg)
+    let mut session = fuser::Session::new(FuseFs(fs.clone()), &plan.mountpoint, &cfg)
         .map_err(|e| format!("cannot mount at {}: {e}", plan.mountpoint.display()))?;
+    // They wait for INIT, which `run` answers, and serve from then on.
+    UringQueues::start(fs.clone(), session.as_fd(), plan.threads)
+        .map_err(|e| format!("cannot start the io_uring queues: {e}"))?;
     tune_readahead(&plan.mountpoint);
     invalidator
         .connect(session.notifier())
@@ -486,6 +499,8 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     );
     ready.ok();
     let r = session.run();
+    // Queue threads still waiting for an INIT that never came.
+    fs.stop_uring();
     tracing::info!("session ended; finishing fills and committing the cache index");
     engine.shutdown();
     let _ = std::fs::remove_file(&socket);

@@ -75,6 +75,12 @@ pub struct MountOpts {
     /// [default: 32]
     #[arg(long, value_name = "N")]
     pub dir_prefetch: Option<usize>,
+    /// Serve FUSE requests from per-CPU io_uring queues (FUSE over io_uring, Linux
+    /// 6.14+ with /sys/module/fuse/parameters/enable_uring set to 1): a request is
+    /// answered on the CPU that made it. Falls back to /dev/fuse, with a warning, where
+    /// the kernel does not offer it. Not with --passthrough
+    #[arg(long)]
+    pub uring: bool,
     /// Threads serving FUSE requests [default: 16]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -169,6 +175,7 @@ impl MountOpts {
                 "fstop" => set(&mut self.fstop, pct(&v)?),
                 "allow_other" => self.allow_other = true,
                 "passthrough" => self.passthrough = true,
+                "uring" => self.uring = true,
                 "threads" => set(
                     &mut self.threads,
                     need(&v)?

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Mount, drop_page_cache, eventually, kill, pattern};
+use common::{Mount, drop_page_cache, enable_fuse_uring, eventually, kill, pattern};
 
 const BS: usize = 16 * 1024; // the default block size
 
@@ -742,5 +742,77 @@ fn passthrough_serves_settled_files_and_new_opens_still_see_changes() {
         ),
     }
     drop(held);
+    t.umount();
+}
+
+/// FUSE over io_uring: every request after INIT answered from the per-CPU queues,
+/// with the same bytes, attributes and errors as through /dev/fuse.
+#[test]
+fn uring_queues_answer_with_the_same_bytes_attributes_and_errors() {
+    if !enable_fuse_uring() {
+        eprintln!("skipped: this kernel has no FUSE over io_uring");
+        return;
+    }
+    let mut t = Mount::new();
+    build_tree(&t.origin, 8, 300);
+    let out = t.try_mount(&["--uring", "--passthrough"]);
+    assert!(
+        !out.status.success(),
+        "--uring with --passthrough is refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--uring and --passthrough"), "{err}");
+
+    t.mount(&["--uring", "--attr-ttl", "30s"]);
+    let before = t.stat_u64("fuse_uring_requests");
+    assert!(compare_tree(&t.origin, &t.mnt) > 300);
+    // Reads at odd offsets and lengths, across block edges and past the end.
+    let want = fs::read(t.o("large.bin")).unwrap();
+    let mut f = fs::File::open(t.m("large.bin")).unwrap();
+    for (off, len) in [
+        (0, 1),
+        (BS - 3, 7),
+        (5 * BS + 1, 3 * BS),
+        (want.len() - 10, 100),
+    ] {
+        let mut buf = vec![0u8; len];
+        f.seek(SeekFrom::Start(off as u64)).unwrap();
+        let n = f.read(&mut buf).unwrap();
+        let end = (off + len).min(want.len());
+        assert_eq!(&buf[..n], &want[off..end], "read of {len} at {off}");
+    }
+    drop(f);
+    // Errors as POSIX has them through any strata mount.
+    let e = fs::metadata(t.m("no such file")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(2), "ENOENT");
+    let e = fs::read_link(t.m("empty")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(22), "EINVAL: not a symlink");
+    for e in [
+        fs::write(t.m("new-file"), b"x").unwrap_err(),
+        fs::OpenOptions::new()
+            .write(true)
+            .open(t.m("one byte"))
+            .unwrap_err(),
+        fs::create_dir(t.m("new-dir")).unwrap_err(),
+        fs::remove_file(t.m("empty")).unwrap_err(),
+        fs::rename(t.m("empty"), t.m("moved")).unwrap_err(),
+        fs::set_permissions(t.m("empty"), fs::Permissions::from_mode(0o600)).unwrap_err(),
+    ] {
+        assert_eq!(e.raw_os_error(), Some(30), "EROFS: {e}");
+    }
+    let st = rustix::fs::statvfs(&t.mnt).unwrap();
+    let so = rustix::fs::statvfs(&t.origin).unwrap();
+    assert_eq!(
+        (st.f_blocks, st.f_bsize),
+        (so.f_blocks, so.f_bsize),
+        "statfs"
+    );
+    // `strata stats` itself asks the mount's root for an extended attribute.
+    let after = t.stat_u64("fuse_uring_requests");
+    assert!(
+        after > before + 300,
+        "the queues answered {} requests",
+        after - before
+    );
     t.umount();
 }

@@ -13,19 +13,22 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::Sender;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use rustc_hash::FxHashMap;
 use strata::origin::{Attr, FileKind};
-use strata::{Engine, Handle};
+use strata::{Engine, Handle, ReadBuf};
+
+mod uring;
+pub use uring::UringQueues;
 
 /// Name of the extended attribute of the mount's root that gives the path of the
 /// daemon's control socket (used by `strata stats` and `strata umount`). It is not
@@ -50,6 +53,23 @@ pub struct FsOptions {
     pub control: Option<PathBuf>,
     /// Let the kernel read fully cached files straight from the disk cache.
     pub passthrough: bool,
+    /// Serve requests from per-CPU io_uring queues (FUSE over io_uring) when the
+    /// kernel offers it; /dev/fuse otherwise. Not together with `passthrough`.
+    pub uring: bool,
+    /// Users other than the mounting one may use the mount; otherwise requests from
+    /// them are refused (as the fuser session refuses them).
+    pub allow_other: bool,
+}
+
+/// The filesystem as the fuser session holds it: it shares the [`StrataFs`] with the
+/// io_uring queues.
+pub struct FuseFs(pub Arc<StrataFs>);
+
+impl std::ops::Deref for FuseFs {
+    type Target = StrataFs;
+    fn deref(&self) -> &StrataFs {
+        &self.0
+    }
 }
 
 /// An open file.
@@ -99,7 +119,11 @@ pub struct StrataFs {
     /// makes a new one for the next lookup, so new opens cannot share the old backing.
     gens: Arc<Mutex<FxHashMap<u64, u64>>>,
     /// Passthrough was asked for and the kernel agreed (set at INIT).
-    passthrough: bool,
+    passthrough: AtomicBool,
+    /// Whether the kernel agreed to FUSE over io_uring, once INIT is answered.
+    pub(crate) uring: uring::Gate,
+    /// The user who mounted (see `FsOptions::allow_other`).
+    pub(crate) owner: u32,
     dirs: Mutex<FxHashMap<u64, Arc<Vec<strata::origin::DirEntry>>>>,
     next_fh: AtomicU64,
     erofs_logged: AtomicU64,
@@ -236,11 +260,18 @@ impl StrataFs {
             files: Mutex::new(FxHashMap::default()),
             io: Arc::new(Mutex::new(FxHashMap::default())),
             gens: Arc::new(Mutex::new(FxHashMap::default())),
-            passthrough: false,
+            passthrough: AtomicBool::new(false),
+            uring: uring::Gate::default(),
+            owner: rustix::process::getuid().as_raw(),
             dirs: Mutex::new(FxHashMap::default()),
             next_fh: AtomicU64::new(1),
             erofs_logged: AtomicU64::new(0),
         })
+    }
+
+    /// Lets io_uring queue threads that still wait for INIT end.
+    pub fn stop_uring(&self) {
+        self.uring.close();
     }
 
     /// The part that forwards invalidations; connect it once the session exists.
@@ -393,8 +424,27 @@ impl StrataFs {
     }
 }
 
-impl fuser::Filesystem for StrataFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+/// What a getxattr or listxattr answers: the size asked for (a size of 0), or the
+/// value itself.
+pub(crate) enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+fn xattr_answer(v: Vec<u8>, size: u32) -> Result<Xattr, Errno> {
+    if size == 0 {
+        Ok(Xattr::Size(v.len() as u32))
+    } else if v.len() > size as usize {
+        Err(Errno::ERANGE)
+    } else {
+        Ok(Xattr::Data(v))
+    }
+}
+
+// The operations, apart from how their answers travel: the fuser session (/dev/fuse)
+// and the io_uring queues (`uring`) both call these.
+impl StrataFs {
+    fn negotiate(&self, config: &mut KernelConfig) {
         let _ = config.set_max_readahead(MAX_READ);
         let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_background(64);
@@ -406,39 +456,45 @@ impl fuser::Filesystem for StrataFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        let mut passthrough = false;
         if self.opts.passthrough && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
             // Backing files are the cache's own files on a local filesystem: one level.
-            if config.set_max_stack_depth(1).is_ok()
-                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            {
-                self.passthrough = true;
-            }
+            passthrough = config.set_max_stack_depth(1).is_ok()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
         }
-        tracing::debug!(passthrough = self.passthrough, "FUSE session initialized");
-        Ok(())
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        let uring = self.opts.uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+        if self.opts.uring && !uring {
+            tracing::warn!(
+                "the kernel does not offer FUSE over io_uring (is /sys/module/fuse/parameters/enable_uring 1?): requests go through /dev/fuse"
+            );
+        }
+        self.uring.decide(uring);
+        tracing::debug!(passthrough, uring, "FUSE session initialized");
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
+    pub(crate) fn do_lookup(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let path = self.child(parent, name)?;
         match self.engine.stat(&path) {
             Ok(a) => {
                 let ino = self.ino_of(&path, &a);
                 self.remember(ino, &path);
-                let generation = Generation(self.gen_of(ino));
-                reply.entry(&self.opts.attr_ttl, &self.fattr(ino, &a), generation);
+                Ok((self.fattr(ino, &a), self.gen_of(ino)))
             }
-            Err(e) if e.raw_os_error() == Some(2) => {
-                // A negative entry (inode 0) the kernel may cache for the TTL.
-                reply.entry(&self.opts.attr_ttl, &negative_entry(), Generation(0));
-            }
-            Err(e) => reply.error(errno(&e)),
+            // A negative entry (inode 0) the kernel may cache for the TTL.
+            Err(e) if e.raw_os_error() == Some(2) => Ok((negative_entry(), 0)),
+            Err(e) => Err(errno(&e)),
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn do_forget(&self, ino: INodeNo, nlookup: u64) {
         if ino.0 == 1 {
             return;
         }
@@ -454,102 +510,336 @@ impl fuser::Filesystem for StrataFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr_of(ino) {
-            Ok((_, a)) => reply.attr(&self.opts.attr_ttl, &self.fattr(ino.0, &a)),
-            Err(e) => reply.error(e),
-        }
+    pub(crate) fn do_getattr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        self.attr_of(ino).map(|(_, a)| self.fattr(ino.0, &a))
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.engine.read_link(&path) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        }
+    pub(crate) fn do_readlink(&self, ino: INodeNo) -> Result<Arc<[u8]>, Errno> {
+        let path = self.path_of(ino)?;
+        self.engine.read_link(&path).map_err(|e| errno(&e))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc_o_trunc() != 0 {
-            return reply.error(self.refuse_write("open for writing", ino, None));
+    /// The part of an open common to every way of reading: refuses writing, opens
+    /// the engine's handle and checks it is still this inode's file.
+    fn open_handle(&self, ino: INodeNo, flags: i32) -> Result<(Arc<Handle>, u64), Errno> {
+        let write = flags & rustix::fs::OFlags::ACCMODE.bits() as i32
+            != rustix::fs::OFlags::RDONLY.bits() as i32;
+        if write || flags & libc_o_trunc() != 0 {
+            return Err(self.refuse_write("open for writing", ino, None));
         }
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        let h = match self.engine.open(&path) {
-            Ok(h) => Arc::new(h),
-            Err(e) => return reply.error(errno(&e)),
-        };
+        let path = self.path_of(ino)?;
+        let h = Arc::new(self.engine.open(&path).map_err(|e| errno(&e))?);
         // The open just refreshed the attributes: is it still this inode's file?
         let same = self
             .engine
             .stat(&path)
             .is_ok_and(|a| self.ino_of(&path, &a) == ino.0);
         if !same {
-            return reply.error(Errno::ESTALE);
+            return Err(Errno::ESTALE);
         }
-        let fh = self.new_fh();
+        Ok((h, self.new_fh()))
+    }
+
+    /// Registers an open file that reads through strata (and the kernel's page
+    /// cache); the kernel must hear of it after this: a read may follow at once.
+    fn register_open(&self, fh: u64, h: Arc<Handle>, key: (u64, u64), passthrough: bool) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            fh,
+            OpenFile {
+                handle: h,
+                key,
+                passthrough,
+            },
+        );
+    }
+
+    /// Opens `ino` to be read through strata; returns the file handle.
+    pub(crate) fn do_open_cached(&self, ino: INodeNo, flags: i32) -> Result<u64, Errno> {
+        let (h, fh) = self.open_handle(ino, flags)?;
         let key = (ino.0, self.gen_of(ino.0));
-        let mut pt_candidate = None;
-        if self.passthrough {
-            let join = {
-                let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-                io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
-            };
-            if !matches!(join, Some((c, false)) if c > 0) {
-                // Asked outside the lock: it may consult the origin.
-                pt_candidate = self.engine.passthrough(&h);
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        io.entry(key).or_default().cached += 1;
+        self.register_open(fh, h, key, false);
+        Ok(fh)
+    }
+
+    pub(crate) fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadBuf, Errno> {
+        let h = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .map(|f| f.handle.clone())
+            .ok_or(Errno::EBADF)?;
+        self.engine
+            .read(&h, offset, size as usize)
+            .map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_release(&self, fh: u64) {
+        let f = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        let Some(f) = f else { return };
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(st) = io.get_mut(&f.key) {
+            if f.passthrough {
+                if let Some((_, _, opens)) = &mut st.passthrough {
+                    *opens -= 1;
+                    if *opens == 0 {
+                        // Closes the backing id and unpins the cached object.
+                        st.passthrough = None;
+                    }
+                }
+            } else {
+                st.cached = st.cached.saturating_sub(1);
             }
+            if st.cached == 0 && st.passthrough.is_none() {
+                io.remove(&f.key);
+            }
+        }
+    }
+
+    pub(crate) fn do_opendir(&self, ino: INodeNo) -> Result<u64, Errno> {
+        let path = self.path_of(ino)?;
+        // A snapshot of the listing per open directory keeps offsets stable.
+        let list = self.engine.read_dir(&path).map_err(|e| errno(&e))?;
+        let fh = self.new_fh();
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, list);
+        Ok(fh)
+    }
+
+    /// Lists an open directory from `offset` on into `add` (inode, next offset, type,
+    /// name) until it says the reply is full.
+    pub(crate) fn do_readdir(
+        &self,
+        ino: INodeNo,
+        fh: u64,
+        offset: u64,
+        add: &mut dyn FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> Result<(), Errno> {
+        let list = self.dir(fh).ok_or(Errno::EBADF)?;
+        let parent = self.parent_ino(ino);
+        for i in offset as usize..list.len() + 2 {
+            let full = match i {
+                0 => add(ino.0, 1, FileType::Directory, OsStr::new(".")),
+                1 => add(parent, 2, FileType::Directory, OsStr::new("..")),
+                _ => {
+                    let e = &list[i - 2];
+                    let known = (!self.stable_inodes)
+                        .then(|| {
+                            let p = self.path_of(ino).ok()?.join(&e.name);
+                            self.read_nodes().by_path.get(&p).copied()
+                        })
+                        .flatten();
+                    let d_ino = known.unwrap_or(if e.ino == 0 { u64::MAX } else { e.ino });
+                    add(d_ino, i as u64 + 1, file_type(e.kind), &e.name)
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists an open directory with attributes from `offset` on into `add` (next
+    /// offset, name, attributes, generation) until it says the reply is full. The
+    /// kernel holds a reference for each entry it got, "." and ".." apart.
+    pub(crate) fn do_readdirplus(
+        &self,
+        ino: INodeNo,
+        fh: u64,
+        offset: u64,
+        add: &mut dyn FnMut(u64, &OsStr, &FileAttr, u64) -> bool,
+    ) -> Result<(), Errno> {
+        let list = self.dir(fh).ok_or(Errno::EBADF)?;
+        let dir_path = self.path_of(ino)?;
+        let start = offset as usize;
+        // Attributes of the next entries, asked of the origin in parallel when cold.
+        let batch_end = (start.max(2) + 256).min(list.len() + 2);
+        let paths: Vec<PathBuf> = (start.max(2)..batch_end)
+            .map(|i| dir_path.join(&list[i - 2].name))
+            .collect();
+        let attrs = self.engine.stat_many(&paths, LISTING_PARALLELISM);
+        for i in start..batch_end {
+            let full = match i {
+                0 | 1 => {
+                    let (name, e_ino, p) = if i == 0 {
+                        (".", ino.0, dir_path.clone())
+                    } else {
+                        let parent = self.parent_ino(ino);
+                        let pp = self.path_of(INodeNo(parent)).unwrap_or_default();
+                        ("..", parent, pp)
+                    };
+                    match self.engine.stat(&p) {
+                        Ok(a) => add(i as u64 + 1, OsStr::new(name), &self.fattr(e_ino, &a), 0),
+                        Err(_) => false,
+                    }
+                }
+                _ => {
+                    let k = i - start.max(2);
+                    let e = &list[i - 2];
+                    match &attrs[k] {
+                        Ok(a) => {
+                            let e_ino = self.ino_of(&paths[k], a);
+                            let attr = self.fattr(e_ino, a);
+                            let full = add(i as u64 + 1, &e.name, &attr, self.gen_of(e_ino));
+                            if !full {
+                                self.remember(e_ino, &paths[k]);
+                            }
+                            full
+                        }
+                        // Vanished since the listing: leave it out.
+                        Err(_) => false,
+                    }
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn do_releasedir(&self, fh: u64) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    pub(crate) fn do_statfs(&self) -> Result<strata::origin::FsStats, Errno> {
+        self.engine.statfs().map_err(|e| errno(&e))
+    }
+
+    pub(crate) fn do_getxattr(
+        &self,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
+    ) -> Result<Xattr, Errno> {
+        let value = if ino.0 == 1 && name == CONTROL_XATTR {
+            match &self.opts.control {
+                Some(p) => p.as_os_str().as_bytes().to_vec(),
+                None => return Err(Errno::from_i32(61)), // ENODATA
+            }
+        } else if ino.0 == 1 && name == PID_XATTR {
+            std::process::id().to_string().into_bytes()
+        } else {
+            let p = self.path_of(ino)?;
+            self.engine
+                .get_xattr(&p, name)
+                .map_err(|e| errno(&e))?
+                .to_vec()
+        };
+        xattr_answer(value, size)
+    }
+
+    pub(crate) fn do_listxattr(&self, ino: INodeNo, size: u32) -> Result<Xattr, Errno> {
+        let p = self.path_of(ino)?;
+        let names = self.engine.list_xattr(&p).map_err(|e| errno(&e))?;
+        let mut buf = Vec::new();
+        for n in names.iter() {
+            buf.extend_from_slice(n.as_bytes());
+            buf.push(0);
+        }
+        xattr_answer(buf, size)
+    }
+
+    pub(crate) fn do_access(&self, ino: INodeNo, mask: i32) -> Result<(), Errno> {
+        if mask & AccessFlags::W_OK.bits() != 0 {
+            return Err(self.refuse_write("access for writing", ino, None));
+        }
+        self.attr_of(ino).map(|_| ())
+    }
+}
+
+impl fuser::Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        self.0.negotiate(config);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent, name) {
+            Ok((attr, generation)) => {
+                reply.entry(&self.opts.attr_ttl, &attr, Generation(generation))
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.do_forget(ino, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.do_getattr(ino) {
+            Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.do_readlink(ino) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return match self.do_open_cached(ino, flags.0) {
+                Ok(fh) => reply.opened(FileHandle(fh), cached_open_flags()),
+                Err(e) => reply.error(e),
+            };
+        }
+        let (h, fh) = match self.open_handle(ino, flags.0) {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let key = (ino.0, self.gen_of(ino.0));
+        let join = {
+            let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+            io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
+        };
+        let mut pt_candidate = None;
+        if !matches!(join, Some((c, false)) if c > 0) {
+            // Asked outside the lock: it may consult the origin.
+            pt_candidate = self.engine.passthrough(&h);
         }
         let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
         let st = io.entry(key).or_default();
-        // The file is known before the kernel hears of it: a read may follow at once.
-        let register = |passthrough: bool| {
-            self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                fh,
-                OpenFile {
-                    handle: h.clone(),
-                    key,
-                    passthrough,
-                },
-            );
-        };
         if let Some((backing, _, opens)) = &mut st.passthrough {
             // Every passthrough open of an inode must share its backing file.
             *opens += 1;
-            register(true);
+            self.register_open(fh, h, key, true);
             reply_pt(reply, fh, backing);
         } else if let (Some(pt), 0) = (pt_candidate, st.cached) {
             match reply.open_backing(&pt.file) {
                 Ok(backing) => {
                     st.passthrough = Some((backing, pt, 1));
-                    register(true);
+                    self.register_open(fh, h, key, true);
                     let (backing, _, _) = st.passthrough.as_ref().expect("just set");
                     reply_pt(reply, fh, backing);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "passthrough refused; reading through strata");
                     st.cached += 1;
-                    register(false);
-                    reply.opened(
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-                    );
+                    self.register_open(fh, h, key, false);
+                    reply.opened(FileHandle(fh), cached_open_flags());
                 }
             }
         } else {
             st.cached += 1;
-            register(false);
-            // Keep the kernel's page cache across opens; the engine drops it through
-            // the notifier when the object changes.
-            reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-            );
+            self.register_open(fh, h, key, false);
+            reply.opened(FileHandle(fh), cached_open_flags());
         }
     }
 
@@ -564,21 +854,12 @@ impl fuser::Filesystem for StrataFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let h = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .map(|f| f.handle.clone());
-        let Some(h) = h else {
-            return reply.error(Errno::EBADF);
-        };
-        match self.engine.read(&h, offset, size as usize) {
+        match self.do_read(fh.0, offset, size) {
             Ok(b) => match b.as_single() {
                 Some(one) => reply.data(one),
                 None => reply.data(&b.to_vec()),
             },
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -604,49 +885,14 @@ impl fuser::Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let f = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
-        if let Some(f) = f {
-            let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(st) = io.get_mut(&f.key) {
-                if f.passthrough {
-                    if let Some((_, _, opens)) = &mut st.passthrough {
-                        *opens -= 1;
-                        if *opens == 0 {
-                            // Closes the backing id and unpins the cached object.
-                            st.passthrough = None;
-                        }
-                    }
-                } else {
-                    st.cached = st.cached.saturating_sub(1);
-                }
-                if st.cached == 0 && st.passthrough.is_none() {
-                    io.remove(&f.key);
-                }
-            }
-        }
+        self.do_release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        // A snapshot of the listing per open directory keeps offsets stable.
-        match self.engine.read_dir(&path) {
-            Ok(list) => {
-                let fh = self.new_fh();
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, list);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(errno(&e)),
+        match self.do_opendir(ino) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -658,31 +904,13 @@ impl fuser::Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(list) = self.dir(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        let parent = self.parent_ino(ino);
-        for i in offset as usize..list.len() + 2 {
-            let full = match i {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
-                _ => {
-                    let e = &list[i - 2];
-                    let known = (!self.stable_inodes)
-                        .then(|| {
-                            let p = self.path_of(ino).ok()?.join(&e.name);
-                            self.read_nodes().by_path.get(&p).copied()
-                        })
-                        .flatten();
-                    let d_ino = known.unwrap_or(if e.ino == 0 { u64::MAX } else { e.ino });
-                    reply.add(INodeNo(d_ino), i as u64 + 1, file_type(e.kind), &e.name)
-                }
-            };
-            if full {
-                break;
-            }
+        let r = self.do_readdir(ino, fh.0, offset, &mut |ino, off, kind, name| {
+            reply.add(INodeNo(ino), off, kind, name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -693,74 +921,14 @@ impl fuser::Filesystem for StrataFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(list) = self.dir(fh) else {
-            return reply.error(Errno::EBADF);
-        };
-        let dir_path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
         let ttl = self.opts.attr_ttl;
-        let start = offset as usize;
-        // Attributes of the next entries, asked of the origin in parallel when cold.
-        let batch_end = (start.max(2) + 256).min(list.len() + 2);
-        let paths: Vec<PathBuf> = (start.max(2)..batch_end)
-            .map(|i| dir_path.join(&list[i - 2].name))
-            .collect();
-        let attrs = self.engine.stat_many(&paths, LISTING_PARALLELISM);
-        for i in start..batch_end {
-            let full = match i {
-                0 | 1 => {
-                    // The kernel takes no reference for "." and "..".
-                    let (name, e_ino, p) = if i == 0 {
-                        (".", ino.0, dir_path.clone())
-                    } else {
-                        let parent = self.parent_ino(ino);
-                        let pp = self.path_of(INodeNo(parent)).unwrap_or_default();
-                        ("..", parent, pp)
-                    };
-                    match self.engine.stat(&p) {
-                        Ok(a) => reply.add(
-                            INodeNo(e_ino),
-                            i as u64 + 1,
-                            name,
-                            &ttl,
-                            &self.fattr(e_ino, &a),
-                            Generation(0),
-                        ),
-                        Err(_) => false,
-                    }
-                }
-                _ => {
-                    let k = i - start.max(2);
-                    let e = &list[i - 2];
-                    match &attrs[k] {
-                        Ok(a) => {
-                            let e_ino = self.ino_of(&paths[k], a);
-                            let full = reply.add(
-                                INodeNo(e_ino),
-                                i as u64 + 1,
-                                &e.name,
-                                &ttl,
-                                &self.fattr(e_ino, a),
-                                Generation(self.gen_of(e_ino)),
-                            );
-                            if !full {
-                                // The kernel holds a reference for each entry it got.
-                                self.remember(e_ino, &paths[k]);
-                            }
-                            full
-                        }
-                        // Vanished since the listing: leave it out.
-                        Err(_) => false,
-                    }
-                }
-            };
-            if full {
-                break;
-            }
+        let r = self.do_readdirplus(ino, fh.0, offset, &mut |off, name, attr, generation| {
+            reply.add(attr.ino, off, name, &ttl, attr, Generation(generation))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -771,74 +939,38 @@ impl fuser::Filesystem for StrataFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.do_releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.engine.statfs() {
+        match self.do_statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let value: Result<Vec<u8>, Errno> = if ino.0 == 1 && name == CONTROL_XATTR {
-            match &self.opts.control {
-                Some(p) => Ok(p.as_os_str().as_bytes().to_vec()),
-                None => Err(Errno::from_i32(61)), // ENODATA
-            }
-        } else if ino.0 == 1 && name == PID_XATTR {
-            Ok(std::process::id().to_string().into_bytes())
-        } else {
-            self.path_of(ino).and_then(|p| {
-                self.engine
-                    .get_xattr(&p, name)
-                    .map(|v| v.to_vec())
-                    .map_err(|e| errno(&e))
-            })
-        };
-        match value {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
+        match self.do_getxattr(ino, name, size) {
+            Ok(Xattr::Size(n)) => reply.size(n),
+            Ok(Xattr::Data(v)) => reply.data(&v),
             Err(e) => reply.error(e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let names = match self
-            .path_of(ino)
-            .and_then(|p| self.engine.list_xattr(&p).map_err(|e| errno(&e)))
-        {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        let mut buf = Vec::new();
-        for n in names.iter() {
-            buf.extend_from_slice(n.as_bytes());
-            buf.push(0);
-        }
-        if size == 0 {
-            reply.size(buf.len() as u32);
-        } else if buf.len() > size as usize {
-            reply.error(Errno::ERANGE);
-        } else {
-            reply.data(&buf);
+        match self.do_listxattr(ino, size) {
+            Ok(Xattr::Size(n)) => reply.size(n),
+            Ok(Xattr::Data(v)) => reply.data(&v),
+            Err(e) => reply.error(e),
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        if mask.contains(AccessFlags::W_OK) {
-            return reply.error(self.refuse_write("access for writing", ino, None));
-        }
-        match self.attr_of(ino) {
-            Ok(_) => reply.ok(),
+        match self.do_access(ino, mask.bits()) {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -994,11 +1126,11 @@ impl fuser::Filesystem for StrataFs {
 }
 
 impl StrataFs {
-    fn dir(&self, fh: FileHandle) -> Option<Arc<Vec<strata::origin::DirEntry>>> {
+    fn dir(&self, fh: u64) -> Option<Arc<Vec<strata::origin::DirEntry>>> {
         self.dirs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
+            .get(&fh)
             .cloned()
     }
 
@@ -1027,6 +1159,12 @@ impl StrataFs {
 
 fn libc_o_trunc() -> i32 {
     rustix::fs::OFlags::TRUNC.bits() as i32
+}
+
+/// Keep the kernel's page cache across opens; the engine drops it through the
+/// notifier when the object changes.
+fn cached_open_flags() -> FopenFlags {
+    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
 }
 
 fn reply_pt(reply: ReplyOpen, fh: u64, backing: &fuser::BackingId) {

@@ -65,6 +65,7 @@ stats! {
     fill_errors: "fills that failed on a cache device error",
     promotions: "blocks copied from the disk tier to the RAM tier",
     passthrough_opens: "opens of fully cached files the kernel then reads directly from the disk tier",
+    fuse_uring_requests: "FUSE requests answered from the io_uring queues (--uring) rather than /dev/fuse",
     ram_refusals: "puts the RAM tier refused",
     disk_refusals: "fills the disk tier refused (stopped, object gone)",
     disk_refused_space: "fills refused because free space was below the stop threshold",

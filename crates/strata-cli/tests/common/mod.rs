@@ -48,7 +48,21 @@ impl Mount {
         self.mounted = true;
     }
 
+    /// Mounts with extra arguments, and those of STRATA_TEST_MOUNT_ARGS (scripts/test
+    /// runs the mount tests again with `--uring` that way; not where a test asks for
+    /// `--passthrough`, which `--uring` does not take).
     pub fn try_mount(&self, extra: &[&str]) -> std::process::Output {
+        let env = std::env::var("STRATA_TEST_MOUNT_ARGS").unwrap_or_default();
+        let more: Vec<&str> = if extra.contains(&"--passthrough") {
+            Vec::new()
+        } else {
+            env.split_whitespace()
+                .filter(|a| !extra.contains(a))
+                .collect()
+        };
+        if more.contains(&"--uring") {
+            enable_fuse_uring();
+        }
         Command::new(STRATA)
             .arg("mount")
             .arg(&self.origin)
@@ -56,6 +70,7 @@ impl Mount {
             .arg("--cache-dir")
             .arg(&self.cache)
             .args(extra)
+            .args(more)
             .output()
             .unwrap()
     }
@@ -256,4 +271,11 @@ impl Drop for SshfsOrigin {
 pub fn sshfs_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Turns FUSE over io_uring on in the kernel (off by default); false where the kernel
+/// does not have it.
+pub fn enable_fuse_uring() -> bool {
+    let param = Path::new("/sys/module/fuse/parameters/enable_uring");
+    param.exists() && std::fs::write(param, "1").is_ok()
 }

@@ -381,6 +381,11 @@ impl Engine {
         s
     }
 
+    /// The live counters, for a front end's own (see `fuse_uring_requests`).
+    pub fn counters(&self) -> &Stats {
+        &self.inner.stats
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.cfg
     }
