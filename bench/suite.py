@@ -8,6 +8,7 @@ is put in front of that same sshfs mount:
   nocache    reading the sshfs mount directly
   strata     strata with its defaults
   strata-pt  strata with --passthrough
+  strata-uring  strata with --uring (FUSE over io_uring; not run unless named)
   rclone     rclone mount --vfs-cache-mode full, over the mount as a local remote
   catfs      catfs (if installed)
   local      a copy of the same files on the local disk: the physical limit
@@ -97,6 +98,10 @@ class Contender:
         """Requests the cache has sent to the origin so far, where it says."""
         return None
 
+    def read_split(self):
+        """Where the reads' time went, where the cache says (strata's counters)."""
+        return None
+
 
 class NoCache(Contender):
     name = "nocache"
@@ -136,12 +141,27 @@ class Strata(Contender):
             sh(STRATA, "umount", self.mnt, check=False)
         super().umount()
 
-    def origin_requests(self):
+    def stats(self):
         out = sh(STRATA, "stats", "--json", self.mnt, capture_output=True, check=False).stdout
         try:
-            return json.loads(out)["stats"]["origin_requests"]
+            return json.loads(out)["stats"]
         except (ValueError, KeyError):
             return None
+
+    def origin_requests(self):
+        s = self.stats()
+        return s.get("origin_requests") if s else None
+
+    def read_split(self):
+        """Where a cold read's time went: per reader-issued origin request, the whole
+        read, the wait for the origin thread's answer, and the origin's own part."""
+        s = self.stats()
+        n = s and s["origin_requests"] - s["readahead_requests"]
+        if not n:
+            return None
+        ms = lambda k: s[k] / n / 1000
+        return (f"read {ms('read_us'):.2f} ms, wait {ms('origin_wait_us'):.2f}, "
+                f"origin {ms('origin_read_us'):.2f} (per origin request, {n} requests)")
 
     def settle(self):
         for _ in range(1200):
@@ -157,6 +177,16 @@ class Strata(Contender):
 class StrataPassthrough(Strata):
     name = "strata-pt"
     extra = ["--passthrough"]
+
+
+class StrataUring(Strata):
+    name = "strata-uring"
+    extra = ["--uring"]
+
+    def mount(self):
+        # The kernel ships FUSE over io_uring off.
+        Path("/sys/module/fuse/parameters/enable_uring").write_text("1")
+        super().mount()
 
 
 class Rclone(Contender):
@@ -379,6 +409,9 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                 lats.append(list(LAT_LAST))
                 if pair and base:
                     ratios.append(got[-1] / base)
+                    # Tells a slow round (the origin's time grows) from strata's own cost.
+                    if split := c.read_split():
+                        print(f"  {rtt} ms {c.name:9} {wl:9} cold run {i + 1}: {split}", flush=True)
                 # A cached run that still went to the origin measures the origin too.
                 if before is not None and (after := c.origin_requests()) is not None and after > before:
                     print(f"  {rtt} ms {c.name:9} {wl:9} {temp}: {after - before} origin requests",
@@ -564,7 +597,7 @@ def headlines(res: dict, a):
             out.append((name, x / y))
 
     low, high = min(a.rtts), max(a.rtts)
-    for n in ("strata", "strata-pt"):
+    for n in ("strata", "strata-pt", "strata-uring"):
         if n not in a.contenders:
             continue
         p = n.replace("-", "_")
@@ -625,6 +658,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / "machine.txt").write_text(machine() + "\n")
     classes = {"nocache": NoCache, "strata": Strata, "strata-pt": StrataPassthrough,
+               "strata-uring": StrataUring,
                "rclone": Rclone, "catfs": Catfs, "local": Local}
     res = {}
     for rtt in a.rtts:

@@ -479,8 +479,9 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     let mut session = fuser::Session::new(FuseFs(fs.clone()), &plan.mountpoint, &cfg)
         .map_err(|e| format!("cannot mount at {}: {e}", plan.mountpoint.display()))?;
     // They wait for INIT, which `run` answers, and serve from then on.
-    UringQueues::start(fs.clone(), session.as_fd(), plan.threads)
+    let queues = UringQueues::start(fs.clone(), session.as_fd(), plan.threads)
         .map_err(|e| format!("cannot start the io_uring queues: {e}"))?;
+    tracing::debug!(threads = queues.threads(), "io_uring queue threads started");
     tune_readahead(&plan.mountpoint);
     invalidator
         .connect(session.notifier())
@@ -499,8 +500,12 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     );
     ready.ok();
     let r = session.run();
-    // Queue threads still waiting for an INIT that never came.
+    // Queue threads still waiting for an INIT that never came end now; the others
+    // finish what they hold before the engine shuts down.
     fs.stop_uring();
+    if !queues.wait_ended(Duration::from_secs(5)) {
+        tracing::warn!("io_uring queue threads still busy after the session ended");
+    }
     tracing::info!("session ended; finishing fills and committing the cache index");
     engine.shutdown();
     let _ = std::fs::remove_file(&socket);

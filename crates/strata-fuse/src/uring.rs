@@ -79,6 +79,19 @@ impl Gate {
 /// (their commands then complete with ENOTCONN), or at once if INIT did not agree.
 pub struct UringQueues {
     threads: Vec<JoinHandle<()>>,
+    /// Threads still serving, and a signal when one ends.
+    live: Arc<(Mutex<usize>, Condvar)>,
+}
+
+/// Counts a serving thread out however it ends.
+struct Leaving(Arc<(Mutex<usize>, Condvar)>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        let (n, cv) = &*self.0;
+        *n.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        cv.notify_all();
+    }
 }
 
 impl UringQueues {
@@ -87,6 +100,7 @@ impl UringQueues {
     pub fn start(fs: Arc<StrataFs>, dev: BorrowedFd<'_>, threads: usize) -> io::Result<Self> {
         let mut out = UringQueues {
             threads: Vec::new(),
+            live: Arc::new((Mutex::new(0), Condvar::new())),
         };
         if !fs.opts.uring {
             return Ok(out);
@@ -101,9 +115,14 @@ impl UringQueues {
             for i in 0..if on { per_cpu } else { 1 } {
                 let dev = dev.try_clone_to_owned()?;
                 let fs = fs.clone();
+                *out.live.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                let leaving = Leaving(out.live.clone());
                 let t = std::thread::Builder::new()
                     .name(format!("strata-uring-{qid}.{i}"))
-                    .spawn(move || serve(&fs, dev, qid as u16, on))?;
+                    .spawn(move || {
+                        let _leaving = leaving;
+                        serve(&fs, dev, qid as u16, on)
+                    })?;
                 out.threads.push(t);
             }
         }
@@ -113,6 +132,18 @@ impl UringQueues {
     /// How many threads serve the queues.
     pub fn threads(&self) -> usize {
         self.threads.len()
+    }
+
+    /// After the session: waits up to `limit` for the threads to finish the requests
+    /// they hold (their next command fails once the connection is gone), so the engine
+    /// is not shut down under them. Returns whether they all ended.
+    pub fn wait_ended(&self, limit: Duration) -> bool {
+        let (n, cv) = &*self.live;
+        let g = n.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = cv
+            .wait_timeout_while(g, limit, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *g == 0
     }
 }
 
