@@ -165,11 +165,8 @@ class Strata(Contender):
 
     def settle(self):
         for _ in range(1200):
-            out = sh(STRATA, "stats", "--json", self.mnt, capture_output=True, check=False).stdout
-            try:
-                if json.loads(out)["stats"]["inflight_fill_bytes"] == 0:
-                    return
-            except (ValueError, KeyError):
+            s = self.stats()
+            if not s or s.get("inflight_fill_bytes", 0) == 0:
                 return
             time.sleep(0.1)
 

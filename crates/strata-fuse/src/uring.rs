@@ -21,7 +21,6 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -78,7 +77,7 @@ impl Gate {
 /// The threads serving the kernel's io_uring queues. They end when the session does
 /// (their commands then complete with ENOTCONN), or at once if INIT did not agree.
 pub struct UringQueues {
-    threads: Vec<JoinHandle<()>>,
+    started: usize,
     /// Threads still serving, and a signal when one ends.
     live: Arc<(Mutex<usize>, Condvar)>,
 }
@@ -99,7 +98,7 @@ impl UringQueues {
     /// wait for INIT and then serve the queues. `dev` is the session's /dev/fuse.
     pub fn start(fs: Arc<StrataFs>, dev: BorrowedFd<'_>, threads: usize) -> io::Result<Self> {
         let mut out = UringQueues {
-            threads: Vec::new(),
+            started: 0,
             live: Arc::new((Mutex::new(0), Condvar::new())),
         };
         if !fs.opts.uring {
@@ -117,13 +116,13 @@ impl UringQueues {
                 let fs = fs.clone();
                 *out.live.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                 let leaving = Leaving(out.live.clone());
-                let t = std::thread::Builder::new()
+                std::thread::Builder::new()
                     .name(format!("strata-uring-{qid}.{i}"))
                     .spawn(move || {
                         let _leaving = leaving;
                         serve(&fs, dev, qid as u16, on)
                     })?;
-                out.threads.push(t);
+                out.started += 1;
             }
         }
         Ok(out)
@@ -131,7 +130,7 @@ impl UringQueues {
 
     /// How many threads serve the queues.
     pub fn threads(&self) -> usize {
-        self.threads.len()
+        self.started
     }
 
     /// After the session: waits up to `limit` for the threads to finish the requests
@@ -294,14 +293,19 @@ fn answer(fs: &StrataFs, header: &mut [u8; HEADER_LEN], payload: &mut [u8]) -> u
     let unique = u64_at(header, 8);
     let nodeid = u64_at(header, 16);
     let in_len = (u32_at(header, ENT + 16) as usize).min(payload.len());
-    let mut op_in = [0u8; OP_IN];
-    op_in.copy_from_slice(&header[OP_IN..2 * OP_IN]);
-    stats_inc(fs);
+    strata::stats::inc(&fs.engine.counters().fuse_uring_requests);
     let uid = u32_at(header, 24);
     let r = if !fs.opts.allow_other && uid != fs.owner && !MAY_COME_WITHOUT_UID.contains(&opcode) {
         Err(Errno::EACCES)
     } else {
-        dispatch(fs, opcode, INodeNo(nodeid), &op_in, in_len, payload)
+        dispatch(
+            fs,
+            opcode,
+            INodeNo(nodeid),
+            &header[OP_IN..ENT],
+            in_len,
+            payload,
+        )
     };
     let (error, n) = match r {
         Ok(n) => (0i32, n),
@@ -311,10 +315,6 @@ fn answer(fs: &StrataFs, header: &mut [u8; HEADER_LEN], payload: &mut [u8]) -> u
     header[4..8].copy_from_slice(&error.to_ne_bytes());
     header[8..16].copy_from_slice(&unique.to_ne_bytes());
     n
-}
-
-fn stats_inc(fs: &StrataFs) {
-    strata::stats::inc(&fs.engine.counters().fuse_uring_requests);
 }
 
 // Opcodes (enum fuse_opcode).
@@ -371,7 +371,7 @@ fn dispatch(
     fs: &StrataFs,
     opcode: u32,
     ino: INodeNo,
-    op_in: &[u8; OP_IN],
+    op_in: &[u8],
     in_len: usize,
     payload: &mut [u8],
 ) -> Result<usize, Errno> {
