@@ -125,9 +125,6 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
     if threads == 0 || threads > 1024 {
         return Err("--threads must be between 1 and 1024".into());
     }
-    if o.uring && o.passthrough {
-        return Err("--uring and --passthrough cannot be used together yet".into());
-    }
     let log_level = o.log_level.clone().unwrap_or_else(|| "info".into());
     if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
         return Err(format!("unknown log level {log_level:?}"));
@@ -477,6 +474,9 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     cfg.clone_fd = true;
     let mut session = fuser::Session::new(FuseFs(fs.clone()), &plan.mountpoint, &cfg)
         .map_err(|e| format!("cannot mount at {}: {e}", plan.mountpoint.display()))?;
+    // Passthrough's backing files are registered on the session's own /dev/fuse file.
+    fs.attach_device(session.as_fd())
+        .map_err(|e| format!("cannot keep the FUSE device: {e}"))?;
     // They wait for INIT, which `run` answers, and serve from then on.
     let queues = UringQueues::start(fs.clone(), session.as_fd(), plan.threads)
         .map_err(|e| format!("cannot start the io_uring queues: {e}"))?;

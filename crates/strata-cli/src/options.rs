@@ -78,7 +78,7 @@ pub struct MountOpts {
     /// Serve FUSE requests from per-CPU io_uring queues (FUSE over io_uring, Linux
     /// 6.14+ with /sys/module/fuse/parameters/enable_uring set to 1): a request is
     /// answered on the CPU that made it. Falls back to /dev/fuse, with a warning, where
-    /// the kernel does not offer it. Not with --passthrough
+    /// the kernel does not offer it
     #[arg(long)]
     pub uring: bool,
     /// Threads serving FUSE requests [default: 16]

@@ -745,6 +745,48 @@ fn passthrough_serves_settled_files_and_new_opens_still_see_changes() {
     t.umount();
 }
 
+/// The io_uring queues answer opens of settled, fully cached files with a backing
+/// file, as the /dev/fuse session does: the kernel then reads them itself.
+#[test]
+fn uring_queues_hand_settled_files_to_the_kernel_by_passthrough() {
+    if !enable_fuse_uring() {
+        eprintln!("skipped: this kernel has no FUSE over io_uring");
+        return;
+    }
+    let mut t = Mount::new();
+    let old = pattern(43, 1_200_000);
+    fs::write(t.o("settled"), &old).unwrap();
+    age(&t.o("settled"), 3600);
+    t.mount(&["--uring", "--passthrough"]);
+    assert_eq!(fs::read(t.m("settled")).unwrap(), old);
+    assert!(eventually(Duration::from_secs(10), || t
+        .stat_u64("inflight_fill_bytes")
+        == 0));
+    drop_page_cache();
+    let reads_before = t.stat_u64("reads");
+    // Two opens at once share one backing file.
+    let a = fs::File::open(t.m("settled")).unwrap();
+    let b = fs::File::open(t.m("settled")).unwrap();
+    let mut got = Vec::new();
+    for mut f in [a, b] {
+        got.clear();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, old);
+    }
+    let s = t.stats();
+    assert_eq!(s["passthrough_opens"], 2, "{s}");
+    assert_eq!(
+        s["reads"].as_u64().unwrap(),
+        reads_before,
+        "the kernel read it, not strata"
+    );
+    assert!(s["fuse_uring_requests"].as_u64().unwrap() > 0, "{s}");
+    // Released and opened again: a new backing id, the same bytes.
+    assert_eq!(fs::read(t.m("settled")).unwrap(), old);
+    assert_eq!(t.stats()["passthrough_opens"], 3);
+    t.umount();
+}
+
 /// FUSE over io_uring: every request after INIT answered from the per-CPU queues,
 /// with the same bytes, attributes and errors as through /dev/fuse.
 #[test]
@@ -755,14 +797,6 @@ fn uring_queues_answer_with_the_same_bytes_attributes_and_errors() {
     }
     let mut t = Mount::new();
     build_tree(&t.origin, 8, 300);
-    let out = t.try_mount(&["--uring", "--passthrough"]);
-    assert!(
-        !out.status.success(),
-        "--uring with --passthrough is refused"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--uring and --passthrough"), "{err}");
-
     t.mount(&["--uring", "--attr-ttl", "30s"]);
     let before = t.stat_u64("fuse_uring_requests");
     assert!(compare_tree(&t.origin, &t.mnt) > 300);

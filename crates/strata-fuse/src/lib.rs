@@ -11,10 +11,11 @@
 use std::collections::hash_map::Entry;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::Sender;
@@ -87,7 +88,40 @@ struct InodeIo {
     /// Opens read through strata and the kernel's page cache of the inode.
     cached: u32,
     /// The backing file (and its pin) shared by the passthrough opens.
-    passthrough: Option<(fuser::BackingId, strata::Passthrough, u32)>,
+    passthrough: Option<(Backing, strata::Passthrough, u32)>,
+}
+
+/// A backing file registered with the kernel for passthrough. Registered on the
+/// session's /dev/fuse file itself rather than through fuser's reply, so that the
+/// io_uring queues, which answer opens without fuser, can hand it out too.
+struct Backing {
+    dev: Arc<OwnedFd>,
+    id: u32,
+}
+
+/// `FUSE_DEV_IOC_BACKING_CLOSE`: `_IOW(229, 2, uint32_t)`.
+const BACKING_CLOSE: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<u32>(229, 2);
+
+impl Backing {
+    fn open(dev: &Arc<OwnedFd>, file: &std::fs::File) -> io::Result<Self> {
+        let id = fuser::BackingId::create_raw(dev.as_fd(), file)?;
+        Ok(Backing {
+            dev: dev.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // SAFETY: the opcode is the kernel's, and it reads a u32 backing id.
+        let close = unsafe { rustix::ioctl::Setter::<BACKING_CLOSE, u32>::new(self.id) };
+        // SAFETY: `dev` is the /dev/fuse file the id was registered on.
+        if let Err(e) = unsafe { rustix::ioctl::ioctl(self.dev.as_fd(), close) } {
+            // After unmount the connection is gone, and with it the id.
+            tracing::debug!(error = %e, id = self.id, "closing a passthrough backing id");
+        }
+    }
 }
 
 struct Node {
@@ -120,6 +154,8 @@ pub struct StrataFs {
     gens: Arc<Mutex<FxHashMap<u64, u64>>>,
     /// Passthrough was asked for and the kernel agreed (set at INIT).
     passthrough: AtomicBool,
+    /// The session's /dev/fuse file, on which backing files are registered.
+    device: OnceLock<Arc<OwnedFd>>,
     /// Whether the kernel agreed to FUSE over io_uring, once INIT is answered.
     pub(crate) uring: uring::Gate,
     /// The user who mounted (see `FsOptions::allow_other`).
@@ -261,12 +297,21 @@ impl StrataFs {
             io: Arc::new(Mutex::new(FxHashMap::default())),
             gens: Arc::new(Mutex::new(FxHashMap::default())),
             passthrough: AtomicBool::new(false),
+            device: OnceLock::new(),
             uring: uring::Gate::default(),
             owner: rustix::process::getuid().as_raw(),
             dirs: Mutex::new(FxHashMap::default()),
             next_fh: AtomicU64::new(1),
             erofs_logged: AtomicU64::new(0),
         })
+    }
+
+    /// Gives the session's /dev/fuse file, needed for passthrough; call it before the
+    /// session answers INIT. Without it, opens read through strata.
+    pub fn attach_device(&self, dev: BorrowedFd<'_>) -> io::Result<()> {
+        let dev = dev.try_clone_to_owned()?;
+        let _ = self.device.set(Arc::new(dev));
+        Ok(())
     }
 
     /// Lets io_uring queue threads that still wait for INIT end.
@@ -563,6 +608,51 @@ impl StrataFs {
         Ok(fh)
     }
 
+    /// Opens `ino`; returns the file handle, and the backing id when the kernel is
+    /// to read it by passthrough. The id stays registered until this open's release.
+    pub(crate) fn do_open(&self, ino: INodeNo, flags: i32) -> Result<(u64, Option<u32>), Errno> {
+        let dev = match self.device.get() {
+            Some(d) if self.passthrough.load(Ordering::Relaxed) => d,
+            _ => return self.do_open_cached(ino, flags).map(|fh| (fh, None)),
+        };
+        let (h, fh) = self.open_handle(ino, flags)?;
+        let key = (ino.0, self.gen_of(ino.0));
+        let join = {
+            let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+            io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
+        };
+        let mut pt_candidate = None;
+        if !matches!(join, Some((c, false)) if c > 0) {
+            // Asked outside the lock: it may consult the origin.
+            pt_candidate = self.engine.passthrough(&h);
+        }
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        let st = io.entry(key).or_default();
+        if let Some((backing, _, opens)) = &mut st.passthrough {
+            // Every passthrough open of an inode must share its backing file.
+            *opens += 1;
+            let id = backing.id;
+            self.register_open(fh, h, key, true);
+            return Ok((fh, Some(id)));
+        }
+        if let (Some(pt), 0) = (pt_candidate, st.cached) {
+            match Backing::open(dev, &pt.file) {
+                Ok(backing) => {
+                    let id = backing.id;
+                    st.passthrough = Some((backing, pt, 1));
+                    self.register_open(fh, h, key, true);
+                    return Ok((fh, Some(id)));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "passthrough refused; reading through strata")
+                }
+            }
+        }
+        st.cached += 1;
+        self.register_open(fh, h, key, false);
+        Ok((fh, None))
+    }
+
     pub(crate) fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadBuf, Errno> {
         let h = self
             .files
@@ -794,52 +884,16 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return match self.do_open_cached(ino, flags.0) {
-                Ok(fh) => reply.opened(FileHandle(fh), cached_open_flags()),
-                Err(e) => reply.error(e),
-            };
-        }
-        let (h, fh) = match self.open_handle(ino, flags.0) {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        let key = (ino.0, self.gen_of(ino.0));
-        let join = {
-            let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-            io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
-        };
-        let mut pt_candidate = None;
-        if !matches!(join, Some((c, false)) if c > 0) {
-            // Asked outside the lock: it may consult the origin.
-            pt_candidate = self.engine.passthrough(&h);
-        }
-        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        let st = io.entry(key).or_default();
-        if let Some((backing, _, opens)) = &mut st.passthrough {
-            // Every passthrough open of an inode must share its backing file.
-            *opens += 1;
-            self.register_open(fh, h, key, true);
-            reply_pt(reply, fh, backing);
-        } else if let (Some(pt), 0) = (pt_candidate, st.cached) {
-            match reply.open_backing(&pt.file) {
-                Ok(backing) => {
-                    st.passthrough = Some((backing, pt, 1));
-                    self.register_open(fh, h, key, true);
-                    let (backing, _, _) = st.passthrough.as_ref().expect("just set");
-                    reply_pt(reply, fh, backing);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "passthrough refused; reading through strata");
-                    st.cached += 1;
-                    self.register_open(fh, h, key, false);
-                    reply.opened(FileHandle(fh), cached_open_flags());
-                }
+        match self.do_open(ino, flags.0) {
+            Ok((fh, None)) => reply.opened(FileHandle(fh), cached_open_flags()),
+            Ok((fh, Some(id))) => {
+                // SAFETY: `id` is registered on this session's /dev/fuse and stays so
+                // until this open is released; fuser must not close it (`into_raw`).
+                let backing = unsafe { reply.wrap_backing(id) };
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &backing);
+                let _ = backing.into_raw();
             }
-        } else {
-            st.cached += 1;
-            self.register_open(fh, h, key, false);
-            reply.opened(FileHandle(fh), cached_open_flags());
+            Err(e) => reply.error(e),
         }
     }
 
@@ -1165,10 +1219,6 @@ fn libc_o_trunc() -> i32 {
 /// notifier when the object changes.
 fn cached_open_flags() -> FopenFlags {
     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
-}
-
-fn reply_pt(reply: ReplyOpen, fh: u64, backing: &fuser::BackingId) {
-    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, backing);
 }
 
 fn negative_entry() -> FileAttr {

@@ -23,7 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use fuser::{Errno, FileAttr, FileType, INodeNo};
+use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use crate::{MAX_READ, StrataFs, Xattr, cached_open_flags};
@@ -394,10 +394,13 @@ fn dispatch(
             let t = fs.do_readlink(ino)?;
             out.put(&t);
         }
-        OPEN => {
-            let fh = fs.do_open_cached(ino, u32_at(op_in, 0) as i32)?;
-            open_out(&mut out, fh, cached_open_flags().bits());
-        }
+        OPEN => match fs.do_open(ino, u32_at(op_in, 0) as i32)? {
+            (fh, None) => open_out(&mut out, fh, cached_open_flags().bits(), 0),
+            (fh, Some(id)) => {
+                let flags = FopenFlags::FOPEN_PASSTHROUGH | FopenFlags::FOPEN_NOFLUSH;
+                open_out(&mut out, fh, flags.bits(), id)
+            }
+        },
         READ => {
             let (fh, off, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16));
             let b = fs.do_read(fh, off, size)?;
@@ -436,7 +439,7 @@ fn dispatch(
         }
         OPENDIR => {
             let fh = fs.do_opendir(ino)?;
-            open_out(&mut out, fh, 0);
+            open_out(&mut out, fh, 0, 0);
         }
         READDIR | READDIRPLUS => {
             let (fh, off, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16));
@@ -576,11 +579,11 @@ fn entry_out(out: &mut Out, a: &FileAttr, generation: u64, ttl: Duration) {
     put_attr(out, a);
 }
 
-/// `struct fuse_open_out` (16 bytes).
-fn open_out(out: &mut Out, fh: u64, flags: u32) {
+/// `struct fuse_open_out` (16 bytes): the handle, FOPEN flags and backing id.
+fn open_out(out: &mut Out, fh: u64, flags: u32, backing_id: u32) {
     out.u64(fh);
     out.u32(flags);
-    out.u32(0);
+    out.u32(backing_id);
 }
 
 /// Appends a `struct fuse_dirent` (with a `fuse_entry_out` before it for

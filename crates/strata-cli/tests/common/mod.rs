@@ -49,17 +49,13 @@ impl Mount {
     }
 
     /// Mounts with extra arguments, and those of STRATA_TEST_MOUNT_ARGS (scripts/test
-    /// runs the mount tests again with `--uring` that way; not where a test asks for
-    /// `--passthrough`, which `--uring` does not take).
+    /// runs the mount tests again with `--uring` that way).
     pub fn try_mount(&self, extra: &[&str]) -> std::process::Output {
         let env = std::env::var("STRATA_TEST_MOUNT_ARGS").unwrap_or_default();
-        let more: Vec<&str> = if extra.contains(&"--passthrough") {
-            Vec::new()
-        } else {
-            env.split_whitespace()
-                .filter(|a| !extra.contains(a))
-                .collect()
-        };
+        let more: Vec<&str> = env
+            .split_whitespace()
+            .filter(|a| !extra.contains(a))
+            .collect();
         if more.contains(&"--uring") {
             enable_fuse_uring();
         }
