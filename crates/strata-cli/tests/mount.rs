@@ -781,7 +781,7 @@ fn uring_queues_hand_settled_files_to_the_kernel_by_passthrough() {
         "the kernel read it, not strata"
     );
     assert!(s["fuse_uring_requests"].as_u64().unwrap() > 0, "{s}");
-    // Released and opened again: a new backing id, the same bytes.
+    // Released (its backing id closed) and opened again: passthrough again, same bytes.
     assert_eq!(fs::read(t.m("settled")).unwrap(), old);
     assert_eq!(t.stats()["passthrough_opens"], 3);
     t.umount();
