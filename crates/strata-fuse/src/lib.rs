@@ -55,7 +55,7 @@ pub struct FsOptions {
     /// Let the kernel read fully cached files straight from the disk cache.
     pub passthrough: bool,
     /// Serve requests from per-CPU io_uring queues (FUSE over io_uring) when the
-    /// kernel offers it; /dev/fuse otherwise. Not together with `passthrough`.
+    /// kernel offers it; /dev/fuse otherwise.
     pub uring: bool,
     /// Users other than the mounting one may use the mount; otherwise requests from
     /// them are refused (as the fuser session refuses them).
@@ -598,33 +598,25 @@ impl StrataFs {
         );
     }
 
-    /// Opens `ino` to be read through strata; returns the file handle.
-    pub(crate) fn do_open_cached(&self, ino: INodeNo, flags: i32) -> Result<u64, Errno> {
-        let (h, fh) = self.open_handle(ino, flags)?;
-        let key = (ino.0, self.gen_of(ino.0));
-        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        io.entry(key).or_default().cached += 1;
-        self.register_open(fh, h, key, false);
-        Ok(fh)
-    }
-
     /// Opens `ino`; returns the file handle, and the backing id when the kernel is
     /// to read it by passthrough. The id stays registered until this open's release.
     pub(crate) fn do_open(&self, ino: INodeNo, flags: i32) -> Result<(u64, Option<u32>), Errno> {
-        let dev = match self.device.get() {
-            Some(d) if self.passthrough.load(Ordering::Relaxed) => d,
-            _ => return self.do_open_cached(ino, flags).map(|fh| (fh, None)),
-        };
         let (h, fh) = self.open_handle(ino, flags)?;
         let key = (ino.0, self.gen_of(ino.0));
-        let join = {
-            let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
-            io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
-        };
+        let dev = self
+            .device
+            .get()
+            .filter(|_| self.passthrough.load(Ordering::Relaxed));
         let mut pt_candidate = None;
-        if !matches!(join, Some((c, false)) if c > 0) {
-            // Asked outside the lock: it may consult the origin.
-            pt_candidate = self.engine.passthrough(&h);
+        if dev.is_some() {
+            let join = {
+                let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+                io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
+            };
+            if !matches!(join, Some((c, false)) if c > 0) {
+                // Asked outside the lock: it may consult the origin.
+                pt_candidate = self.engine.passthrough(&h);
+            }
         }
         let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
         let st = io.entry(key).or_default();
@@ -635,7 +627,7 @@ impl StrataFs {
             self.register_open(fh, h, key, true);
             return Ok((fh, Some(id)));
         }
-        if let (Some(pt), 0) = (pt_candidate, st.cached) {
+        if let (Some(dev), Some(pt), 0) = (dev, pt_candidate, st.cached) {
             match Backing::open(dev, &pt.file) {
                 Ok(backing) => {
                     let id = backing.id;
