@@ -8,6 +8,8 @@
 #
 # DATA_DIR holds large.bin (served by strata, not over a network); LOCAL_COPY is the
 # same file on the local disk. Needs root (drop_caches, enable_uring) and fio.
+# URING_AB_OTHER=PATH adds a third mount in each round: `--uring` with another strata
+# binary (an older build, say), over the same cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 data=$(realpath "$1"); local_copy=$(realpath "$2"); rounds=${3:-3}; secs=${4:-5}; bs=${5:-4k}; rw=${6:-randread}
@@ -44,11 +46,12 @@ echo "filled in $pass passes"
 "$strata" umount "$mnt"
 for r in $(seq "$rounds"); do
     echo "$r local              $(fio_iops "$local_copy")"
-    for mode in dev-fuse uring; do
-        args=(); [ $mode = uring ] && args=(--uring)
-        "$strata" mount "$data" "$mnt" --cache-dir "$work/cache" "${args[@]}"
+    for mode in dev-fuse uring ${URING_AB_OTHER:+uring-other}; do
+        args=(); [ $mode != dev-fuse ] && args=(--uring)
+        bin=$strata; [ $mode = uring-other ] && bin=$URING_AB_OTHER
+        "$bin" mount "$data" "$mnt" --cache-dir "$work/cache" "${args[@]}"
         out=$(fio_iops "$mnt/large.bin")
-        echo "$r strata $(printf %-10s $mode) $out  (origin requests $(stat origin_requests), uring requests $(stat fuse_uring_requests))"
+        echo "$r strata $(printf %-11s $mode) $out  (origin requests $(stat origin_requests), uring requests $(stat fuse_uring_requests))"
         "$strata" umount "$mnt"
     done
 done

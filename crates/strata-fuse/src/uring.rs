@@ -2,13 +2,17 @@
 //! parameter on).
 //!
 //! The kernel keeps one request queue per possible CPU and hands a request to the
-//! queue of the CPU its caller runs on. Each queue is served here by threads pinned to
-//! that CPU, each with an io_uring of its own and one ring entry (a header buffer and
-//! a payload buffer registered with `FUSE_IO_URING_CMD_REGISTER`). A request arrives as
-//! the completion of the entry's command; the answer goes back, and the next request
-//! is asked for, with one `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`. The caller, the thread
-//! that answers it and the reply all stay on one CPU, where /dev/fuse wakes whichever
-//! server thread has waited longest, wherever it last ran.
+//! queue of the CPU its caller runs on. Each queue is served here by threads of its
+//! own, each with an io_uring and one ring entry (a header buffer and a payload buffer
+//! registered with `FUSE_IO_URING_CMD_REGISTER`). A request arrives as the completion
+//! of the entry's command; the answer goes back, and the next request is asked for,
+//! with one `FUSE_IO_URING_CMD_COMMIT_AND_FETCH`.
+//!
+//! The threads are not pinned to their queue's CPU. Pinned, a sequential reader's
+//! read-ahead was served on the reader's own CPU while the other one idled: pinned
+//! threads read 0.72 to 0.93 × as fast as unpinned ones (warm 1 MiB reads), and 0.84 ×
+//! (random 4 KiB), in bench/results/2026-12-01-uring-unpinned. Unpinned, the scheduler
+//! still wakes a thread on its caller's CPU when that CPU is free.
 //!
 //! The fuser session keeps /dev/fuse: INIT goes through it (which is where the kernel
 //! is told `FUSE_OVER_IO_URING`), as do requests sent before every queue has an entry,
@@ -120,7 +124,7 @@ impl UringQueues {
                     .name(format!("strata-uring-{qid}.{i}"))
                     .spawn(move || {
                         let _leaving = leaving;
-                        serve(&fs, dev, qid as u16, on)
+                        serve(&fs, dev, qid as u16)
                     })?;
                 out.started += 1;
             }
@@ -169,14 +173,9 @@ struct Iovec {
 }
 
 /// One ring entry of queue `qid`, served until the connection ends.
-fn serve(fs: &StrataFs, dev: OwnedFd, qid: u16, pin: bool) {
+fn serve(fs: &StrataFs, dev: OwnedFd, qid: u16) {
     if !fs.uring.wait() {
         return;
-    }
-    if pin {
-        let mut set = rustix::thread::CpuSet::new();
-        set.set(qid as usize);
-        let _ = rustix::thread::sched_setaffinity(None, &set);
     }
     let mut ring = match IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(2) {
         Ok(r) => r,
