@@ -266,15 +266,23 @@ def w_tar(root: Path, a):
     p1 = subprocess.Popen(["tar", "cf", "-", "-C", str(root), "tree"], stdout=subprocess.PIPE)
     p2 = subprocess.run(["wc", "-c"], stdin=p1.stdout, capture_output=True)
     p1.wait()
-    assert p1.returncode == 0, "tar failed"
-    return a.tree_files / (time.perf_counter() - t)
+    took = time.perf_counter() - t
+    if p1.returncode != 0:
+        raise RuntimeError(f"tar exited with {p1.returncode}")
+    # A timing is only worth something if the contender gave tar the whole tree.
+    got = int(p2.stdout.split()[0])
+    if got < a.tree_bytes:
+        raise RuntimeError(f"wrong answer: tar wrote {got:,} bytes for a tree of {a.tree_bytes:,}")
+    return a.tree_files / took
 
 
 def w_walk(root: Path, a):
     t = time.perf_counter()
     out = sh("find", root / "tree", "-printf", "%s %T@ %m\n", capture_output=True).stdout
-    assert out.count(b"\n") >= a.tree_files
-    return a.tree_files / (time.perf_counter() - t)
+    took = time.perf_counter() - t
+    if (n := out.count(b"\n")) < a.tree_entries:
+        raise RuntimeError(f"wrong answer: find listed {n:,} entries of the tree's {a.tree_entries:,}")
+    return a.tree_files / took
 
 
 WORKLOADS = {
@@ -471,6 +479,7 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                 run_one("remount")
         except Exception as e:  # a contender that fails a workload is reported, not fatal
             print(f"  {c.name} {wl}: failed: {e}", file=sys.stderr)
+            res[f"fail/{key(wl, '')}".rstrip("/")] = str(e)
         finally:
             c.umount()
         done = {k.split("/")[-1]: round(v, 1) for k, v in res.items() if k.startswith(key(wl, ""))}
@@ -562,7 +571,8 @@ def table(res: dict, a) -> str:
                 row = []
                 for n in a.contenders:
                     v = res.get(f"{rtt}ms/{n}/{wl}/{temp}")
-                    row.append("–" if v is None else f"{v:,.0f}")
+                    failed = v is None and f"fail/{rtt}ms/{n}/{wl}" in res
+                    row.append("failed" if failed else "–" if v is None else f"{v:,.0f}")
                 lines.append(f"| {wl} ({unit}) | {temp} | " + " | ".join(row) + " |")
         for wl in ("rand4k", "rand128k"):
             if wl not in a.workloads or not any(f"pair/{rtt}ms/{n}/{wl}/cold" in res for n in a.contenders):
@@ -582,6 +592,10 @@ def table(res: dict, a) -> str:
         if "ttfb" in a.workloads:
             row = [f"{res[k]:.1f}" if (k := f"{rtt}ms/{n}/ttfb/cold") in res else "–" for n in a.contenders]
             lines.append("| time to first byte (ms) | cold | " + " | ".join(row) + " |")
+    fails = [(k.split("/")[1:], m) for k, m in res.items() if k.startswith("fail/")]
+    if fails:
+        lines.append("\n### Failed runs\n")
+        lines += [f"- {rtt} {n} {wl}: {m}" for (rtt, n, wl), m in sorted(fails)]
     return "\n".join(lines)
 
 
@@ -647,7 +661,11 @@ def main():
     work = Path(a.work)
     data, sshfs, local = work / "origin", work / "sshfs", work / "local"
     origin_tmpfs(data, a)
-    if make_data(data, a) or not (local / "large.bin").exists():
+    made = make_data(data, a)
+    tree = [p for p in (data / "tree").rglob("*")]
+    a.tree_entries = len(tree) + 1
+    a.tree_bytes = sum(p.stat().st_size for p in tree if p.is_file())
+    if made or not (local / "large.bin").exists():
         # The physical limit reads the very same files from the local disk.
         shutil.rmtree(local, ignore_errors=True)
         shutil.copytree(data, local)
