@@ -356,6 +356,9 @@ def origin_tmpfs(data: Path, a):
     sees, and drop_caches would put the server's disk into every cold figure."""
     need = (a.large_mib << 20) + a.tree_files * 64 * 1024 + (64 << 20)
     if is_mounted(data):
+        # Left by an earlier run, perhaps a smaller one (--quick): make room.
+        if os.statvfs(data).f_blocks * os.statvfs(data).f_frsize < need:
+            sh("mount", "-o", f"remount,size={need}", data)
         return
     data.mkdir(parents=True, exist_ok=True)
     sh("mount", "-t", "tmpfs", "-o", f"size={need}", "strata-origin", data)
