@@ -94,6 +94,10 @@ class Contender:
         """Waits until what was read is in the cache (background fills)."""
         time.sleep(2)
 
+    def stats(self):
+        """The cache's own counters, where it has them."""
+        return None
+
     def origin_requests(self):
         """Requests the cache has sent to the origin so far, where it says."""
         return None
@@ -422,7 +426,11 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                         print(f"  {rtt} ms {c.name:9} {wl:9} cold run {i + 1}: {split}", flush=True)
                 # A cached run that still went to the origin measures the origin too.
                 if before is not None and (after := c.origin_requests()) is not None and after > before:
-                    print(f"  {rtt} ms {c.name:9} {wl:9} {temp}: {after - before} origin requests",
+                    # What the mount knows of why: holes left by dropped fills?
+                    s = c.stats() or {}
+                    why = ", ".join(f"{k} {s[k]}" for k in ("fills_dropped", "readahead_held",
+                                                            "disk_blocks", "invalidations") if k in s)
+                    print(f"  {rtt} ms {c.name:9} {wl:9} {temp}: {after - before} origin requests ({why})",
                           flush=True)
                 # A contender whose first read blocks until the whole file is fetched
                 # (rclone's cold random reads) gives near 0 every time, for a minute a

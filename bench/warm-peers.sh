@@ -1,0 +1,77 @@
+#!/bin/bash
+# Warm reads through each cache's own copy, side by side on a level field: one large
+# file on a local directory (no network: nothing but the cache is measured), cached
+# whole by strata, catfs and rclone, then read in turn (page cache dropped before
+# each run) next to the local copy, for a few rounds.
+#
+#   bench/warm-peers.sh DATA_DIR LOCAL_COPY [ROUNDS] [SECS] [BS] [RW]   (RW: fio --rw)
+#
+# DATA_DIR holds large.bin; LOCAL_COPY is the same file elsewhere on the local disk.
+# Needs root, fio, catfs (bench/catfs/build.sh) and rclone.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+data=$(realpath "$1"); local_copy=$(realpath "$2")
+rounds=${3:-3}; secs=${4:-5}; bs=${5:-4k}; rw=${6:-randread}
+strata=$here/target/release/strata
+[ -x "$strata" ] || cargo build --release --locked -q -p strata-cli --manifest-path "$here/Cargo.toml"
+work=$(mktemp -d /var/tmp/strata-peers.XXXXXX)
+cleanup() {
+    "$strata" umount "$work/strata" >/dev/null 2>&1 || true
+    for m in catfs rclone; do fusermount -u "$work/$m" >/dev/null 2>&1 || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work"/{strata,catfs,rclone}
+
+timing="--runtime=$secs --time_based"; [ "$rw" = read ] && timing=""
+fio_run() { # FILE
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    fio --name=r --filename="$1" --rw="$rw" --bs="$bs" --ioengine=psync \
+        --direct=0 $timing --numjobs=1 --randrepeat=0 \
+        --invalidate=0 --output-format=json |
+        python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; p=r["clat_ns"]["percentile"]; print("%7.0f IOPS %6.0f MiB/s, p50 %5.0f us, p99 %5.0f us" % (r["iops"], r["bw"] / 1024, p["50.000000"] / 1e3, p["99.000000"] / 1e3))'
+}
+stat() { "$strata" stats "$work/strata" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['stats']['$1'])"; }
+wait_mounted() { for _ in $(seq 100); do mountpoint -q "$1" && return; sleep 0.1; done; echo "$1: not mounted" >&2; exit 1; }
+mount_one() { # NAME
+    case $1 in
+        strata) "$strata" mount "$data" "$work/strata" --cache-dir "$work/cache-strata" ;;
+        catfs) mkdir -p "$work/cache-catfs"   # catfs stays in the foreground
+               catfs "$data" "$work/cache-catfs" "$work/catfs" >>"$work/catfs.log" 2>&1 & ;;
+        rclone) rclone mount "$data" "$work/rclone" --vfs-cache-mode full --cache-dir "$work/cache-rclone" \
+                    --vfs-cache-max-size 8G --daemon --log-file "$work/rclone.log" ;;
+    esac
+    wait_mounted "$work/$1"
+}
+umount_one() { # NAME
+    if [ "$1" = strata ]; then "$strata" umount "$work/strata"; else fusermount -u "$work/$1"; sleep 1; fi
+}
+
+# Fill each cache with the whole file. strata: read until a pass asks the origin
+# nothing (a local origin outruns its disk writer, which drops fills).
+mount_one strata
+for pass in 1 2 3 4 5 6; do
+    before=$(stat origin_requests)
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    cat "$work/strata/large.bin" > /dev/null
+    until [ "$(stat inflight_fill_bytes)" = 0 ]; do sleep 0.5; done
+    [ "$(stat origin_requests)" = "$before" ] && break
+done
+umount_one strata
+for m in catfs rclone; do
+    mount_one $m
+    cat "$work/$m/large.bin" > /dev/null
+    sleep 3   # both write their copy behind the reader
+    cat "$work/$m/large.bin" > /dev/null
+    umount_one $m
+done
+echo "filled: strata in $pass passes, catfs $(du -sh "$work/cache-catfs" | cut -f1), rclone $(du -sh "$work/cache-rclone" | cut -f1)"
+
+for r in $(seq "$rounds"); do
+    echo "$r local   $(fio_run "$local_copy")"
+    for m in strata catfs rclone; do
+        mount_one $m
+        echo "$r $(printf %-7s $m) $(fio_run "$work/$m/large.bin")"
+        umount_one $m
+    done
+done
