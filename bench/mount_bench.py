@@ -146,7 +146,8 @@ def main():
                     cold.append(n / t / 2**20)
                     # Let the fills land before the remount.
                     for _ in range(600):
-                        if stats(mnt)["inflight_fill_bytes"] == 0:
+                        s = stats(mnt)
+                        if s["inflight_fill_bytes"] == s["dropped_fill_blocks"] == 0:
                             break
                         time.sleep(0.1)
                 finally:

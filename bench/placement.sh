@@ -35,7 +35,7 @@ pin() { # CPU: every thread of the strata daemon
 
 "$strata" mount "$data" "$mnt" --cache-dir "$work/cache"
 cat "$mnt/large.bin" > /dev/null
-until "$strata" stats "$mnt" --json | python3 -c 'import json,sys; sys.exit(json.load(sys.stdin)["stats"]["inflight_fill_bytes"] != 0)'; do
+until "$strata" stats "$mnt" --json | python3 -c 'import json,sys; s = json.load(sys.stdin)["stats"]; sys.exit(s["inflight_fill_bytes"] + s["dropped_fill_blocks"] != 0)'; do
     sleep 0.5
 done
 echo "disk interrupts per CPU: $(grep -E 'virtio.*req|nvme|ahci' /proc/interrupts | head -1 | awk '{$1=""; print}' | cut -c1-40)"

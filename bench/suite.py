@@ -168,9 +168,10 @@ class Strata(Contender):
                 f"origin {ms('origin_read_us'):.2f} (per origin request, {n} requests)")
 
     def settle(self):
+        # Dropped fills are offered again once the writer is idle: wait for those too.
         for _ in range(1200):
             s = self.stats()
-            if not s or s.get("inflight_fill_bytes", 0) == 0:
+            if not s or s.get("inflight_fill_bytes", 0) == s.get("dropped_fill_blocks", 0) == 0:
                 return
             time.sleep(0.1)
 
@@ -475,6 +476,12 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
             if c.has_cache:
                 populate(c.root(), wl)
                 c.settle()
+                # How the fill went: dropped fills (the disk writer behind) are offered
+                # again from RAM, or fetched again, before the warm run.
+                if s := c.stats():
+                    print(f"  {rtt} ms {c.name:9} {wl:9} filled: " + ", ".join(
+                        f"{k} {s[k]}" for k in ("fills_dropped", "fills_refetched", "disk_blocks")
+                        if k in s), flush=True)
             run_one("warm", drop=True, times=seq_times)
             # Without a cache, hot and remount only repeat warm: skipped.
             if c.has_cache or c.name == "local":

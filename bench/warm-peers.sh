@@ -54,7 +54,7 @@ for pass in 1 2 3 4 5 6; do
     before=$(stat origin_requests)
     sync; echo 3 > /proc/sys/vm/drop_caches
     cat "$work/strata/large.bin" > /dev/null
-    until [ "$(stat inflight_fill_bytes)" = 0 ]; do sleep 0.5; done
+    until [ "$(stat inflight_fill_bytes)$(stat dropped_fill_blocks)" = 00 ]; do sleep 0.5; done
     [ "$(stat origin_requests)" = "$before" ] && break
 done
 umount_one strata

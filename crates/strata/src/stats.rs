@@ -62,6 +62,7 @@ stats! {
     fills_queued: "blocks queued for the disk tier",
     fills_done: "blocks committed to the disk tier",
     fills_dropped: "fills dropped because the fill queue was full",
+    fills_refetched: "blocks of dropped fills fetched again from the origin once the disk writer was idle (RAM no longer held them)",
     fill_errors: "fills that failed on a cache device error",
     promotions: "blocks copied from the disk tier to the RAM tier",
     passthrough_opens: "opens of fully cached files the kernel then reads directly from the disk tier",
@@ -88,6 +89,7 @@ stats! {
     #[gauge] disk_objects: "objects known to the disk tier",
     #[gauge] disk_state: "disk tier filling state: 0 normal, 1 culling, 2 stopped (low space), 3 failed (device errors)",
     #[gauge] inflight_fill_bytes: "bytes queued for or being written to the disk tier",
+    #[gauge] dropped_fill_blocks: "blocks of dropped fills waiting for the disk writer to be idle, to be offered again",
     #[gauge] active_objects: "objects the engine is tracking",
 }
 

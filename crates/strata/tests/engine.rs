@@ -295,6 +295,35 @@ fn dropped_fills_reach_the_disk_once_the_writer_is_idle() {
 }
 
 #[test]
+fn dropped_fills_evicted_from_ram_are_fetched_again_once_the_writer_is_idle() {
+    // A file four times RAM read while the disk writer is behind: most dropped fills
+    // leave RAM before the writer is idle, so the origin is asked for them again.
+    let s = setup();
+    let len = 4 << 20;
+    std::fs::write(s.origin.join("f"), pattern(12, len)).unwrap();
+    let mut c = config(&s.cache, Duration::from_secs(60));
+    c.fill_queue_bytes = BS as u64 * 2;
+    c.ram_capacity = 1 << 20;
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let e = Engine::new(c, origin).unwrap();
+    assert_eq!(read_all(&e, "f"), pattern(12, len));
+    assert!(e.stats().fills_dropped > 0, "{:?}", e.stats());
+    let blocks = (len / BS as usize) as u64;
+    wait_for(Duration::from_secs(30), || {
+        let st = e.stats();
+        st.disk_blocks >= blocks && st.dropped_fill_blocks == 0 && st.inflight_fill_bytes == 0
+    });
+    let st = e.stats();
+    assert_eq!(st.disk_blocks, blocks, "{st:?}");
+    assert!(st.fills_refetched > 0, "{st:?}");
+    assert_eq!(st.dropped_fill_blocks, 0, "{st:?}");
+    // The whole file is on disk now: reading it again asks the origin nothing.
+    let before = st.origin_requests;
+    assert_eq!(read_all(&e, "f"), pattern(12, len));
+    assert_eq!(e.stats().origin_requests, before, "{:?}", e.stats());
+}
+
+#[test]
 fn fills_gathered_for_the_commit_interval_share_one_commit_and_survive_shutdown() {
     let s = setup();
     let n = 8u64;

@@ -196,6 +196,9 @@ impl FillJob {
 enum Prefetch {
     /// Read-ahead: claimed blocks of an object.
     Blocks(Claim),
+    /// Blocks of a dropped fill that RAM lost, fetched again (counted in
+    /// `dropped_fill_blocks` until their fill is queued).
+    Refetch(Claim),
     /// Directory prefetch: the start of a file a reader will probably open soon.
     File(PathBuf),
     /// Listing prefetch: a directory a tree walk will probably list soon; the sender
@@ -355,6 +358,15 @@ impl Engine {
                                 Prefetch::Blocks(claim) => {
                                     let obj = claim.obj.clone();
                                     let _ = inner.fetch(&obj, claim, true);
+                                }
+                                Prefetch::Refetch(claim) => {
+                                    let obj = claim.obj.clone();
+                                    let n = claim.blocks.end - claim.blocks.start;
+                                    let _ = inner.fetch(&obj, claim, true);
+                                    inner
+                                        .stats
+                                        .dropped_fill_blocks
+                                        .fetch_sub(n, Ordering::Relaxed);
                                 }
                                 Prefetch::File(path) => inner.prefetch_file(&path),
                                 Prefetch::Dir(path, done) => {
@@ -1435,10 +1447,15 @@ impl Inner {
                 stats::add(&self.stats.fills_dropped, n);
                 self.fill_finished(&job, &vec![false; job.blocks.len()]);
                 let mut d = self.dropped.lock();
-                if d.len() >= MAX_DROPPED_RUNS {
-                    d.pop_front();
+                if d.len() >= MAX_DROPPED_RUNS
+                    && let Some((_, old)) = d.pop_front()
+                {
+                    self.stats
+                        .dropped_fill_blocks
+                        .fetch_sub(old.end - old.start, Ordering::Relaxed);
                 }
                 d.push_back((job.obj.clone(), job.first..job.first + n));
+                stats::add(&self.stats.dropped_fill_blocks, n);
             }
         }
     }
@@ -1506,15 +1523,31 @@ impl Inner {
         }
     }
 
-    /// Offers the disk again the dropped runs still in RAM, as much as the queue
-    /// takes, in pieces that fit it.
+    /// Offers the disk again the runs whose fill was dropped, as much as the queue
+    /// takes, in pieces that fit it: the blocks still in RAM from there, the others
+    /// (evicted meanwhile: a file larger than RAM read while the writer was behind)
+    /// fetched again from the origin. One read of a file then caches all of it.
     fn retry_dropped(&self) {
         let per = (self.cfg.fill_queue_bytes / self.cfg.block_size as u64).max(1);
+        let pending = &self.stats.dropped_fill_blocks;
         loop {
             let Some((obj, blocks)) = self.dropped.lock().pop_front() else {
                 return;
             };
-            let end = blocks.end;
+            let (start, end) = (blocks.start, blocks.end);
+            // The run stays counted in `pending` until what replaces it (queued
+            // fills, refetches, the part put back) is counted, so the gauge never
+            // reads 0 while something is still on its way.
+            let put_back = |from: u64| {
+                if from < end {
+                    self.dropped.lock().push_front((obj.clone(), from..end));
+                }
+                pending.fetch_sub(from.min(end) - start, Ordering::Relaxed);
+            };
+            if obj.is_dead() {
+                put_back(end);
+                continue;
+            }
             let hits: Vec<(u64, Bytes)> = blocks
                 .filter_map(|blk| {
                     let key = BlockKey { obj: obj.id, blk };
@@ -1522,19 +1555,70 @@ impl Inner {
                 })
                 .collect();
             for part in hits.chunks(per as usize) {
-                let before = self.stats.fills_dropped.load(Ordering::Relaxed);
-                self.refill(&obj, part.to_vec());
-                if self.stats.fills_dropped.load(Ordering::Relaxed) != before {
-                    // Still full: `queue_fill` has noted this piece again; what
-                    // follows it waits for the next idle moment.
-                    let next = part[part.len() - 1].0 + 1;
-                    if next < end {
-                        self.dropped.lock().push_front((obj, next..end));
-                    }
+                let bytes: u64 = part.iter().map(|(_, b)| b.len() as u64).sum();
+                if self.fill_room() < bytes {
+                    // The queue is full again: the run waits for the next idle
+                    // moment whole (what went out is skipped then; what RAM lost
+                    // is still to be fetched).
+                    put_back(start);
                     return;
                 }
+                self.refill(&obj, part.to_vec());
+            }
+            // What RAM no longer holds: the blocks just offered are FILLING now,
+            // so only those go to the origin.
+            match self.refetch(&obj, start..end) {
+                // The prefetch queue or the fill queue is full: the rest waits for
+                // the next idle moment, after these fills are written.
+                Some(at) => {
+                    put_back(at);
+                    return;
+                }
+                None => put_back(end),
             }
         }
+    }
+
+    /// Fetches the blocks of a range that no tier holds and nobody fetches, by the
+    /// read-ahead threads, as far as the fill queue has room for them. Returns where
+    /// it stopped, if before the end.
+    fn refetch(&self, obj: &Arc<Object>, blocks: Range<u64>) -> Option<u64> {
+        let Some(tx) = self.prefetch_tx.read().clone() else {
+            return None; // no read-ahead threads: left to the next reader
+        };
+        let mut room = self.fill_room() / obj.bs;
+        let (claims, _) = self.claim_uncached(obj, blocks);
+        // Dropping a claim (the one refused, and the rest) releases its blocks.
+        for mut c in claims.into_iter().flat_map(|c| self.split(c)) {
+            let at = c.blocks.start;
+            let n = (c.blocks.end - at).min(room);
+            if n == 0 {
+                return Some(at);
+            }
+            let stop = (at + n < c.blocks.end).then(|| {
+                // The tail, dropped here, releases its blocks.
+                drop(Claim {
+                    obj: c.obj.clone(),
+                    blocks: at + n..c.blocks.end,
+                });
+                c.blocks.end = at + n;
+                at + n
+            });
+            // Counted before the send: the worker takes it off when done.
+            stats::add(&self.stats.dropped_fill_blocks, n);
+            if tx.try_send(Prefetch::Refetch(c)).is_err() {
+                self.stats
+                    .dropped_fill_blocks
+                    .fetch_sub(n, Ordering::Relaxed);
+                return Some(at);
+            }
+            stats::add(&self.stats.fills_refetched, n);
+            if stop.is_some() {
+                return stop;
+            }
+            room -= n;
+        }
+        None
     }
 
     fn commit(&self, disk: &DiskTier, batch: Vec<FillJob>) {
