@@ -7,6 +7,9 @@
 #   bench/warm-peers.sh DATA_DIR LOCAL_COPY [ROUNDS] [SECS] [BS] [RW]   (RW: fio --rw)
 #
 # DATA_DIR holds large.bin; LOCAL_COPY is the same file elsewhere on the local disk.
+# PEERS_DIR=/dev/shm keeps the caches in memory (each cache's read path alone);
+# PEERS_OTHER=PATH adds `strata-other`, another strata build over the same cache;
+# PEERS=... picks the caches (default "strata catfs rclone").
 # Needs root, fio, catfs (bench/catfs/build.sh) and rclone.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,14 +17,16 @@ data=$(realpath "$1"); local_copy=$(realpath "$2")
 rounds=${3:-3}; secs=${4:-5}; bs=${5:-4k}; rw=${6:-randread}
 strata=$here/target/release/strata
 [ -x "$strata" ] || cargo build --release --locked -q -p strata-cli --manifest-path "$here/Cargo.toml"
-work=$(mktemp -d /var/tmp/strata-peers.XXXXXX)
+work=$(mktemp -d "${PEERS_DIR:-/var/tmp}/strata-peers.XXXXXX")  # PEERS_DIR=/dev/shm: caches in memory
 cleanup() {
-    "$strata" umount "$work/strata" >/dev/null 2>&1 || true
+    for m in strata strata-other; do "$strata" umount "$work/$m" >/dev/null 2>&1 || true; done
     for m in catfs rclone; do fusermount -u "$work/$m" >/dev/null 2>&1 || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work"/{strata,catfs,rclone}
+peers=${PEERS:-strata catfs rclone}
+[ -n "${PEERS_OTHER:-}" ] && peers="strata strata-other ${peers/strata/}"
+mkdir -p "$work"/{strata,strata-other,catfs,rclone}
 
 timing="--runtime=$secs --time_based"; [ "$rw" = read ] && timing=""
 fio_run() { # FILE
@@ -36,6 +41,7 @@ wait_mounted() { for _ in $(seq 100); do mountpoint -q "$1" && return; sleep 0.1
 mount_one() { # NAME
     case $1 in
         strata) "$strata" mount "$data" "$work/strata" --cache-dir "$work/cache-strata" ;;
+        strata-other) "$PEERS_OTHER" mount "$data" "$work/strata-other" --cache-dir "$work/cache-strata" ;;
         catfs) mkdir -p "$work/cache-catfs"   # catfs stays in the foreground
                catfs "$data" "$work/cache-catfs" "$work/catfs" >>"$work/catfs.log" 2>&1 & ;;
         rclone) rclone mount "$data" "$work/rclone" --vfs-cache-mode full --cache-dir "$work/cache-rclone" \
@@ -44,7 +50,10 @@ mount_one() { # NAME
     wait_mounted "$work/$1"
 }
 umount_one() { # NAME
-    if [ "$1" = strata ]; then "$strata" umount "$work/strata"; else fusermount -u "$work/$1"; sleep 1; fi
+    case $1 in
+        strata*) "$strata" umount "$work/$1" ;;
+        *) fusermount -u "$work/$1"; sleep 1 ;;
+    esac
 }
 
 # Fill each cache with the whole file. strata: read until a pass asks the origin
@@ -59,17 +68,18 @@ for pass in 1 2 3 4 5 6; do
 done
 umount_one strata
 for m in catfs rclone; do
+    [[ " $peers " == *" $m "* ]] || continue
     mount_one $m
     cat "$work/$m/large.bin" > /dev/null
     sleep 3   # both write their copy behind the reader
     cat "$work/$m/large.bin" > /dev/null
     umount_one $m
 done
-echo "filled: strata in $pass passes, catfs $(du -sh "$work/cache-catfs" | cut -f1), rclone $(du -sh "$work/cache-rclone" | cut -f1)"
+echo "filled: strata in $pass passes$(for m in catfs rclone; do [ -d "$work/cache-$m" ] && echo -n ", $m $(du -sh "$work/cache-$m" | cut -f1)"; done)"
 
 for r in $(seq "$rounds"); do
     echo "$r local   $(fio_run "$local_copy")"
-    for m in strata catfs rclone; do
+    for m in $peers; do
         mount_one $m
         echo "$r $(printf %-7s $m) $(fio_run "$work/$m/large.bin")"
         umount_one $m

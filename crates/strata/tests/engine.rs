@@ -324,6 +324,37 @@ fn dropped_fills_evicted_from_ram_are_fetched_again_once_the_writer_is_idle() {
 }
 
 #[test]
+fn long_disk_reads_go_out_in_one_piece_and_skip_the_ram_tier() {
+    let s = setup();
+    let len = 64 * BS as usize + 1000; // a short last block
+    let want = pattern(13, len);
+    std::fs::write(s.origin.join("f"), &want).unwrap();
+    {
+        let first = engine(&s, Duration::from_secs(60));
+        assert_eq!(read_all(&first, "f"), want);
+        assert!(first.wait_fills(Duration::from_secs(20)));
+    }
+    // A fresh engine: empty RAM, everything on disk.
+    let e = engine(&s, Duration::from_secs(60));
+    let h = e.open(Path::new("f")).unwrap();
+    // A sequential reader's 1 MiB read, not block-aligned, to past the end.
+    let off = 40 * BS as u64 + 123;
+    let got = e.read(&h, off, 1 << 20).unwrap();
+    assert_eq!(got.parts().len(), 1, "one piece");
+    assert_eq!(got.to_vec(), want[off as usize..]);
+    let st = e.stats();
+    assert_eq!(st.origin_requests, 0, "{st:?}");
+    assert_eq!(st.promotions, 0, "a long run stays out of RAM: {st:?}");
+    // A short read is still promoted, and served from RAM the next time.
+    let got = e.read(&h, 3 * BS as u64, 2 * BS as usize).unwrap();
+    assert_eq!(got.to_vec(), want[3 * BS as usize..5 * BS as usize]);
+    assert_eq!(e.stats().promotions, 2, "{:?}", e.stats());
+    let got = e.read(&h, 3 * BS as u64, 2 * BS as usize).unwrap();
+    assert_eq!(got.to_vec(), want[3 * BS as usize..5 * BS as usize]);
+    assert_eq!(e.stats().ram_hits, 2, "{:?}", e.stats());
+}
+
+#[test]
 fn fills_gathered_for_the_commit_interval_share_one_commit_and_survive_shutdown() {
     let s = setup();
     let n = 8u64;

@@ -40,7 +40,7 @@ use crate::origin::{Attr, DirEntry, FileKind, FsStats, Origin, Token};
 use crate::stats::{self, Stats, StatsSnapshot};
 use crate::sync::{Arc, Mutex, RwLock};
 use crate::tier::BlockKey;
-use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock};
+use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock, LONG_RUN};
 use crate::tier::ram::RamTier;
 use guard::{OriginGuard, stale_ok, unreachable};
 use meta::TtlMap;
@@ -980,14 +980,15 @@ impl Inner {
             };
             let b0 = off / obj.bs;
             let mut got: Vec<Option<Bytes>> = vec![None; (end.div_ceil(obj.bs) - b0) as usize];
-            let gathered = self.gather(&obj, b0, &mut got)?;
+            let mut whole = None;
+            let gathered = self.gather(&obj, b0, &mut got, &mut whole)?;
             // Read-ahead goes out after the reader's own fetch: on an origin with
             // one connection (sshfs) its bytes would otherwise arrive first.
             if let Some(ra) = ra {
                 self.start_readahead(&obj, ra);
             }
             match gathered {
-                Gathered::Complete => return Ok(self.assemble(&obj, off, end, got)),
+                Gathered::Complete => return Ok(self.assemble(&obj, off, end, got, whole)),
                 Gathered::Changed => continue,
             }
         }
@@ -1035,10 +1036,32 @@ impl Inner {
     }
 
     /// Joins the blocks of a read, stopping at the first gap or short block (the
-    /// file shrank).
-    fn assemble(&self, obj: &Object, off: u64, end: u64, got: Vec<Option<Bytes>>) -> ReadBuf {
+    /// file shrank). Blocks that came as one buffer go out as one slice of it (a
+    /// reply in one piece: no copy to join them).
+    fn assemble(
+        &self,
+        obj: &Object,
+        off: u64,
+        end: u64,
+        got: Vec<Option<Bytes>>,
+        whole: Option<Bytes>,
+    ) -> ReadBuf {
         let bs = obj.bs;
         let b0 = off / bs;
+        if let Some(w) = whole {
+            let start = (off - b0 * bs) as usize;
+            let stop = ((end - b0 * bs) as usize).min(w.len());
+            let len = stop.saturating_sub(start);
+            stats::add(&self.stats.read_bytes, len as u64);
+            return ReadBuf {
+                parts: if len > 0 {
+                    vec![w.slice(start..stop)]
+                } else {
+                    Vec::new()
+                },
+                len,
+            };
+        }
 
         let mut buf = ReadBuf::default();
         let mut pos = off;
@@ -1063,12 +1086,14 @@ impl Inner {
     }
 
     /// Fills `got` (blocks b0.. of `obj`) from the tiers and, for what is missing,
-    /// from the origin, with one fetch in flight per block.
+    /// from the origin, with one fetch in flight per block. `whole` gets all of
+    /// `got` as one buffer when a single disk read supplied every block.
     fn gather(
         &self,
         obj: &Arc<Object>,
         b0: u64,
         got: &mut [Option<Bytes>],
+        whole: &mut Option<Bytes>,
     ) -> io::Result<Gathered> {
         let mut round = 0;
         loop {
@@ -1127,7 +1152,14 @@ impl Inner {
                         i += 1;
                     }
                     let first = b0 + start as u64;
-                    let res = disk.read(obj.id, first, (i - start) as u64);
+                    let (res, one) = disk.read_whole(obj.id, first, (i - start) as u64);
+                    if start == 0 && i == got.len() {
+                        *whole = one;
+                    }
+                    // A sequential reader's run is left to the kernel's page cache,
+                    // not promoted: its blocks are slices of one buffer, which the
+                    // RAM tier would keep alive whole.
+                    let promote = i - start <= LONG_RUN;
                     let mut promoted = Vec::new();
                     let mut absent = Vec::new();
                     for (j, b) in res.into_iter().enumerate() {
@@ -1136,7 +1168,8 @@ impl Inner {
                             Some(b) => {
                                 stats::inc(&self.stats.disk_hits);
                                 stats::add(&self.stats.disk_hit_bytes, b.len() as u64);
-                                if self.ram.put(BlockKey { obj: obj.id, blk }, b.clone()) {
+                                if promote && self.ram.put(BlockKey { obj: obj.id, blk }, b.clone())
+                                {
                                     stats::inc(&self.stats.promotions);
                                     promoted.push(blk);
                                 }

@@ -46,6 +46,9 @@ use crate::stats::{self, Stats};
 use crate::storage::{Space, Storage, StorageFile};
 use crate::sync::{Mutex, RwLock};
 
+/// Runs of more blocks than this (a sequential reader's) are read into one buffer.
+pub const LONG_RUN: usize = 16;
+
 const LOG: &str = "index.log";
 const LOG_TMP: &str = "index.log.tmp";
 const OBJECTS: &str = "objects";
@@ -709,11 +712,22 @@ impl DiskTier {
     /// Reads blocks `first..first + count` of an object. Each is returned only if it
     /// is on disk and its checksum matches; damage is counted and dropped.
     pub fn read(&self, id: u64, first: u64, count: u64) -> Vec<Option<Bytes>> {
+        self.read_whole(id, first, count).0
+    }
+
+    /// As `read`; when the range is one run longer than `LONG_RUN` blocks and every
+    /// block checked out, also all of it as one buffer (the blocks are slices of it).
+    pub fn read_whole(
+        &self,
+        id: u64,
+        first: u64,
+        count: u64,
+    ) -> (Vec<Option<Bytes>>, Option<Bytes>) {
         let mut out: Vec<Option<Bytes>> = vec![None; count as usize];
         let (size, crcs) = {
             let idx = self.index.read();
             let Some((slot, o)) = idx.obj(id) else {
-                return out;
+                return (out, None);
             };
             let crcs: Vec<Option<u32>> = (first..first + count)
                 .map(|b| key(slot, b).and_then(|k| idx.blocks.get(&k).copied()))
@@ -721,6 +735,7 @@ impl DiskTier {
             (o.token.size(), crcs)
         };
         let mut i = 0usize;
+        let mut whole = None;
         while i < crcs.len() {
             if crcs[i].is_none() {
                 i += 1;
@@ -730,9 +745,12 @@ impl DiskTier {
             while i < crcs.len() && crcs[i].is_some() {
                 i += 1;
             }
-            self.read_run(id, first, size, &crcs, start..i, &mut out);
+            let one = self.read_run(id, first, size, &crcs, start..i, &mut out);
+            if start == 0 && i == crcs.len() {
+                whole = one;
+            }
         }
-        out
+        (out, whole)
     }
 
     /// Starts reading blocks of an object into the page cache ahead of a sequential
@@ -743,6 +761,10 @@ impl DiskTier {
         }
     }
 
+    /// Reads one run of blocks that the index holds. A run longer than `LONG_RUN`
+    /// goes into one buffer, returned whole if every block checked out; a shorter
+    /// one into a buffer per block (the RAM tier keeps those: a slice would keep
+    /// its whole run alive).
     fn read_run(
         &self,
         id: u64,
@@ -751,43 +773,65 @@ impl DiskTier {
         crcs: &[Option<u32>],
         run: Range<usize>,
         out: &mut [Option<Bytes>],
-    ) {
-        let mut bufs: Vec<BytesMut> = run
+    ) -> Option<Bytes> {
+        let lens: Vec<usize> = run
             .clone()
-            .map(|i| BytesMut::zeroed(block_len(size, self.bs, first + i as u64)))
+            .map(|i| block_len(size, self.bs, first + i as u64))
             .collect();
-        let read = self.file(id, false).and_then(|f| {
-            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-            f.read_vectored_at(&mut slices, (first + run.start as u64) * self.bs)
-        });
+        let at = (first + run.start as u64) * self.bs;
+        let (pieces, one, read) = if run.len() > LONG_RUN {
+            let mut buf = BytesMut::zeroed(lens.iter().sum());
+            let read = self
+                .file(id, false)
+                .and_then(|f| f.read_vectored_at(&mut [&mut buf[..]], at));
+            let buf = buf.freeze();
+            let mut o = 0;
+            let pieces: Vec<Bytes> = lens
+                .iter()
+                .map(|&l| {
+                    o += l;
+                    buf.slice(o - l..o)
+                })
+                .collect();
+            (pieces, Some(buf), read)
+        } else {
+            let mut bufs: Vec<BytesMut> = lens.iter().map(|&l| BytesMut::zeroed(l)).collect();
+            let read = self.file(id, false).and_then(|f| {
+                let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+                f.read_vectored_at(&mut slices, at)
+            });
+            (bufs.into_iter().map(BytesMut::freeze).collect(), None, read)
+        };
         let got = match read {
             Ok(n) => n,
             Err(e) => {
                 if e.kind() != io::ErrorKind::NotFound {
                     stats::inc(&self.stats.disk_read_errors);
                     tracing::debug!(id, error = %e, "disk tier read failed");
-                    return;
+                    return None;
                 }
                 0
             }
         };
         let mut offset = 0usize;
         let mut bad = Vec::new();
-        for (j, buf) in bufs.into_iter().enumerate() {
+        for (j, piece) in pieces.into_iter().enumerate() {
             let i = run.start + j;
-            let len = buf.len();
+            let len = piece.len();
             let complete = offset + len <= got;
             offset += len;
             let want = crcs[i].expect("run of present blocks");
-            if complete && crc32c::crc32c(&buf) == want {
-                out[i] = Some(buf.freeze());
+            if complete && crc32c::crc32c(&piece) == want {
+                out[i] = Some(piece);
             } else {
                 bad.push((first + i as u64, want));
             }
         }
         if !bad.is_empty() {
             self.drop_damaged(id, &bad);
+            return None;
         }
+        one
     }
 
     /// Drops blocks that failed their check, unless they left the index meanwhile
