@@ -47,7 +47,12 @@ def sh(*args, check=True, **kw):
 
 
 def drop_caches():
-    # No `sync`: it would wait on a hung filesystem; nothing here is dirty.
+    # Dirty pages survive drop_caches: a cache that writes its copy without syncing
+    # (catfs, rclone) would read it back from memory in a "warm" run, where strata,
+    # which syncs its fills, reads from disk. So write back the filesystem the caches
+    # live on first; only that one (`sync -f`): a plain `sync` waits on a hung mount.
+    if ARGS is not None:
+        subprocess.run(["sync", "-f", str(ARGS.work)], check=False, timeout=600)
     Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
