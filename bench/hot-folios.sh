@@ -22,16 +22,10 @@ mkdir -p "$work"/{plain,pt}
 mbps() { # FILE: one whole-file read, MiB/s
     dd if="$1" of=/dev/null bs=1M 2>&1 | python3 -c 'import re,sys; t=sys.stdin.read(); b,s=re.search(r"^(\d+) bytes.*copied, ([0-9.]+) s", t, re.M).groups(); print(round(int(b)/float(s)/2**20))'
 }
-# Fill strata's cache (until a pass asks the origin nothing), then mount both ways.
+# Fill strata's cache, then mount both ways.
+. "$here/bench/lib.sh"
 "$strata" mount "$data" "$work/plain" --cache-dir "$work/cache"
-for _ in 1 2 3 4 5 6; do
-    before=$("$strata" stats --json "$work/plain" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["origin_requests"])')
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    cat "$work/plain/large.bin" > /dev/null
-    sleep 2
-    after=$("$strata" stats --json "$work/plain" | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["origin_requests"])')
-    [ "$after" = "$before" ] && break
-done
+strata_fill "$strata" "$work/plain" "$work/plain/large.bin" > /dev/null
 "$strata" umount "$work/plain"
 # The passthrough mount shares the cache directory, so it cannot run beside the
 # plain one: each round mounts one, then the other.

@@ -30,19 +30,11 @@ fio_iops() { # FILE
         --invalidate=0 --output-format=json |
         python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; p=r["clat_ns"]["percentile"]; print("%7.0f IOPS %6.0f MiB/s, mean %5.0f us, p99 %5.0f us" % (r["iops"], r["bw"] / 1024, r["clat_ns"]["mean"] / 1e3, p["99.000000"] / 1e3))'
 }
-stat() { "$strata" stats "$mnt" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['stats']['$1'])"; }
+. "$here/bench/lib.sh"
+stat() { strata_stat "$strata" "$mnt" "$1"; }
 
 "$strata" mount "$data" "$mnt" --cache-dir "$work/cache"
-# A local origin outruns the disk writer, which drops fills: read again until a pass
-# asks the origin nothing.
-for pass in 1 2 3 4 5 6; do
-    before=$(stat origin_requests)
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    cat "$mnt/large.bin" > /dev/null
-    until [ "$(stat inflight_fill_bytes)$(stat dropped_fill_blocks)" = 00 ]; do sleep 0.5; done
-    [ "$(stat origin_requests)" = "$before" ] && break
-done
-echo "filled in $pass passes"
+echo "filled in $(strata_fill "$strata" "$mnt" "$mnt/large.bin") passes"
 "$strata" umount "$mnt"
 for r in $(seq "$rounds"); do
     echo "$r local              $(fio_iops "$local_copy")"

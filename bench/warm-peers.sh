@@ -36,7 +36,7 @@ fio_run() { # FILE
         --invalidate=0 --output-format=json |
         python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; p=r["clat_ns"]["percentile"]; print("%7.0f IOPS %6.0f MiB/s, p50 %5.0f us, p99 %5.0f us" % (r["iops"], r["bw"] / 1024, p["50.000000"] / 1e3, p["99.000000"] / 1e3))'
 }
-stat() { "$strata" stats "$work/strata" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['stats']['$1'])"; }
+. "$here/bench/lib.sh"
 wait_mounted() { for _ in $(seq 100); do mountpoint -q "$1" && return; sleep 0.1; done; echo "$1: not mounted" >&2; exit 1; }
 mount_one() { # NAME
     case $1 in
@@ -56,16 +56,9 @@ umount_one() { # NAME
     esac
 }
 
-# Fill each cache with the whole file. strata: read until a pass asks the origin
-# nothing (a local origin outruns its disk writer, which drops fills).
+# Fill each cache with the whole file.
 mount_one strata
-for pass in 1 2 3 4 5 6; do
-    before=$(stat origin_requests)
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    cat "$work/strata/large.bin" > /dev/null
-    until [ "$(stat inflight_fill_bytes)$(stat dropped_fill_blocks)" = 00 ]; do sleep 0.5; done
-    [ "$(stat origin_requests)" = "$before" ] && break
-done
+pass=$(strata_fill "$strata" "$work/strata" "$work/strata/large.bin")
 umount_one strata
 for m in catfs rclone; do
     [[ " $peers " == *" $m "* ]] || continue

@@ -1628,15 +1628,7 @@ impl Inner {
             if n == 0 {
                 return Some(at);
             }
-            let stop = (at + n < c.blocks.end).then(|| {
-                // The tail, dropped here, releases its blocks.
-                drop(Claim {
-                    obj: c.obj.clone(),
-                    blocks: at + n..c.blocks.end,
-                });
-                c.blocks.end = at + n;
-                at + n
-            });
+            let stop = (c.keep_first(n) > 0).then_some(at + n);
             // Counted before the send: the worker takes it off when done.
             stats::add(&self.stats.dropped_fill_blocks, n);
             if tx.try_send(Prefetch::Refetch(c)).is_err() {
@@ -1731,15 +1723,7 @@ impl Inner {
         for c in &mut claims {
             let keep = (c.blocks.end - c.blocks.start).min(room);
             room -= keep;
-            if c.blocks.start + keep < c.blocks.end {
-                held += c.blocks.end - c.blocks.start - keep;
-                // The tail, dropped here, releases its blocks.
-                drop(Claim {
-                    obj: c.obj.clone(),
-                    blocks: c.blocks.start + keep..c.blocks.end,
-                });
-                c.blocks.end = c.blocks.start + keep;
-            }
+            held += c.keep_first(keep);
         }
         if held > 0 {
             stats::add(&self.stats.readahead_held, held);

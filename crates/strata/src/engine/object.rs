@@ -206,6 +206,23 @@ pub struct Claim {
     pub(crate) blocks: Range<u64>,
 }
 
+impl Claim {
+    /// Keeps the first `n` blocks of the claim and releases the rest; returns how
+    /// many were released.
+    pub(crate) fn keep_first(&mut self, n: u64) -> u64 {
+        let cut = self.blocks.start + n;
+        if cut >= self.blocks.end {
+            return 0;
+        }
+        let tail = Claim {
+            obj: self.obj.clone(),
+            blocks: cut..self.blocks.end,
+        };
+        self.blocks.end = cut;
+        tail.blocks.end - cut // `tail` is dropped here, which releases it
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         let r = self.obj.bytes_of(self.blocks.clone());
