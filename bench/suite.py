@@ -501,8 +501,10 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                           f"{n / (time.perf_counter() - t) / 2**20:.0f} MiB/s", flush=True)
             # Without a cache, hot and remount only repeat warm: skipped.
             if c.has_cache or c.name == "local":
-                if wl in ("rand4k", "rand128k"):
-                    # Hot: the whole file in the page cache, not only what warm read.
+                if wl in ("seq", "rand4k", "rand128k"):
+                    # Hot: the whole file in the page cache, not only what warm read
+                    # (random reads), and again after the direct read of the cache's
+                    # file above dropped it (seq).
                     read_file(c.root() / "large.bin")
                 run_one("hot", times=seq_times)
                 if c.has_cache:
