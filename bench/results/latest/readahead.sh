@@ -1,11 +1,11 @@
 #!/bin/bash
 # Warm random 128 KiB reads through strata with the mount's read_ahead_kb at 1024 (strata's default) and 128.
 set -euo pipefail
+D=$(realpath "${1:?usage: readahead.sh DATA_DIR (holding large.bin)}")
 cd "$(dirname "$0")/../../.."
 . bench/lib.sh
-S=target/release/strata; W=${RT_WORK:-/var/tmp/strata-rt}; D=${1:?usage: readahead.sh DATA_DIR (holding large.bin)}
+S=target/release/strata; W=${RT_WORK:-/var/tmp/strata-rt}
 mkdir -p $W/m
-D=$(realpath "$D")
 $S mount $D $W/m --cache-dir $W/cache
 echo "fill passes: $(strata_fill $S $W/m $W/m/large.bin)"
 $S umount $W/m
