@@ -342,6 +342,10 @@ fn long_disk_reads_go_out_in_one_piece_and_skip_the_ram_tier() {
     let got = e.read(&h, off, 1 << 20).unwrap();
     assert_eq!(got.parts().len(), 1, "one piece");
     assert_eq!(got.to_vec(), want[off as usize..]);
+    // A random reader's 128 KiB (8 blocks of 16 KiB) goes in one piece too.
+    let got = e.read(&h, 20 * BS as u64, 8 * BS as usize).unwrap();
+    assert_eq!(got.parts().len(), 1, "one piece");
+    assert_eq!(got.to_vec(), want[20 * BS as usize..28 * BS as usize]);
     let st = e.stats();
     assert_eq!(st.origin_requests, 0, "{st:?}");
     assert_eq!(st.promotions, 0, "a long run stays out of RAM: {st:?}");

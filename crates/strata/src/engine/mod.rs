@@ -1156,9 +1156,9 @@ impl Inner {
                     if start == 0 && i == got.len() {
                         *whole = one;
                     }
-                    // A sequential reader's run is left to the kernel's page cache,
-                    // not promoted: its blocks are slices of one buffer, which the
-                    // RAM tier would keep alive whole.
+                    // A long run is left to the kernel's page cache, not promoted:
+                    // its blocks are slices of one buffer, which the RAM tier would
+                    // keep alive whole.
                     let promote = i - start <= LONG_RUN;
                     let mut promoted = Vec::new();
                     let mut absent = Vec::new();
