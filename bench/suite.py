@@ -488,25 +488,24 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                         f"{k} {s[k]}" for k in ("fills_dropped", "fills_refetched", "disk_blocks")
                         if k in s), flush=True)
             run_one("warm", drop=True, times=seq_times)
-            if wl == "seq" and c.has_cache:
-                # The cache's own copy read straight from its file: tells the device's
-                # speed (the host's caching of a freshly written file) from the cache's.
-                files = [f for f in Path(c.cache).rglob("*") if f.is_file()]
-                if files:
-                    big = max(files, key=lambda f: f.stat().st_size)
-                    drop_caches()
-                    t = time.perf_counter()
-                    n = read_file(big)
-                    print(f"  {rtt} ms {c.name:9} seq       its cache file read directly: "
-                          f"{n / (time.perf_counter() - t) / 2**20:.0f} MiB/s", flush=True)
             # Without a cache, hot and remount only repeat warm: skipped.
             if c.has_cache or c.name == "local":
-                if wl in ("seq", "rand4k", "rand128k"):
-                    # Hot: the whole file in the page cache, not only what warm read
-                    # (random reads), and again after the direct read of the cache's
-                    # file above dropped it (seq).
+                if wl in ("rand4k", "rand128k"):
+                    # Hot: the whole file in the page cache, not only what warm read.
                     read_file(c.root() / "large.bin")
                 run_one("hot", times=seq_times)
+                if wl == "seq" and c.has_cache:
+                    # The cache's own copy read straight from its file: tells the device's
+                    # speed (the host's caching of a freshly written file) from the cache's.
+                    # After hot, since it drops the page cache (the remount drops it anyway).
+                    files = [f for f in Path(c.cache).rglob("*") if f.is_file()]
+                    if files:
+                        big = max(files, key=lambda f: f.stat().st_size)
+                        drop_caches()
+                        t = time.perf_counter()
+                        n = read_file(big)
+                        print(f"  {rtt} ms {c.name:9} seq       its cache file read directly: "
+                              f"{n / (time.perf_counter() - t) / 2**20:.0f} MiB/s", flush=True)
                 if c.has_cache:
                     c.settle()
                     c.umount()
