@@ -22,3 +22,17 @@ strata_fill() {
     done
     echo "$pass"
 }
+
+# fio_read FILE RW BS SECS: one buffered fio read of FILE (RW: fio --rw), page cache
+# dropped first. A sequential pass (RW=read) reads the file once, not for SECS: a
+# second pass would come from the page cache. Prints IOPS, MiB/s and the latency's
+# p50, mean and p99.
+fio_read() {
+    local timing="--runtime=$4 --time_based"
+    [ "$2" = read ] && timing=""
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    fio --name=r --filename="$1" --rw="$2" --bs="$3" --ioengine=psync \
+        --direct=0 $timing --numjobs=1 --randrepeat=0 \
+        --invalidate=0 --output-format=json |
+        python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; c=r["clat_ns"]; p=c["percentile"]; print("%7.0f IOPS %6.0f MiB/s, p50 %5.0f us, mean %5.0f us, p99 %5.0f us" % (r["iops"], r["bw"] / 1024, p["50.000000"] / 1e3, c["mean"] / 1e3, p["99.000000"] / 1e3))'
+}

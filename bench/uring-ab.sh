@@ -21,15 +21,6 @@ mnt=$work/mnt; mkdir -p "$mnt"
 cleanup() { "$strata" umount "$mnt" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-# A sequential run reads the file once (a second pass would come from the page cache).
-timing="--runtime=$secs --time_based"; [ "$rw" = read ] && timing=""
-fio_iops() { # FILE
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    fio --name=r --filename="$1" --rw="$rw" --bs="$bs" --ioengine=psync \
-        --direct=0 $timing --numjobs=1 --randrepeat=0 \
-        --invalidate=0 --output-format=json |
-        python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; p=r["clat_ns"]["percentile"]; print("%7.0f IOPS %6.0f MiB/s, mean %5.0f us, p99 %5.0f us" % (r["iops"], r["bw"] / 1024, r["clat_ns"]["mean"] / 1e3, p["99.000000"] / 1e3))'
-}
 . "$here/bench/lib.sh"
 stat() { strata_stat "$strata" "$mnt" "$1"; }
 
@@ -37,12 +28,12 @@ stat() { strata_stat "$strata" "$mnt" "$1"; }
 echo "filled in $(strata_fill "$strata" "$mnt" "$mnt/large.bin") passes"
 "$strata" umount "$mnt"
 for r in $(seq "$rounds"); do
-    echo "$r local              $(fio_iops "$local_copy")"
+    echo "$r local              $(fio_read "$local_copy" "$rw" "$bs" "$secs")"
     for mode in dev-fuse uring ${URING_AB_OTHER:+uring-other}; do
         args=(); [ $mode != dev-fuse ] && args=(--uring)
         bin=$strata; [ $mode = uring-other ] && bin=$URING_AB_OTHER
         "$bin" mount "$data" "$mnt" --cache-dir "$work/cache" "${args[@]}"
-        out=$(fio_iops "$mnt/large.bin")
+        out=$(fio_read "$mnt/large.bin" "$rw" "$bs" "$secs")
         echo "$r strata $(printf %-11s $mode) $out  (origin requests $(stat origin_requests), uring requests $(stat fuse_uring_requests))"
         "$strata" umount "$mnt"
     done

@@ -28,14 +28,6 @@ peers=${PEERS:-strata catfs rclone}
 [ -n "${PEERS_OTHER:-}" ] && peers="strata strata-other ${peers/strata/}"
 mkdir -p "$work"/{strata,strata-other,catfs,rclone}
 
-timing="--runtime=$secs --time_based"; [ "$rw" = read ] && timing=""
-fio_run() { # FILE
-    sync; echo 3 > /proc/sys/vm/drop_caches
-    fio --name=r --filename="$1" --rw="$rw" --bs="$bs" --ioengine=psync \
-        --direct=0 $timing --numjobs=1 --randrepeat=0 \
-        --invalidate=0 --output-format=json |
-        python3 -c 'import json,sys; r=json.load(sys.stdin)["jobs"][0]["read"]; p=r["clat_ns"]["percentile"]; print("%7.0f IOPS %6.0f MiB/s, p50 %5.0f us, p99 %5.0f us" % (r["iops"], r["bw"] / 1024, p["50.000000"] / 1e3, p["99.000000"] / 1e3))'
-}
 . "$here/bench/lib.sh"
 wait_mounted() { for _ in $(seq 100); do mountpoint -q "$1" && return; sleep 0.1; done; echo "$1: not mounted" >&2; exit 1; }
 mount_one() { # NAME
@@ -71,10 +63,10 @@ done
 echo "filled: strata in $pass passes$(for m in catfs rclone; do [ -d "$work/cache-$m" ] && echo -n ", $m $(du -sh "$work/cache-$m" | cut -f1)"; done)"
 
 for r in $(seq "$rounds"); do
-    echo "$r local   $(fio_run "$local_copy")"
+    echo "$r local   $(fio_read "$local_copy" "$rw" "$bs" "$secs")"
     for m in $peers; do
         mount_one $m
-        echo "$r $(printf %-7s $m) $(fio_run "$work/$m/large.bin")"
+        echo "$r $(printf %-7s $m) $(fio_read "$work/$m/large.bin" "$rw" "$bs" "$secs")"
         umount_one $m
     done
 done
