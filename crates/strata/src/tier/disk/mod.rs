@@ -47,9 +47,10 @@ use crate::storage::{Space, Storage, StorageFile};
 use crate::sync::{Mutex, RwLock};
 
 /// Runs of more blocks than this are read into one buffer and not promoted to RAM:
-/// a buffer per block costs fresh pages and a copy into the reply. At 16 (256 KiB),
-/// warm random 128 KiB reads trailed catfs; at 4 they ran 1.20 x faster, p99 342
-/// against 510 us (bench/results/latest/level-field-rand128k-one-piece.log).
+/// a buffer per block costs fresh pages and a copy into the reply. With the default
+/// 16 KiB blocks, at 16 (256 KiB) warm random 128 KiB reads trailed catfs; at 4
+/// (64 KiB) they ran 1.20 x faster, p99 342 against 510 us
+/// (bench/results/latest/level-field-rand128k-one-piece.log).
 pub const LONG_RUN: usize = 4;
 
 const LOG: &str = "index.log";
