@@ -460,11 +460,13 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
             c.fresh()
             c.mount()
 
-        # A sequential read of 1 GiB takes a second or two when cached, and one such
-        # figure on this shared VM can be off by half: warm and hot seq are the median
-        # of three (caches dropped before each warm one).
+        # One cached figure on this shared VM can be off by half (the disk's speed
+        # swings within minutes): warm, hot and remount seq and rand128k are the median
+        # of three (caches dropped before each warm one, remounted before each remount
+        # one). Not rand4k: its blocks are promoted to strata's RAM tier, which outlives
+        # a page-cache drop, so a second warm run would measure RAM.
         cached = c.has_cache or c.name == "local"
-        seq_times = 3 if wl == "seq" and cached else 1
+        seq_times = 3 if wl in ("seq", "rand128k") and cached else 1
         if wl not in a.workloads:
             continue
         try:
@@ -506,12 +508,14 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                         n = read_file(big)
                         print(f"  {rtt} ms {c.name:9} seq       its cache file read directly: "
                               f"{n / (time.perf_counter() - t) / 2**20:.0f} MiB/s", flush=True)
-                if c.has_cache:
-                    c.settle()
-                    c.umount()
-                    c.mount()
-                drop_caches()
-                run_one("remount")
+                def remount():
+                    if c.has_cache:
+                        c.settle()
+                        c.umount()
+                        c.mount()
+
+                remount()
+                run_one("remount", drop=True, times=seq_times, between=remount)
         except Exception as e:  # a contender that fails a workload is reported, not fatal
             print(f"  {c.name} {wl}: failed: {e}", file=sys.stderr)
             res[f"fail/{key(wl, '')}".rstrip("/")] = str(e)
