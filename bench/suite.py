@@ -466,7 +466,7 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
         # one). Not rand4k: its blocks are promoted to strata's RAM tier, which outlives
         # a page-cache drop, so a second warm run would measure RAM.
         cached = c.has_cache or c.name == "local"
-        seq_times = 3 if wl in ("seq", "rand128k") and cached else 1
+        cached_times = 3 if wl in ("seq", "rand128k") and cached else 1
         if wl not in a.workloads:
             continue
         try:
@@ -489,13 +489,13 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                     print(f"  {rtt} ms {c.name:9} {wl:9} filled: " + ", ".join(
                         f"{k} {s[k]}" for k in ("fills_dropped", "fills_refetched", "disk_blocks")
                         if k in s), flush=True)
-            run_one("warm", drop=True, times=seq_times)
+            run_one("warm", drop=True, times=cached_times)
             # Without a cache, hot and remount only repeat warm: skipped.
             if c.has_cache or c.name == "local":
                 if wl in ("rand4k", "rand128k"):
                     # Hot: the whole file in the page cache, not only what warm read.
                     read_file(c.root() / "large.bin")
-                run_one("hot", times=seq_times)
+                run_one("hot", times=cached_times)
                 if wl == "seq" and c.has_cache:
                     # The cache's own copy read straight from its file: tells the device's
                     # speed (the host's caching of a freshly written file) from the cache's.
@@ -515,7 +515,7 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                         c.mount()
 
                 remount()
-                run_one("remount", drop=True, times=seq_times, between=remount)
+                run_one("remount", drop=True, times=cached_times, between=remount)
         except Exception as e:  # a contender that fails a workload is reported, not fatal
             print(f"  {c.name} {wl}: failed: {e}", file=sys.stderr)
             res[f"fail/{key(wl, '')}".rstrip("/")] = str(e)

@@ -50,7 +50,7 @@ use crate::sync::{Mutex, RwLock};
 /// a buffer per block costs fresh pages and a copy into the reply. With the default
 /// 16 KiB blocks, at 16 (256 KiB) warm random 128 KiB reads trailed catfs; at 4
 /// (64 KiB) they ran 1.20 x faster, p99 342 against 510 us
-/// (bench/results/latest/level-field-rand128k-one-piece.log).
+/// (bench/results/2026-12-02-synced/level-field-rand128k-one-piece.log).
 pub const LONG_RUN: usize = 4;
 
 const LOG: &str = "index.log";
