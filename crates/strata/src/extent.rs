@@ -141,6 +141,12 @@ impl ExtentTree {
         if range.start >= range.end {
             return;
         }
+        // Most updates on the read path change nothing (a hit marks blocks it found
+        // marked): the canonical form then stands, and the rebuild's allocations
+        // and map edits are skipped.
+        if self.runs(range.clone()).all(|(_, b)| f(b) == b) {
+            return;
+        }
         // Take out every extent that overlaps or touches the range, so that merging
         // with equal neighbours happens in the same pass.
         // The only extent that can touch from the left is the last one starting before.

@@ -359,6 +359,42 @@ fn long_disk_reads_go_out_in_one_piece_and_skip_the_ram_tier() {
 }
 
 #[test]
+fn a_cache_file_cut_short_under_a_read_is_refetched_not_served() {
+    let s = setup();
+    let len = 32 * BS as usize;
+    let want = pattern(14, len);
+    std::fs::write(s.origin.join("f"), &want).unwrap();
+    {
+        let first = engine(&s, Duration::from_secs(60));
+        assert_eq!(read_all(&first, "f"), want);
+        assert!(first.wait_fills(Duration::from_secs(20)));
+    }
+    // The one data file, cut in the middle of block 10.
+    let mut files = Vec::new();
+    for d in std::fs::read_dir(s.cache.join("objects")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    assert_eq!(files.len(), 1, "{files:?}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    f.set_len(10 * BS as u64 + 100).unwrap();
+    let e = engine(&s, Duration::from_secs(60));
+    let h = e.open(Path::new("f")).unwrap();
+    // A long run across the cut, a lone block past it, a short run before it.
+    for (off, n) in [(4 * BS, 12 * BS), (20 * BS, 100), (BS + 7, 2 * BS)] {
+        let got = e.read(&h, off as u64, n as usize).unwrap().to_vec();
+        assert_eq!(got, want[off as usize..(off + n) as usize]);
+    }
+    let st = e.stats();
+    assert!(st.checksum_failures >= 2, "{st:?}");
+    assert!(st.origin_requests >= 2, "{st:?}");
+}
+
+#[test]
 fn fills_gathered_for_the_commit_interval_share_one_commit_and_survive_shutdown() {
     let s = setup();
     let n = 8u64;

@@ -66,6 +66,15 @@ pub trait StorageFile: Send + Sync {
         }
         Ok(total)
     }
+    /// Reads up to `len` bytes at `off` into a new buffer; it comes back shorter only
+    /// at the end of the file. Real storage reads into the buffer unzeroed: a hit
+    /// should not pay a memset of bytes the read overwrites at once.
+    fn read_new(&self, len: usize, off: u64) -> io::Result<Vec<u8>> {
+        let mut v = vec![0; len];
+        let n = read_full_at(self, &mut v, off)?;
+        v.truncate(n);
+        Ok(v)
+    }
     /// Writes all of `buf` at `off`.
     fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
     /// Makes the file's data (and size) durable.

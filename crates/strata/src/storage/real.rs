@@ -143,6 +143,22 @@ impl StorageFile for RealFile {
         self.file.read_at(buf, off)
     }
 
+    fn read_new(&self, len: usize, off: u64) -> io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(len);
+        while v.len() < len {
+            let at = off + v.len() as u64;
+            // `spare_capacity` lets the kernel write the unfilled tail and lengthens
+            // `v` by what it wrote.
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut v), at) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(v)
+    }
+
     fn read_vectored_at(&self, bufs: &mut [&mut [u8]], off: u64) -> io::Result<usize> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
@@ -215,5 +231,24 @@ impl StorageFile for RealFile {
             pos = end;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_new_reads_up_to_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &data).unwrap();
+        let f = RealFile {
+            file: File::open(dir.path().join("f")).unwrap(),
+        };
+        assert_eq!(f.read_new(65_536, 1_000).unwrap(), data[1_000..66_536]);
+        assert_eq!(f.read_new(65_536, 50_000).unwrap(), data[50_000..]);
+        assert!(f.read_new(4_096, 100_000).unwrap().is_empty());
+        assert!(f.read_new(0, 0).unwrap().is_empty());
     }
 }

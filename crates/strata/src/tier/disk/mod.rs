@@ -768,7 +768,7 @@ impl DiskTier {
     /// Reads one run of blocks that the index holds. A run longer than `LONG_RUN`
     /// goes into one buffer, returned whole if every block checked out; a shorter
     /// one into a buffer per block (the RAM tier keeps those: a slice would keep
-    /// its whole run alive).
+    /// its whole run alive). One buffer, a lone block's included, is read unzeroed.
     fn read_run(
         &self,
         id: u64,
@@ -783,21 +783,27 @@ impl DiskTier {
             .map(|i| block_len(size, self.bs, first + i as u64))
             .collect();
         let at = (first + run.start as u64) * self.bs;
-        let (pieces, one, read) = if run.len() > LONG_RUN {
-            let mut buf = BytesMut::zeroed(lens.iter().sum());
-            let read = self
-                .file(id, false)
-                .and_then(|f| f.read_vectored_at(&mut [&mut buf[..]], at));
-            let buf = buf.freeze();
+        let (pieces, one, read) = if run.len() > LONG_RUN || run.len() == 1 {
+            // One buffer, read unzeroed; a short read (the file was cut) leaves the
+            // blocks past its end short, and they fail the check below.
+            let total = lens.iter().sum();
+            let (buf, read) = match self.file(id, false).and_then(|f| f.read_new(total, at)) {
+                Ok(v) => {
+                    let n = v.len();
+                    (Bytes::from(v), Ok(n))
+                }
+                Err(e) => (Bytes::new(), Err(e)),
+            };
+            let n = buf.len();
             let mut o = 0;
             let pieces: Vec<Bytes> = lens
                 .iter()
                 .map(|&l| {
                     o += l;
-                    buf.slice(o - l..o)
+                    buf.slice((o - l).min(n)..o.min(n))
                 })
                 .collect();
-            (pieces, Some(buf), read)
+            (pieces, (run.len() > LONG_RUN).then_some(buf), read)
         } else {
             let mut bufs: Vec<BytesMut> = lens.iter().map(|&l| BytesMut::zeroed(l)).collect();
             let read = self.file(id, false).and_then(|f| {
@@ -821,7 +827,7 @@ impl DiskTier {
         let mut bad = Vec::new();
         for (j, piece) in pieces.into_iter().enumerate() {
             let i = run.start + j;
-            let len = piece.len();
+            let len = lens[j];
             let complete = offset + len <= got;
             offset += len;
             let want = crcs[i].expect("run of present blocks");
