@@ -189,15 +189,29 @@ fn print_stats(r: &control::StatsReply) {
         );
     }
     let waited = s.origin_requests.saturating_sub(s.readahead_requests);
-    if s.reads > 0 && waited > 0 {
-        // The wait beyond the origin's own time is strata's hand-off to an origin
-        // thread; the read beyond the wait is its own work and waiting for others.
-        out!(
-            "read time   {:.0} us per read; per origin request a reader waited {:.0} us, the origin took {:.0} us",
-            s.read_us as f64 / s.reads as f64,
-            s.origin_wait_us as f64 / waited as f64,
-            s.origin_read_us as f64 / waited as f64
+    if s.reads > 0 {
+        let per_read = |us: u64| us as f64 / s.reads as f64;
+        let mut line = format!(
+            "read time   {:.0} us per read in the engine",
+            per_read(s.read_us)
         );
+        if s.fuse_read_us > 0 {
+            // The handler's time beyond the engine's is joining blocks and the reply.
+            line += &format!(
+                ", {:.0} us in the mount's handler",
+                per_read(s.fuse_read_us)
+            );
+        }
+        if waited > 0 {
+            // The wait beyond the origin's own time is strata's hand-off to an origin
+            // thread; the read beyond the wait is its own work and waiting for others.
+            line += &format!(
+                "; per origin request a reader waited {:.0} us, the origin took {:.0} us",
+                s.origin_wait_us as f64 / waited as f64,
+                s.origin_read_us as f64 / waited as f64
+            );
+        }
+        out!("{line}");
     }
     out!();
     for (name, value, what) in s.fields() {

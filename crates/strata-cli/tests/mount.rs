@@ -209,6 +209,9 @@ fn varied_tree_cold_warm_and_after_remount() {
     let after = t.stats();
     assert_eq!(after["origin_requests"], 0, "after a remount: {after}");
     assert!(after["disk_hits"].as_u64().unwrap() > 0);
+    // The read handlers' time holds the engine's.
+    let (fuse_us, engine_us) = (after["fuse_read_us"].as_u64(), after["read_us"].as_u64());
+    assert!(engine_us.unwrap() > 0 && fuse_us >= engine_us, "{after}");
     t.umount();
 }
 
@@ -841,6 +844,9 @@ fn uring_queues_answer_with_the_same_bytes_attributes_and_errors() {
         (so.f_blocks, so.f_bsize),
         "statfs"
     );
+    let s = t.stats();
+    let (fuse_us, engine_us) = (s["fuse_read_us"].as_u64(), s["read_us"].as_u64());
+    assert!(engine_us.unwrap() > 0 && fuse_us >= engine_us, "{s}");
     // `strata stats` itself asks the mount's root for an extended attribute.
     let after = t.stat_u64("fuse_uring_requests");
     assert!(

@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 use fuser::{
@@ -658,6 +658,13 @@ impl StrataFs {
             .map_err(|e| errno(&e))
     }
 
+    /// Counts a read handler's time from `t0` (`fuse_read_us`: the engine's part
+    /// is `read_us`, the rest is the mount's own).
+    pub(crate) fn note_read_time(&self, t0: Instant) {
+        let us = t0.elapsed().as_micros() as u64;
+        strata::stats::add(&self.engine.counters().fuse_read_us, us);
+    }
+
     pub(crate) fn do_release(&self, fh: u64) {
         let f = self
             .files
@@ -900,6 +907,7 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        let t0 = Instant::now();
         match self.do_read(fh.0, offset, size) {
             Ok(b) => match b.as_single() {
                 Some(one) => reply.data(one),
@@ -907,6 +915,7 @@ impl fuser::Filesystem for FuseFs {
             },
             Err(e) => reply.error(e),
         }
+        self.note_read_time(t0);
     }
 
     fn flush(

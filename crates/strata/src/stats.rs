@@ -48,6 +48,7 @@ stats! {
     origin_requests: "read requests sent to the origin",
     origin_bytes: "bytes read from the origin",
     read_us: "microseconds spent answering reads, in all",
+    fuse_read_us: "microseconds the mount's read handlers took, in all: read_us plus joining the blocks and handing the reply to the kernel (with --uring: copying it into the queue's buffer)",
     origin_wait_us: "microseconds readers waited for origin read requests (hand-off to an origin thread included)",
     origin_read_us: "microseconds the origin took to answer those requests",
     origin_errors: "origin reads that failed",
