@@ -207,6 +207,17 @@ class Rclone(Contender):
            "--log-file", self.work / "rclone.log")
         wait_mounted(self.mnt)
 
+    def umount(self):
+        super().umount()
+        # The daemon exits a while after its mount is gone. A new one started in the
+        # same second once gave up with "mount not ready" (2026-12-03 run): wait for it.
+        for _ in range(300):
+            gone = subprocess.run(["pgrep", "-f", f"rclone mount .*{self.mnt}"],
+                                  capture_output=True).returncode != 0
+            if gone:
+                break
+            time.sleep(0.1)
+
     def settle(self):
         # rclone writes its cache as it reads; give it a moment to persist.
         time.sleep(3)
@@ -506,8 +517,11 @@ def run_contender(c: Contender, a, res: dict, rtt: int):
                         drop_caches()
                         t = time.perf_counter()
                         n = read_file(big)
+                        frag = subprocess.run(["filefrag", str(big)], capture_output=True,
+                                              text=True).stdout.strip().rsplit(": ", 1)[-1]
                         print(f"  {rtt} ms {c.name:9} seq       its cache file read directly: "
-                              f"{n / (time.perf_counter() - t) / 2**20:.0f} MiB/s", flush=True)
+                              f"{n / (time.perf_counter() - t) / 2**20:.0f} MiB/s ({frag})",
+                              flush=True)
                 def remount():
                     if c.has_cache:
                         c.settle()

@@ -8,7 +8,9 @@
 #
 # DATA_DIR holds large.bin; LOCAL_COPY is the same file elsewhere on the local disk.
 # PEERS_DIR=/dev/shm keeps the caches in memory (each cache's read path alone);
-# PEERS_OTHER=PATH adds `strata-other`, another strata build over the same cache;
+# PEERS_OTHER=PATH adds `strata-other`, another strata build over the same cache
+# (PEERS_OTHER_ARGS: extra mount options for it; PEERS_OTHER=target/release/strata
+# with them compares options on one build);
 # PEERS=... picks the caches (default "strata catfs rclone").
 # Needs root, fio, catfs (bench/catfs/build.sh) and rclone.
 set -euo pipefail
@@ -33,7 +35,8 @@ wait_mounted() { for _ in $(seq 100); do mountpoint -q "$1" && return; sleep 0.1
 mount_one() { # NAME
     case $1 in
         strata) "$strata" mount "$data" "$work/strata" --cache-dir "$work/cache-strata" ;;
-        strata-other) "$PEERS_OTHER" mount "$data" "$work/strata-other" --cache-dir "$work/cache-strata" ;;
+        strata-other) "$PEERS_OTHER" mount "$data" "$work/strata-other" --cache-dir "$work/cache-strata" \
+                          ${PEERS_OTHER_ARGS:-} ;;
         catfs) mkdir -p "$work/cache-catfs"   # catfs stays in the foreground
                catfs "$data" "$work/cache-catfs" "$work/catfs" >>"$work/catfs.log" 2>&1 & ;;
         rclone) rclone mount "$data" "$work/rclone" --vfs-cache-mode full --cache-dir "$work/cache-rclone" \
