@@ -403,11 +403,15 @@ fn dispatch(
         READ => {
             let (fh, off, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16));
             let t0 = Instant::now();
-            let b = fs.do_read(fh, off, size)?;
-            for p in b.parts() {
-                out.put(p);
+            let read = fs.do_read(fh, off, size);
+            if let Ok(b) = &read {
+                for p in b.parts() {
+                    out.put(p);
+                }
             }
+            // Counted as on /dev/fuse, failed reads included.
             fs.note_read_time(t0);
+            read?;
         }
         STATFS => {
             let s = fs.do_statfs()?;
