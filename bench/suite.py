@@ -202,10 +202,21 @@ class Rclone(Contender):
     def mount(self):
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.cache.mkdir(parents=True, exist_ok=True)
-        sh("rclone", "mount", self.origin, self.mnt, "--vfs-cache-mode", "full",
-           "--cache-dir", self.cache, "--vfs-cache-max-size", "8G", "--daemon",
-           "--log-file", self.work / "rclone.log")
-        wait_mounted(self.mnt)
+        # `rclone mount --daemon` once gave up with "mount not ready" after 60 s
+        # (2026-12-03 run) and lost the cells that needed it: try again.
+        for attempt in range(3):
+            try:
+                sh("rclone", "mount", self.origin, self.mnt, "--vfs-cache-mode", "full",
+                   "--cache-dir", self.cache, "--vfs-cache-max-size", "8G", "--daemon",
+                   "--log-file", self.work / "rclone.log")
+                wait_mounted(self.mnt)
+                return
+            except (subprocess.CalledProcessError, RuntimeError) as e:
+                if attempt == 2:
+                    raise
+                print(f"  rclone mount failed ({e}); again", file=sys.stderr)
+                self.umount()
+                time.sleep(2)
 
     def umount(self):
         super().umount()
