@@ -1620,7 +1620,7 @@ impl Inner {
             return None; // no read-ahead threads: left to the next reader
         };
         let mut room = self.fill_room() / obj.bs;
-        let (claims, _) = self.claim_uncached(obj, blocks);
+        let claims = self.claim_uncached(obj, blocks);
         // Dropping a claim (the one refused, and the rest) releases its blocks.
         for mut c in claims.into_iter().flat_map(|c| self.split(c)) {
             let at = c.blocks.start;
@@ -1708,13 +1708,11 @@ impl Inner {
     /// Claims the blocks of a read-ahead window that are not cached or in flight and
     /// queues their fetches. A full queue drops them (and their claims).
     fn start_readahead(&self, obj: &Arc<Object>, blocks: Range<u64>) {
-        let (mut claims, on_disk) = self.claim_uncached(obj, blocks);
-        if let Some(disk) = &self.disk {
-            // What the disk tier holds of the window: have the kernel read it ahead.
-            for r in on_disk {
-                disk.will_need(obj.id, r.start, r.end - r.start);
-            }
-        }
+        // What the disk tier holds of the window is left to the kernel's own
+        // read-ahead of the cache file (one open file per object, so it sees the
+        // reader's pattern): asking for it with WILLNEED halved warm sequential reads,
+        // as that reads into one-page folios and out of step with the reader.
+        let mut claims = self.claim_uncached(obj, blocks);
         // Fetching ahead of a disk writer that is behind would only see the fills
         // dropped, and the blocks lost once RAM evicts them: fetch as much as the fill
         // queue has room for; the reader's own fetches still go out.
@@ -1745,25 +1743,14 @@ impl Inner {
         }
     }
 
-    /// Claims the blocks of a range that no tier holds and nobody fetches; also says
-    /// which runs of it the disk tier holds. One pass, under one lock of the object.
-    fn claim_uncached(
-        &self,
-        obj: &Arc<Object>,
-        blocks: Range<u64>,
-    ) -> (Vec<Claim>, Vec<Range<u64>>) {
+    /// Claims the blocks of a range that no tier holds and nobody fetches, under one
+    /// lock of the object.
+    fn claim_uncached(&self, obj: &Arc<Object>, blocks: Range<u64>) -> Vec<Claim> {
         let mut st = obj.lock();
         let busy = bits::FETCHING | bits::FILLING | bits::DISK;
         let mut todo: Vec<u64> = Vec::new();
-        let mut on_disk: Vec<Range<u64>> = Vec::new();
         for b in blocks {
             let r = obj.bytes_of(b..b + 1);
-            if st.tree.test_all(r.clone(), bits::DISK) {
-                match on_disk.last_mut() {
-                    Some(run) if run.end == b => run.end = b + 1,
-                    _ => on_disk.push(b..b + 1),
-                }
-            }
             if !st.tree.test_any(r, busy)
                 && !self.ram.contains(&BlockKey {
                     obj: obj.id,
@@ -1774,9 +1761,9 @@ impl Inner {
             }
         }
         if todo.is_empty() {
-            return (Vec::new(), on_disk);
+            return Vec::new();
         }
-        (obj.claim(&mut st, &todo, |_| false).mine, on_disk)
+        obj.claim(&mut st, &todo, |_| false).mine
     }
 
     /// Directory prefetch: a reader that opens a directory's files one after another
@@ -1953,7 +1940,7 @@ impl Inner {
             return;
         };
         let end = obj.size().min(self.cfg.dir_prefetch_bytes.max(1));
-        let (claims, _) = self.claim_uncached(&obj, 0..end.div_ceil(obj.bs));
+        let claims = self.claim_uncached(&obj, 0..end.div_ceil(obj.bs));
         if claims.is_empty() {
             return;
         }

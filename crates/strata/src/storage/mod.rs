@@ -85,9 +85,6 @@ pub trait StorageFile: Send + Sync {
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()>;
     /// The ranges that hold data (everything outside them is a hole).
     fn data_ranges(&self) -> io::Result<Vec<Range<u64>>>;
-    /// A hint that a range will be read soon: start reading it into memory. Storage
-    /// without a cache of its own ignores it.
-    fn will_need(&self, _off: u64, _len: u64) {}
 }
 
 /// Reads until `buf` is full or the end of the file.

@@ -129,16 +129,6 @@ struct RealFile {
 }
 
 impl StorageFile for RealFile {
-    fn will_need(&self, off: u64, len: u64) {
-        // Only a hint: an error (a filesystem without read-ahead) changes nothing.
-        let _ = rustix::fs::fadvise(
-            &self.file,
-            off,
-            std::num::NonZeroU64::new(len),
-            rustix::fs::Advice::WillNeed,
-        );
-    }
-
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         self.file.read_at(buf, off)
     }

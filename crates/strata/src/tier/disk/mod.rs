@@ -757,14 +757,6 @@ impl DiskTier {
         (out, whole)
     }
 
-    /// Starts reading blocks of an object into the page cache ahead of a sequential
-    /// reader (the cache file's own read-ahead sees a reader jumping between files).
-    pub fn will_need(&self, id: u64, first: u64, count: u64) {
-        if let Ok(f) = self.file(id, false) {
-            f.will_need(first * self.bs, count * self.bs);
-        }
-    }
-
     /// Reads one run of blocks that the index holds. A run longer than `LONG_RUN`
     /// goes into one buffer, returned whole if every block checked out; a shorter
     /// one into a buffer per block (the RAM tier keeps those: a slice would keep
