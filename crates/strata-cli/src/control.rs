@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use strata::Engine;
 use strata::stats::StatsSnapshot;
+use strata::storage::{RealStorage, Storage};
 
 use crate::mount::{Plan, Shutdown};
 
@@ -33,13 +34,19 @@ pub struct StatsReply {
     pub stats: StatsSnapshot,
 }
 
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
+/// The socket's name in the cache directory.
+pub const SOCKET: &str = "control.sock";
+
+/// Binds the control socket in the cache directory, reached through its checked
+/// descriptor (`path` is the name shown to users).
+pub fn bind(cache: &RealStorage, path: &Path) -> Result<UnixListener, String> {
     // A socket left by a daemon that died; the cache directory lock (taken when the
     // engine started) proves nobody serves it.
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)
+    let _ = cache.remove_file(Path::new(SOCKET));
+    let at = cache.fd_path(SOCKET);
+    let l = UnixListener::bind(&at)
         .map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict control socket {}: {e}", path.display()))?;
     Ok(l)
 }

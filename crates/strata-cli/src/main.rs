@@ -53,9 +53,10 @@ enum Cmd {
         /// Stay in the foreground, log to stderr, unmount on SIGINT/SIGTERM
         #[arg(short, long)]
         foreground: bool,
-        /// (internal) report readiness on this file descriptor
-        #[arg(long, hide = true)]
-        ready_fd: Option<i32>,
+        /// Mount read-only (strata mounts are always read-only, for now; accepted so
+        /// that scripts which say so work)
+        #[arg(short, long)]
+        read_only: bool,
         #[command(flatten)]
         opts: MountOpts,
     },
@@ -68,8 +69,9 @@ enum Cmd {
     },
     /// Check every cached block against its checksum and every record against the data.
     ///
-    /// Exit status: 0 clean, 1 damage found and repaired, 4 damage found and left.
-    /// Refuses while a mount uses the cache directory.
+    /// Exit status: 0 clean, 1 damage found and repaired, 4 damage found and left,
+    /// 8 refused (a mount uses the directory, it is not a strata cache, or it cannot
+    /// be read), 2 bad arguments.
     Fsck {
         cache_dir: PathBuf,
         /// Drop what is damaged and reclaim what is stray
@@ -133,13 +135,13 @@ fn run(cli: Cli, args: &[String]) -> Result<ExitCode, String> {
             origin,
             mountpoint,
             foreground,
-            ready_fd,
+            read_only: _,
             opts,
         } => {
             let plan = mount::plan(&origin, &mountpoint, opts)?;
             if foreground {
                 init_logging(&plan.log_level);
-                mount::run_foreground(plan, ready_fd)?;
+                mount::run_foreground(plan, mount::ready_fd())?;
             } else {
                 mount::spawn_daemon(&plan, args)?;
             }
@@ -234,11 +236,23 @@ fn human(n: u64) -> String {
     }
 }
 
+/// fsck's status when it refuses to check (in use, not a strata cache, unreadable): as
+/// fsck(8)'s "operational error", so scripts can tell it from damage.
+const FSCK_REFUSED: u8 = 8;
+
 fn fsck(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, String> {
-    if !dir.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
+    match fsck_checked(dir, repair, json) {
+        Ok(code) => Ok(code),
+        Err(msg) => {
+            eprintln!("strata: {msg}");
+            Ok(ExitCode::from(FSCK_REFUSED))
+        }
     }
-    let storage: Arc<dyn Storage> = Arc::new(RealStorage::new(dir));
+}
+
+fn fsck_checked(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, String> {
+    let storage: Arc<dyn Storage> =
+        Arc::new(RealStorage::open_existing(dir).map_err(|e| e.to_string())?);
     let Some(bs) = DiskTier::probe_block_size(&*storage) else {
         return Err(format!(
             "{} has no readable cache index (not a strata cache directory, or its index is \
@@ -291,6 +305,19 @@ fn fsck(dir: &Path, repair: bool, json: bool) -> Result<ExitCode, String> {
 }
 
 fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
+    // Only strata mounts: the fallback below would unmount anything.
+    let path = mount_path(mountpoint);
+    match mount::mount_entry(&path) {
+        None => return Err(format!("{} is not mounted", mountpoint.display())),
+        Some((_, fstype)) if fstype != format!("fuse.{}", mount::FS_SUBTYPE) => {
+            return Err(format!(
+                "{} is not a strata mount (a {fstype} filesystem is mounted there); \
+                 use umount(8) for it",
+                mountpoint.display()
+            ));
+        }
+        Some(_) => {}
+    }
     // Asked first: once unmounted, the mountpoint no longer leads to the daemon.
     let pid = daemon_pid(mountpoint);
     match control::request(mountpoint, "shutdown", Duration::from_secs(600)) {
@@ -323,6 +350,21 @@ fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
             wait_gone(pid);
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A mountpoint as /proc/self/mountinfo names it. The mount itself is not asked (a
+/// mount whose daemon died answers ENOTCONN): only its parent is resolved.
+fn mount_path(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
     }
 }
 

@@ -5,9 +5,8 @@
 //! the mount is live, or why it is not. So the exit status tells the truth.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -16,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
+use rustix::mount::UnmountFlags;
 use strata::origin::{LocalOrigin, Origin, SlowOrigin};
-use strata::storage::RealStorage;
+use strata::storage::{RealStorage, Storage};
 use strata::tier::disk::{DiskTier, Thresholds};
 use strata::{Config, DiskSetup, Engine};
 use strata_fuse::{FsOptions, FuseFs, StrataFs, UringQueues};
@@ -30,6 +30,8 @@ pub struct Plan {
     pub origin: PathBuf,
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
+    /// The cache directory, opened and checked (see `RealStorage::open`).
+    pub cache: Arc<RealStorage>,
     pub config: Config,
     pub allow_other: bool,
     pub passthrough: bool,
@@ -42,6 +44,18 @@ pub struct Plan {
 
 /// File descriptor number the daemon reports readiness on.
 const READY_FD: i32 = 3;
+/// How the daemon learns that it has one: an environment variable, not a flag, so
+/// that `strata mount --help` and clap's suggestions show only what users pass.
+const READY_ENV: &str = "STRATA_READY_FD";
+
+/// The readiness descriptor this process was started with, if it is the daemon.
+pub fn ready_fd() -> Option<i32> {
+    let fd = std::env::var(READY_ENV).ok()?.parse().ok()?;
+    // Not passed on to anything this process starts.
+    // SAFETY: read once at start, before any other thread exists.
+    unsafe { std::env::remove_var(READY_ENV) };
+    Some(fd)
+}
 
 pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, String> {
     o.merge_o()?;
@@ -89,11 +103,12 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         fcull: o.fcull.unwrap_or(7.0),
         fstop: o.fstop.unwrap_or(3.0),
     };
+    // Checked before anything is written into it (owner, mode, strata's marker).
+    let cache = Arc::new(RealStorage::open(&cache_dir).map_err(|e| e.to_string())?);
     // A cache directory keeps the block size it was created with; only an explicit
     // --block-size that differs is refused (by the disk tier, with the fix in the message).
     let block_size = o.block_size.unwrap_or_else(|| {
-        DiskTier::probe_block_size(&RealStorage::new(&cache_dir))
-            .unwrap_or(strata::config::DEFAULT_BLOCK_SIZE) as u64
+        DiskTier::probe_block_size(&*cache).unwrap_or(strata::config::DEFAULT_BLOCK_SIZE) as u64
     });
     if block_size > u32::MAX as u64 {
         return Err("block size is too large".into());
@@ -102,7 +117,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         block_size: block_size as u32,
         ram_capacity: o.ram_size.unwrap_or(256 << 20),
         disk: Some(DiskSetup {
-            storage: Arc::new(RealStorage::new(&cache_dir)),
+            storage: cache.clone(),
             capacity: o.cache_size.unwrap_or(10 << 30),
             thresholds,
         }),
@@ -133,6 +148,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         origin,
         mountpoint,
         cache_dir,
+        cache,
         config,
         allow_other: o.allow_other,
         passthrough: o.passthrough,
@@ -151,7 +167,7 @@ fn mounted_at(path: &Path) -> Option<String> {
 
 /// The device number ("major:minor") and type of the filesystem mounted at `path`,
 /// from /proc/self/mountinfo (no request to the filesystem itself).
-fn mount_entry(path: &Path) -> Option<(String, String)> {
+pub fn mount_entry(path: &Path) -> Option<(String, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut found = None;
     for line in info.lines() {
@@ -198,48 +214,54 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Creates the cache directory 0700 and refuses one that another user owns.
-pub fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create cache directory {}: {e}", dir.display()))?;
-    let m = std::fs::symlink_metadata(dir)
-        .map_err(|e| format!("cache directory {}: {e}", dir.display()))?;
-    if !m.is_dir() {
-        return Err(format!(
-            "cache directory {} is not a directory",
-            dir.display()
-        ));
+/// The mount's filesystem type is `fuse.` and this (as /proc/mounts shows it); `strata
+/// umount` unmounts nothing else.
+pub const FS_SUBTYPE: &str = "strata";
+
+/// Mounts a FUSE filesystem of type fuse.strata, read-only, at the plan's mountpoint
+/// and returns its /dev/fuse descriptor; None when this user may not mount (fuser's
+/// fusermount3 path then does it). fuser's own mount code always says plain "fuse".
+fn mount_fuse(plan: &Plan) -> Result<Option<OwnedFd>, String> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::mount::MountFlags;
+    let dev = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("cannot open /dev/fuse ({e}): is the fuse module loaded?"))?;
+    let root = rustix::fs::stat(&plan.mountpoint)
+        .map_err(|e| format!("mountpoint {}: {e}", plan.mountpoint.display()))?;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        root.st_mode & 0o170000,
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    if plan.allow_other {
+        data.push_str(",allow_other");
     }
-    let me = rustix::process::geteuid().as_raw();
-    if m.uid() != me {
-        return Err(format!(
-            "cache directory {} is owned by uid {}, not by you (uid {me}); refusing to use it",
-            dir.display(),
-            m.uid()
-        ));
+    let data = std::ffi::CString::new(data).map_err(|e| e.to_string())?;
+    match rustix::mount::mount(
+        plan.origin.as_os_str(),
+        &plan.mountpoint,
+        format!("fuse.{FS_SUBTYPE}").as_str(),
+        MountFlags::NODEV | MountFlags::NOSUID | MountFlags::RDONLY,
+        data.as_c_str(),
+    ) {
+        Ok(()) => Ok(Some(dev)),
+        Err(rustix::io::Errno::PERM) => Ok(None),
+        Err(e) => Err(format!(
+            "cannot mount at {}: {e}",
+            plan.mountpoint.display()
+        )),
     }
-    if m.mode() & 0o077 != 0 {
-        tracing::warn!(dir = %dir.display(), "cache directory was open to other users; setting it to 0700");
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot restrict cache directory {}: {e}", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// Runs `strata mount` in the background: starts the daemon and waits for its word.
 pub fn spawn_daemon(plan: &Plan, argv: &[String]) -> Result<(), String> {
-    prepare_cache_dir(&plan.cache_dir)?;
-    let log_path = plan.cache_dir.join("strata.log");
-    rotate(&log_path);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)
+    let log_path = plan.cache_dir.join(LOG);
+    rotate(&plan.cache);
+    let log = plan
+        .cache
+        .open_append(LOG)
         .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("pipe: {e}"))?;
@@ -247,8 +269,7 @@ pub fn spawn_daemon(plan: &Plan, argv: &[String]) -> Result<(), String> {
     let mut cmd = Command::new(exe);
     cmd.args(argv)
         .arg("--foreground")
-        .arg("--ready-fd")
-        .arg(READY_FD.to_string())
+        .env(READY_ENV, READY_FD.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
@@ -281,8 +302,11 @@ pub fn spawn_daemon(plan: &Plan, argv: &[String]) -> Result<(), String> {
         _ => {
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
             let mut tail = String::new();
-            if let Ok(mut f) = File::open(&log_path) {
-                let _ = f.read_to_string(&mut tail);
+            if let Ok(f) = plan.cache.open(Path::new(LOG), false) {
+                let mut b = vec![0u8; f.len().unwrap_or(0).min(64 << 10) as usize];
+                let from = f.len().unwrap_or(0) - b.len() as u64;
+                let n = strata::storage::read_full_at(&*f, &mut b, from).unwrap_or(0);
+                tail = String::from_utf8_lossy(&b[..n]).into_owned();
             }
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
             Err(format!(
@@ -293,9 +317,16 @@ pub fn spawn_daemon(plan: &Plan, argv: &[String]) -> Result<(), String> {
     }
 }
 
-fn rotate(log: &Path) {
-    if std::fs::metadata(log).is_ok_and(|m| m.len() > 16 << 20) {
-        let _ = std::fs::rename(log, log.with_extension("log.1"));
+/// The daemon's log, in the cache directory.
+const LOG: &str = "strata.log";
+
+fn rotate(cache: &RealStorage) {
+    let big = cache
+        .open(Path::new(LOG), false)
+        .and_then(|f| f.len())
+        .is_ok_and(|n| n > 16 << 20);
+    if big {
+        let _ = cache.rename(Path::new(LOG), Path::new("strata.log.1"));
     }
 }
 
@@ -339,7 +370,7 @@ impl Shutdown {
     /// Unmounts. With `lazy`, a busy mount is detached and the session ends when its
     /// last user is gone (for signals); without, a busy mount stays as it is.
     pub fn request(&self, why: &str, lazy: bool) -> Unmounted {
-        use rustix::mount::{UnmountFlags, unmount};
+        use rustix::mount::unmount;
         let mut guard = self.unmounter.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             return Unmounted::Yes;
@@ -415,7 +446,6 @@ pub fn run_foreground(plan: Plan, ready_fd: Option<i32>) -> Result<(), String> {
 }
 
 fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
-    prepare_cache_dir(&plan.cache_dir)?;
     raise_fd_limit();
     let local: Arc<dyn Origin> =
         Arc::new(LocalOrigin::new(&plan.origin).map_err(|e| e.to_string())?);
@@ -427,7 +457,7 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
             b.unwrap_or(0),
         )),
     };
-    note_origin(&plan.cache_dir, &plan.origin);
+    note_origin(&plan.cache, &plan.origin);
     let engine = Arc::new(Engine::new(plan.config.clone(), origin).map_err(|e| e.to_string())?);
     if let Some(d) = engine.disk() {
         let r = d.open_report();
@@ -439,8 +469,8 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
             "disk cache opened"
         );
     }
-    let socket = plan.cache_dir.join("control.sock");
-    let listener = control::bind(&socket)?;
+    let socket = plan.cache_dir.join(control::SOCKET);
+    let listener = control::bind(&plan.cache, &socket)?;
     let fs = Arc::new(
         StrataFs::new(
             engine.clone(),
@@ -455,16 +485,8 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
         .map_err(|e| format!("cannot read the origin's root: {e}"))?,
     );
     let invalidator = fs.invalidator();
-    let options = vec![
-        MountOption::FSName(plan.origin.to_string_lossy().into_owned()),
-        MountOption::Subtype("strata".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    // allow_other comes from the session's ACL below.
     let mut cfg = fuser::Config::default();
-    cfg.mount_options = options;
+    // allow_other comes from the session's ACL.
     cfg.acl = if plan.allow_other {
         SessionACL::All
     } else {
@@ -472,8 +494,32 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     };
     cfg.n_threads = Some(plan.threads);
     cfg.clone_fd = true;
-    let mut session = fuser::Session::new(FuseFs(fs.clone()), &plan.mountpoint, &cfg)
-        .map_err(|e| format!("cannot mount at {}: {e}", plan.mountpoint.display()))?;
+    let mut session = match mount_fuse(&plan) {
+        Ok(Some(dev)) => {
+            fuser::Session::from_fd(FuseFs(fs.clone()), dev, cfg.acl, cfg).map_err(|e| {
+                let _ = rustix::mount::unmount(&plan.mountpoint, UnmountFlags::DETACH);
+                format!(
+                    "cannot start the FUSE session at {}: {e}",
+                    plan.mountpoint.display()
+                )
+            })?
+        }
+        // Not allowed to mount (not root): fuser goes through fusermount3, which
+        // also makes it fuse.strata.
+        Ok(None) => {
+            cfg.mount_options = vec![
+                MountOption::FSName(plan.origin.to_string_lossy().into_owned()),
+                MountOption::Subtype(FS_SUBTYPE.into()),
+                MountOption::DefaultPermissions,
+                MountOption::NoDev,
+                MountOption::NoSuid,
+                MountOption::RO,
+            ];
+            fuser::Session::new(FuseFs(fs.clone()), &plan.mountpoint, &cfg)
+                .map_err(|e| format!("cannot mount at {}: {e}", plan.mountpoint.display()))?
+        }
+        Err(e) => return Err(e),
+    };
     // Passthrough's backing files are registered on the session's own /dev/fuse file.
     fs.attach_device(session.as_fd())
         .map_err(|e| format!("cannot keep the FUSE device: {e}"))?;
@@ -507,7 +553,7 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
     }
     tracing::info!("session ended; finishing fills and committing the cache index");
     engine.shutdown();
-    let _ = std::fs::remove_file(&socket);
+    let _ = plan.cache.remove_file(Path::new(control::SOCKET));
     shutdown.finish();
     tracing::info!("clean shutdown");
     r.map_err(|e| format!("FUSE session failed: {e}"))
@@ -547,20 +593,24 @@ fn raise_fd_limit() {
 
 /// Records which origin a cache directory serves; a change is worth a log line (the
 /// coherency tokens keep wrong bytes out either way).
-fn note_origin(cache_dir: &Path, origin: &Path) {
-    let f = cache_dir.join("origin");
-    let now = origin.to_string_lossy();
-    match std::fs::read_to_string(&f) {
-        Ok(old) if old.trim_end() == now => {}
-        Ok(old) => {
-            tracing::warn!(
-                previous = old.trim_end(),
-                "this cache directory served another origin; its entries will be revalidated and replaced"
-            );
-            let _ = std::fs::write(&f, format!("{now}\n"));
-        }
-        Err(_) => {
-            let _ = std::fs::write(&f, format!("{now}\n"));
-        }
+fn note_origin(cache: &RealStorage, origin: &Path) {
+    let now = format!("{}\n", origin.to_string_lossy());
+    let Ok(f) = cache.open(Path::new("origin"), true) else {
+        return;
+    };
+    let mut old = vec![0u8; 8192];
+    let n = strata::storage::read_full_at(&*f, &mut old, 0).unwrap_or(0);
+    let old = String::from_utf8_lossy(&old[..n]);
+    if old == now {
+        return;
     }
+    if !old.is_empty() {
+        tracing::warn!(
+            previous = old.trim_end(),
+            "this cache directory served another origin; its entries will be revalidated and replaced"
+        );
+    }
+    let _ = f
+        .set_len(0)
+        .and_then(|()| f.write_all_at(now.as_bytes(), 0));
 }

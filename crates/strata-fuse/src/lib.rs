@@ -493,11 +493,15 @@ impl StrataFs {
         let _ = config.set_max_readahead(MAX_READ);
         let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_background(64);
+        // No FUSE_CACHE_SYMLINKS: the kernel would keep a target in its page cache
+        // and never ask again, and an invalidation sent when strata sees the link
+        // change races with the lookup that saw it. Each readlink is a round trip
+        // answered from the engine's cache (TTL), which drops a target whose link's
+        // attributes changed.
         let wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_MAX_PAGES
-            | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_AUTO_INVAL_DATA;
         let _ = config.add_capabilities(wanted & config.capabilities());
@@ -1021,6 +1025,22 @@ impl fuser::Filesystem for FuseFs {
             Ok(Xattr::Data(v)) => reply.data(&v),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// No ioctls: ENOTTY, as a plain file answers (isatty, which Python asks of every
+    /// file it opens), without fuser's "not implemented" warning for each.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

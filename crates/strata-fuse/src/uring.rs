@@ -343,6 +343,7 @@ const OPENDIR: u32 = 27;
 const FSYNCDIR: u32 = 30;
 const READDIR: u32 = 28;
 const RELEASEDIR: u32 = 29;
+const IOCTL: u32 = 39;
 const ACCESS: u32 = 34;
 const CREATE: u32 = 35;
 const DESTROY: u32 = 38;
@@ -476,6 +477,8 @@ fn dispatch(
             let name = name_in(&out.buf[..in_len]).to_os_string();
             return Err(fs.refuse_write(op_name(opcode), ino, Some(&name)));
         }
+        // What a file without ioctls answers (isatty asks every open file).
+        IOCTL => return Err(Errno::ENOTTY),
         _ => return Err(Errno::ENOSYS),
     }
     Ok(out.len)

@@ -70,7 +70,7 @@ fn engine_over(origin: Arc<dyn Origin>, cache: &Path, ram: u64) -> Engine {
         block_size: BS,
         ram_capacity: ram,
         disk: Some(DiskSetup {
-            storage: Arc::new(RealStorage::new(cache)),
+            storage: Arc::new(RealStorage::open(cache).unwrap()),
             capacity: 8 << 30,
             thresholds: Thresholds::default(),
         }),
@@ -399,7 +399,7 @@ fn open_million(dir: &PathBuf) -> (f64, f64, f64) {
         thresholds: Thresholds::OFF,
         compact_min_bytes: 1 << 40,
     };
-    let storage = || -> Arc<dyn Storage> { Arc::new(RealStorage::new(dir)) };
+    let storage = || -> Arc<dyn Storage> { Arc::new(RealStorage::open(dir).unwrap()) };
     {
         let t = DiskTier::open(storage(), cfg.clone(), Arc::new(Stats::default())).unwrap();
         t.bench_populate_index(1000, 1000).unwrap();

@@ -47,7 +47,7 @@ fn config(cache: &Path, ttl: Duration) -> Config {
         block_size: BS,
         ram_capacity: 4 << 20,
         disk: Some(DiskSetup {
-            storage: Arc::new(RealStorage::new(cache)),
+            storage: Arc::new(RealStorage::open(cache).unwrap()),
             capacity: 64 << 20,
             thresholds: Thresholds::OFF,
         }),

@@ -44,7 +44,7 @@ fn setup(ttl: Duration, timeout: Duration) -> T {
         block_size: BS,
         ram_capacity: 8 << 20,
         disk: Some(DiskSetup {
-            storage: Arc::new(RealStorage::new(tmp.path().join("cache"))),
+            storage: Arc::new(RealStorage::open(tmp.path().join("cache")).unwrap()),
             capacity: 64 << 20,
             thresholds: Thresholds::OFF,
         }),

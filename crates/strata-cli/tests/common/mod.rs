@@ -275,3 +275,26 @@ pub fn enable_fuse_uring() -> bool {
     let param = Path::new("/sys/module/fuse/parameters/enable_uring");
     param.exists() && std::fs::write(param, "1").is_ok()
 }
+
+/// Whether the running kernel is at least `major.minor` (FUSE passthrough needs 6.9).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Skips a passthrough test (saying so) where the kernel cannot do it.
+#[must_use]
+pub fn kernel_has_passthrough() -> bool {
+    let ok = kernel_at_least(6, 9);
+    if !ok {
+        eprintln!("skipped: FUSE passthrough needs Linux 6.9 or later");
+    }
+    ok
+}

@@ -796,6 +796,9 @@ impl Inner {
                 }
             },
             Ok(a) => {
+                if a.kind == FileKind::Symlink {
+                    self.check_link(path, &a);
+                }
                 self.attrs.insert(path.to_path_buf(), Ok(a.clone()));
                 if a.kind == FileKind::File {
                     self.check_token(path, &a.token);
@@ -811,6 +814,18 @@ impl Inner {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// A symlink whose attributes changed may point elsewhere now (a link removed and
+    /// made again, often with the same inode number): its cached target goes. Also
+    /// when nothing was known of it: the target may have been kept longer than the
+    /// attributes.
+    fn check_link(&self, path: &Path, a: &Attr) {
+        let same = matches!(self.attrs.get_stale(path),
+            Some(Ok(prev)) if prev.kind == FileKind::Symlink && prev.token == a.token);
+        if !same {
+            self.links.remove(path);
         }
     }
 

@@ -31,6 +31,9 @@ pub struct LocalOrigin {
 /// are made up per lookup and change once the kernel forgets an inode.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
+/// Longest path handed to one openat2 (PATH_MAX is 4096 with the terminating NUL).
+const PIECE: usize = 4000;
+
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS);
 
 impl LocalOrigin {
@@ -70,17 +73,40 @@ impl LocalOrigin {
         &self.root_path
     }
 
-    /// Opens `path` below the root. An empty path is the root itself.
+    /// Opens `path` below the root. An empty path is the root itself. A path longer
+    /// than the kernel takes in one call (PATH_MAX) is resolved a piece at a time,
+    /// each piece beneath the directory the one before opened, so depth is bounded
+    /// only by the length of each name.
     fn open_at(&self, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
         check_relative(path)?;
-        let p: &Path = if path.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            path
-        };
+        let mut rest = path.as_os_str().as_bytes();
+        if rest.is_empty() {
+            rest = b".";
+        }
+        let mut dir: Option<OwnedFd> = None;
+        while rest.len() > PIECE {
+            // Cut at the last separator that keeps the piece short enough; a name
+            // longer than that cannot exist (names are at most 255 bytes).
+            let cut = rest[..=PIECE]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .filter(|&c| c > 0)
+                .ok_or_else(|| {
+                    io::Error::from_raw_os_error(rustix::io::Errno::NAMETOOLONG.raw_os_error())
+                })?;
+            let next = rustix::fs::openat2(
+                dir.as_ref().unwrap_or(&self.root),
+                OsStr::from_bytes(&rest[..cut]),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )?;
+            dir = Some(next);
+            rest = &rest[cut + 1..];
+        }
         Ok(rustix::fs::openat2(
-            &self.root,
-            p,
+            dir.as_ref().unwrap_or(&self.root),
+            OsStr::from_bytes(rest),
             flags | OFlags::CLOEXEC,
             Mode::empty(),
             RESOLVE,
@@ -430,6 +456,46 @@ mod tests {
                 ("up".into(), FileKind::Symlink)
             ]
         );
+    }
+
+    #[test]
+    fn paths_longer_than_path_max_are_resolved_in_pieces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = "d".repeat(250);
+        let mut rel = PathBuf::new();
+        for i in 0..20 {
+            rel.push(format!("{i:02}{name}"));
+        }
+        // Made here through a chain of directory descriptors, as the kernel would
+        // refuse the whole path at once.
+        let mut dir = File::open(tmp.path()).unwrap();
+        for c in rel.components() {
+            rustix::fs::mkdirat(&dir, c.as_os_str(), Mode::from_raw_mode(0o755)).unwrap();
+            dir = File::from(
+                rustix::fs::openat(&dir, c.as_os_str(), OFlags::RDONLY, Mode::empty()).unwrap(),
+            );
+        }
+        let f = rustix::fs::openat(
+            &dir,
+            "f",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&f, b"deep bytes").unwrap();
+        assert!(rel.as_os_str().len() > 5000);
+        let o = LocalOrigin::new(tmp.path()).unwrap();
+        let p = rel.join("f");
+        assert_eq!(o.stat(&p).unwrap().size, 10);
+        let file = o.open(&p).unwrap();
+        let mut buf = [0u8; 32];
+        assert_eq!(file.read_at(&mut buf, 0).unwrap(), 10);
+        assert_eq!(&buf[..10], b"deep bytes");
+        assert_eq!(o.read_dir(&rel).unwrap().len(), 1);
+        // Still beneath the root: dot-dot is refused, and a symlink on the way is not followed.
+        assert!(o.stat(&rel.join("..").join("f")).is_err());
+        symlink(tmp.path(), tmp.path().join("up")).unwrap();
+        assert!(o.stat(&Path::new("up").join(&rel).join("f")).is_err());
     }
 
     #[test]

@@ -41,10 +41,13 @@ pub trait Storage: Send + Sync {
     fn space(&self) -> io::Result<Space>;
     /// Takes the cache's exclusive lock for the life of the returned guard.
     fn lock(&self) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
-    /// The path of a file on a real filesystem, for handing it to the kernel (FUSE
-    /// passthrough). None for media that are not real files.
-    fn real_path(&self, _path: &Path) -> Option<std::path::PathBuf> {
-        None
+    /// A file opened read-only as a real file, for handing it to the kernel (FUSE
+    /// passthrough). Unsupported on media that are not real files.
+    fn open_read_only(&self, _path: &Path) -> io::Result<std::fs::File> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the cache medium has no real files",
+        ))
     }
 }
 

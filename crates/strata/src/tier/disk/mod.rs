@@ -23,7 +23,7 @@
 //! thread) appends to the log. Readers that find damage remove the block from the
 //! index at once and leave the logging to the writer.
 
-mod record;
+pub(crate) mod record;
 
 pub use record::{DecodeError, Record, decode as decode_record, encode as encode_record};
 
@@ -690,11 +690,7 @@ impl DiskTier {
     /// The data file of a fully cached object, opened read-only for the kernel to read
     /// directly (FUSE passthrough). The caller holds a pin on the object.
     pub fn backing_file(&self, _pin: &Pin) -> io::Result<std::fs::File> {
-        let path = self
-            .storage
-            .real_path(&object_path(_pin.id))
-            .ok_or_else(|| io::Error::other("the cache medium has no real files"))?;
-        std::fs::File::open(path)
+        self.storage.open_read_only(&object_path(_pin.id))
     }
 
     /// Block ranges of an object that are on disk.
