@@ -31,7 +31,19 @@ pub struct StatsReply {
     pub ram_capacity: u64,
     pub disk_capacity: u64,
     pub attr_ttl_ms: u64,
+    /// The most memory the daemon uses, as the README states it (`memory_bound`).
+    #[serde(default)]
+    pub memory_bound: u64,
     pub stats: StatsSnapshot,
+}
+
+/// What the daemon's memory stays within: the engine's part (`Config::memory_bound`),
+/// and for each thread that serves FUSE requests a reply being put together and the
+/// blocks it came from (a read of at most `MAX_READ`), plus a fixed part for the code,
+/// thread stacks and the allocator's slack.
+pub fn memory_bound(plan: &Plan, request_threads: usize) -> u64 {
+    const FIXED: u64 = 24 << 20;
+    plan.config.memory_bound() + request_threads as u64 * 2 * strata_fuse::MAX_READ as u64 + FIXED
 }
 
 /// The socket's name in the cache directory.
@@ -51,7 +63,13 @@ pub fn bind(cache: &RealStorage, path: &Path) -> Result<UnixListener, String> {
     Ok(l)
 }
 
-pub fn serve(listener: UnixListener, engine: Arc<Engine>, shutdown: Arc<Shutdown>, plan: &Plan) {
+pub fn serve(
+    listener: UnixListener,
+    engine: Arc<Engine>,
+    shutdown: Arc<Shutdown>,
+    plan: &Plan,
+    request_threads: usize,
+) {
     let info = StatsReply {
         origin: plan.origin.to_string_lossy().into_owned(),
         mountpoint: plan.mountpoint.to_string_lossy().into_owned(),
@@ -60,6 +78,7 @@ pub fn serve(listener: UnixListener, engine: Arc<Engine>, shutdown: Arc<Shutdown
         ram_capacity: plan.config.ram_capacity,
         disk_capacity: plan.config.disk.as_ref().map_or(0, |d| d.capacity),
         attr_ttl_ms: plan.config.attr_ttl.as_millis() as u64,
+        memory_bound: memory_bound(plan, request_threads),
         stats: StatsSnapshot::default(),
     };
     let spawned = std::thread::Builder::new()

@@ -85,7 +85,27 @@ enum Cmd {
     Umount { mountpoint: PathBuf },
 }
 
+/// glibc's malloc gives each thread that allocates at once an arena of its own, up to
+/// eight per CPU, and keeps what is freed in each: with strata's threads handing
+/// blocks to each other that held a third more memory (bench: the load test's peak
+/// RSS, 145 against 111 MiB with two arenas) for no measured gain in speed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    unsafe extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    const M_ARENA_MAX: i32 = -8;
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        mallopt(M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let argv = normalize_args(std::env::args().collect());
     let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
@@ -177,6 +197,13 @@ fn print_stats(r: &control::StatsReply) {
         human(r.ram_capacity),
         human(r.disk_capacity),
         r.attr_ttl_ms
+    );
+    out!(
+        "memory      at most {} (now: RAM tier {}, fill queue {}, metadata {})",
+        human(r.memory_bound),
+        human(r.stats.ram_bytes),
+        human(r.stats.inflight_fill_bytes),
+        human(r.stats.meta_bytes)
     );
     let s = &r.stats;
     let blocks = s.ram_hits + s.disk_hits + s.inflight_hits + s.misses;

@@ -116,6 +116,8 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
     let config = Config {
         block_size: block_size as u32,
         ram_capacity: o.ram_size.unwrap_or(256 << 20),
+        fill_queue_bytes: o.fill_queue.unwrap_or(64 << 20),
+        meta_bytes: o.meta_size.unwrap_or(64 << 20),
         disk: Some(DiskSetup {
             storage: cache.clone(),
             capacity: o.cache_size.unwrap_or(10 << 30),
@@ -537,7 +539,15 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
         waiters: Mutex::new(Vec::new()),
     });
     start_signal_thread(shutdown.clone())?;
-    control::serve(listener, engine.clone(), shutdown.clone(), &plan);
+    // The fuser threads, and with --uring the queue threads, each serve reads.
+    let request_threads = plan.threads + queues.threads();
+    control::serve(
+        listener,
+        engine.clone(),
+        shutdown.clone(),
+        &plan,
+        request_threads,
+    );
     tracing::info!(
         origin = %plan.origin.display(),
         mountpoint = %plan.mountpoint.display(),

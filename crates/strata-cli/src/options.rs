@@ -20,6 +20,15 @@ pub struct MountOpts {
     /// Most memory the RAM cache uses [default: 256MiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub ram_size: Option<u64>,
+    /// Most bytes of newly read blocks waiting to be written to the disk cache (memory
+    /// beyond --ram-size); past it fills are dropped and offered again later
+    /// [default: 64MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub fill_queue: Option<u64>,
+    /// Most memory the metadata caches use (attributes, listings, symlink targets,
+    /// extended attributes) [default: 64MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub meta_size: Option<u64>,
     /// Unit of caching, a power of two from 4KiB to 16MiB; fixed when a cache
     /// directory is created [default: 16KiB, or the size of the existing cache]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -164,6 +173,8 @@ impl MountOpts {
                 }
                 "cache_size" => set(&mut self.cache_size, parse_size(&need(&v)?)?),
                 "ram_size" => set(&mut self.ram_size, parse_size(&need(&v)?)?),
+                "fill_queue" => set(&mut self.fill_queue, parse_size(&need(&v)?)?),
+                "meta_size" => set(&mut self.meta_size, parse_size(&need(&v)?)?),
                 "block_size" => set(&mut self.block_size, parse_size(&need(&v)?)?),
                 "attr_ttl" => set(&mut self.attr_ttl, parse_duration(&need(&v)?)?),
                 "commit_interval" => set(&mut self.commit_interval, parse_duration(&need(&v)?)?),

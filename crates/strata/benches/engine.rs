@@ -306,7 +306,8 @@ fn main() {
     }
 
     // 5. Opening a cache of 1,000,000 blocks.
-    let (open_ms, heap_per_block, rss_per_block) = open_million(&tmp.path().join("cache-million"));
+    let (open_ms, heap_per_block, rss_per_block) =
+        open_index(&tmp.path().join("cache-million"), 1000, 1000);
     rows.push(Row {
         name: "open_1m_blocks_ms",
         what: "time to open a disk tier holding 1,000,000 blocks".into(),
@@ -318,6 +319,16 @@ fn main() {
             "heap bytes per cached block after that open (RSS delta: {rss_per_block:.1})"
         ),
         value: format!("{heap_per_block:.1}"),
+    });
+    // 6. The same for small files: 200,000 objects of one block each.
+    let (_, heap_per_object, rss_per_object) =
+        open_index(&tmp.path().join("cache-small"), 200_000, 1);
+    rows.push(Row {
+        name: "ram_bytes_per_small_object",
+        what: format!(
+            "heap bytes per cached one-block file after opening 200,000 of them (RSS delta: {rss_per_object:.1})"
+        ),
+        value: format!("{heap_per_object:.1}"),
     });
 
     println!();
@@ -392,7 +403,9 @@ fn policy_hit_ratios(scan: bool) -> (f64, f64) {
 }
 
 /// Writes an index of 1,000,000 blocks, then measures opening it.
-fn open_million(dir: &PathBuf) -> (f64, f64, f64) {
+/// Opens a disk tier of `objects` files of `per` blocks each; returns the time (ms)
+/// and the heap and RSS it took per block.
+fn open_index(dir: &PathBuf, objects: u64, per: u64) -> (f64, f64, f64) {
     let cfg = DiskConfig {
         capacity: 1 << 50,
         block_size: BS,
@@ -402,16 +415,17 @@ fn open_million(dir: &PathBuf) -> (f64, f64, f64) {
     let storage = || -> Arc<dyn Storage> { Arc::new(RealStorage::open(dir).unwrap()) };
     {
         let t = DiskTier::open(storage(), cfg.clone(), Arc::new(Stats::default())).unwrap();
-        t.bench_populate_index(1000, 1000).unwrap();
+        t.bench_populate_index(objects, per).unwrap();
     }
     let heap0 = HEAP.load(Ordering::Relaxed);
     let rss0 = rss_bytes();
     let t0 = Instant::now();
     let t = DiskTier::open(storage(), cfg, Arc::new(Stats::default())).unwrap();
     let took = t0.elapsed();
-    assert_eq!(t.blocks(), 1_000_000);
-    let heap = (HEAP.load(Ordering::Relaxed) - heap0) as f64 / 1e6;
-    let rss = (rss_bytes() as f64 - rss0 as f64) / 1e6;
+    let blocks = objects * per;
+    assert_eq!(t.blocks(), blocks);
+    let heap = (HEAP.load(Ordering::Relaxed) - heap0) as f64 / blocks as f64;
+    let rss = (rss_bytes() as f64 - rss0 as f64) / blocks as f64;
     drop(t);
     (took.as_secs_f64() * 1000.0, heap, rss)
 }

@@ -55,8 +55,9 @@ pub struct Config {
     pub dir_prefetch_bytes: u64,
     /// The disk index log is rewritten when larger than this and twice its live size.
     pub compact_min_bytes: u64,
-    /// Most metadata entries (attributes, listings) kept.
-    pub meta_entries: usize,
+    /// Most memory the metadata caches (attributes, listings, symlink targets,
+    /// extended attributes) use, as their entries weigh.
+    pub meta_bytes: u64,
     /// A file is handed to the kernel to read directly (passthrough) only if the
     /// origin has not changed it for this long: files being written (logs) stay on
     /// the path that follows their changes.
@@ -87,7 +88,7 @@ impl Default for Config {
             dir_prefetch_files: 32,
             dir_prefetch_bytes: 1 << 20,
             compact_min_bytes: 16 << 20,
-            meta_entries: 1 << 20,
+            meta_bytes: 64 << 20,
             passthrough_min_age: Duration::from_secs(60),
             passthrough_min_size: 1 << 20,
             origin_timeout: Some(Duration::from_secs(10)),
@@ -96,7 +97,40 @@ impl Default for Config {
     }
 }
 
+/// Memory the disk index takes per cached block, at most (the engine benchmark's
+/// `ram_bytes_per_block`: 44 bytes after an open, more while its hash map grows).
+pub const INDEX_BYTES_PER_BLOCK: u64 = 64;
+/// And per cached file (the benchmark's `ram_bytes_per_small_object`: 523 bytes for
+/// one-block files with short paths), for paths of up to about 100 bytes.
+pub const INDEX_BYTES_PER_OBJECT: u64 = 640;
+/// Files the engine tracks at once beyond those held open (idle ones are forgotten
+/// past it; their blocks stay cached).
+pub const MAX_ACTIVE_OBJECTS: usize = 1 << 14;
+/// What one tracked file costs at most (its version, path, extent tree), for paths of
+/// up to about 100 bytes and a fragmented tree.
+pub const ACTIVE_OBJECT_BYTES: u64 = 1024;
+
 impl Config {
+    /// The most memory the engine holds, beyond its code and the buffers of the
+    /// threads that call it: block data in RAM (`ram_capacity`, its per-block charge
+    /// included), blocks queued for the disk (`fill_queue_bytes`), metadata
+    /// (`meta_bytes`), the disk index when the disk tier is full of one-block files
+    /// (the worst case: each file costs far more than a block), the files it
+    /// tracks, and the read-ahead threads' requests in flight (each buffer of
+    /// `max_fetch`, and its copy into blocks). Files held open beyond
+    /// `MAX_ACTIVE_OBJECTS` cost `ACTIVE_OBJECT_BYTES` each on top.
+    pub fn memory_bound(&self) -> u64 {
+        let index = self.disk.as_ref().map_or(0, |d| {
+            d.capacity / self.block_size as u64 * (INDEX_BYTES_PER_BLOCK + INDEX_BYTES_PER_OBJECT)
+        });
+        self.ram_capacity
+            + self.fill_queue_bytes
+            + self.meta_bytes
+            + index
+            + MAX_ACTIVE_OBJECTS as u64 * ACTIVE_OBJECT_BYTES
+            + self.prefetch_threads as u64 * 2 * self.max_fetch
+    }
+
     /// Checks the values; the message says what to change.
     pub fn validate(&self) -> Result<(), String> {
         let bs = self.block_size;
@@ -107,6 +141,11 @@ impl Config {
         }
         if self.commit_interval > Duration::from_secs(60) {
             return Err("the commit interval must be at most 60s".into());
+        }
+        if self.fill_queue_bytes < bs as u64 {
+            return Err(format!(
+                "the fill queue must hold at least one block ({bs} bytes)"
+            ));
         }
         if self.max_fetch < bs as u64 {
             return Err("the largest origin request must hold at least one block".into());

@@ -90,6 +90,8 @@ stats! {
     #[gauge] disk_objects: "objects known to the disk tier",
     #[gauge] disk_state: "disk tier filling state: 0 normal, 1 culling, 2 stopped (low space), 3 failed (device errors)",
     #[gauge] inflight_fill_bytes: "bytes queued for or being written to the disk tier",
+    #[gauge] inflight_fill_peak: "the most bytes ever queued for the disk tier at once (at most the fill queue's size)",
+    #[gauge] meta_bytes: "bytes the metadata caches hold (attributes, listings, symlink targets, extended attributes)",
     #[gauge] dropped_fill_blocks: "blocks of dropped fills waiting for the disk writer to be idle, to be offered again",
     #[gauge] active_objects: "objects the engine is tracking",
 }

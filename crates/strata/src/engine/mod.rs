@@ -55,7 +55,7 @@ const FILL_BATCH_BYTES: u64 = 8 << 20;
 /// Dropped fill runs remembered for a retry; older ones are forgotten.
 const MAX_DROPPED_RUNS: usize = 4096;
 /// Active objects kept before idle ones are forgotten.
-const MAX_ACTIVE: usize = 1 << 16;
+const MAX_ACTIVE: usize = crate::config::MAX_ACTIVE_OBJECTS;
 const ENOENT: i32 = 2;
 /// Origin requests in flight at once when a listing's entries are asked about.
 const LISTING_WIDTH: usize = 16;
@@ -296,7 +296,7 @@ impl Engine {
             None => None,
         };
         let ttl = cfg.attr_ttl;
-        let max = cfg.meta_entries;
+        let max = cfg.meta_bytes as usize;
         let inner = Arc::new(Inner {
             ram: RamTier::new(cfg.ram_capacity, stats.clone()),
             origin,
@@ -312,12 +312,13 @@ impl Engine {
             list_scans: Mutex::new(FxHashMap::default()),
             lists_ahead: Mutex::new(Default::default()),
             threads: Mutex::new(Vec::new()),
-            attrs: TtlMap::new(ttl, max),
-            dirs: TtlMap::new(ttl, max / 16),
+            // Shares of the metadata budget; they add up to it.
+            attrs: TtlMap::new(ttl, max / 2),
+            dirs: TtlMap::new(ttl, max / 4),
             links: TtlMap::new(ttl, max / 16),
-            xattrs: TtlMap::new(ttl, max / 4),
-            xattr_lists: TtlMap::new(ttl, max / 4),
-            statfs: TtlMap::new(ttl, 1),
+            xattrs: TtlMap::new(ttl, max / 8),
+            xattr_lists: TtlMap::new(ttl, max / 16),
+            statfs: TtlMap::new(ttl, 4096),
             guard: OriginGuard::new(cfg.origin_timeout, cfg.origin_threads)
                 .map_err(EngineError::Thread)?,
             stale_warned: AtomicU64::new(0),
@@ -388,8 +389,15 @@ impl Engine {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        let mut s = self.inner.stats.snapshot();
-        s.active_objects = self.inner.objects.lock().len() as u64;
+        let i = &self.inner;
+        let mut s = i.stats.snapshot();
+        s.active_objects = i.objects.lock().len() as u64;
+        s.meta_bytes = (i.attrs.bytes()
+            + i.dirs.bytes()
+            + i.links.bytes()
+            + i.xattrs.bytes()
+            + i.xattr_lists.bytes()
+            + i.statfs.bytes()) as u64;
         s
     }
 
@@ -609,8 +617,8 @@ impl Inner {
         fetch: impl FnOnce() -> io::Result<V> + Send + 'static,
     ) -> io::Result<V>
     where
-        K: std::hash::Hash + Eq,
-        V: Clone + Send + 'static,
+        K: std::hash::Hash + Eq + meta::Weight,
+        V: Clone + Send + meta::Weight + 'static,
     {
         self.meta_then(map, key, fetch, |v| v)
     }
@@ -653,8 +661,8 @@ impl Inner {
         then: impl FnOnce(V) -> V,
     ) -> io::Result<V>
     where
-        K: std::hash::Hash + Eq,
-        V: Clone + Send + 'static,
+        K: std::hash::Hash + Eq + meta::Weight,
+        V: Clone + Send + meta::Weight + 'static,
     {
         if let Some(r) = map.get(&key) {
             return r.map_err(io::Error::from_raw_os_error);
@@ -1478,7 +1486,10 @@ impl Inner {
         let tx = self.fill_tx.read().clone();
         let queued = match tx {
             Some(tx) if inflight.load(Ordering::Relaxed) + bytes <= self.cfg.fill_queue_bytes => {
-                inflight.fetch_add(bytes, Ordering::Relaxed);
+                let now = inflight.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                self.stats
+                    .inflight_fill_peak
+                    .fetch_max(now, Ordering::Relaxed);
                 match tx.send(job) {
                     Ok(()) => None,
                     Err(e) => {
