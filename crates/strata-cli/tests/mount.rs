@@ -983,3 +983,40 @@ fn a_file_renamed_at_the_origin_while_open_reads_under_its_new_name() {
     drop(held);
     t.umount();
 }
+
+/// Expected events leave no warnings in the log: a mount, files opened by Python
+/// (which asks each one isatty, an ioctl), an unmount. And `--read-only`, which
+/// strata mounts are, is accepted.
+#[test]
+fn expected_events_log_no_warnings() {
+    let mut t = Mount::new();
+    fs::write(t.o("a.txt"), b"some text\n").unwrap();
+    t.mount(&["--read-only"]);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sys\nfor p in sys.argv[1:]:\n    open(p).read()\n    open(p, 'rb').read()")
+        .arg(t.m("a.txt"))
+        .arg(t.m("a.txt"))
+        .output()
+        .expect("python3 (scripts/prereqs --tests installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.umount();
+    let log = fs::read_to_string(t.cache.join("strata.log")).unwrap();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(noisy.is_empty(), "{noisy:#?}");
+    // A mistyped flag is not answered with a hint at an internal one.
+    let out = t.try_mount(&["--read-onyl"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--read-only") && !err.contains("ready"),
+        "{err}"
+    );
+}
