@@ -1020,3 +1020,66 @@ fn expected_events_log_no_warnings() {
         "{err}"
     );
 }
+
+/// `--attr-ttl` bounds staleness exactly: the kernel keeps attributes only for what is
+/// left of the engine's TTL for them, so the two caches do not stack (a change used
+/// to take up to twice the TTL to show).
+#[test]
+fn an_attribute_change_shows_within_one_ttl_not_two() {
+    let mut t = Mount::new();
+    fs::write(t.o("f"), b"x").unwrap();
+    fs::set_permissions(t.o("f"), fs::Permissions::from_mode(0o644)).unwrap();
+    t.mount(&["--attr-ttl", "2s"]);
+    let mode = |t: &Mount| fs::metadata(t.m("f")).unwrap().mode() & 0o777;
+    let t0 = std::time::Instant::now();
+    assert_eq!(mode(&t), 0o644);
+    // Half a TTL later the kernel forgets the entry and asks again: strata answers
+    // from its cache, 1 s old, and must say it is good for 1 s more, not 2.
+    std::thread::sleep(Duration::from_millis(1000));
+    common::drop_clean_caches();
+    assert_eq!(mode(&t), 0o644);
+    std::thread::sleep(Duration::from_millis(200));
+    fs::set_permissions(t.o("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    // 2.4 s after the first look: both caches expired at 2 s.
+    std::thread::sleep(Duration::from_millis(2400).saturating_sub(t0.elapsed()));
+    assert_eq!(
+        mode(&t),
+        0o600,
+        "seen {:?} after the first look",
+        t0.elapsed()
+    );
+    t.umount();
+}
+
+/// Reading a file whose attributes expired costs one origin request for the lookup and
+/// the open together (the open trusts what the lookup just confirmed), not two.
+#[test]
+fn a_lookup_and_an_open_cost_one_revalidation() {
+    let mut t = Mount::new();
+    const N: usize = 40;
+    for i in 0..N {
+        fs::write(t.o(format!("f{i}")), pattern(i as u64, 1000)).unwrap();
+    }
+    t.mount(&["--attr-ttl", "300ms"]);
+    for i in 0..N {
+        assert_eq!(
+            fs::read(t.m(format!("f{i}"))).unwrap(),
+            pattern(i as u64, 1000)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let before = t.stat_u64("revalidations");
+    for i in 0..N {
+        assert_eq!(
+            fs::read(t.m(format!("f{i}"))).unwrap(),
+            pattern(i as u64, 1000)
+        );
+    }
+    let asked = t.stat_u64("revalidations") - before;
+    // Each file once; the root directory may be asked about once more along the way.
+    assert!(
+        (N as u64..=N as u64 + 2).contains(&asked),
+        "{asked} origin requests for {N} files"
+    );
+    t.umount();
+}

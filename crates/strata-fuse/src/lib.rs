@@ -421,10 +421,12 @@ impl StrataFs {
         }
     }
 
-    /// Attributes of the entry behind an inode, checking it is still the same file.
-    fn attr_of(&self, ino: INodeNo) -> Result<(PathBuf, Attr), Errno> {
+    /// Attributes of the entry behind an inode, checking it is still the same file, and
+    /// how long the kernel may keep them.
+    fn attr_of(&self, ino: INodeNo) -> Result<(PathBuf, Attr, Duration), Errno> {
         let path = self.path_of(ino)?;
-        let a = self.engine.stat(&path).map_err(|e| {
+        let (r, ttl) = self.engine.stat_ttl(&path);
+        let a = r.map_err(|e| {
             if e.raw_os_error() == Some(2) && ino.0 != 1 {
                 Errno::ESTALE
             } else {
@@ -435,7 +437,7 @@ impl StrataFs {
             // Another file has the name now; the kernel will look it up again.
             return Err(Errno::ESTALE);
         }
-        Ok((path, a))
+        Ok((path, a, ttl))
     }
 
     /// Answers a write operation on `ino` (and `name` in it, for directory
@@ -525,21 +527,23 @@ impl StrataFs {
         tracing::debug!(passthrough, uring, "FUSE session initialized");
     }
 
+    /// The entry's attributes, its generation, and how long the kernel may keep them
+    /// (what is left of the engine's TTL for them, so the two do not stack).
     pub(crate) fn do_lookup(
         &self,
         parent: INodeNo,
         name: &OsStr,
-    ) -> Result<(FileAttr, u64), Errno> {
+    ) -> Result<(FileAttr, u64, Duration), Errno> {
         let path = self.child(parent, name)?;
-        match self.engine.stat(&path) {
-            Ok(a) => {
+        match self.engine.stat_ttl(&path) {
+            (Ok(a), ttl) => {
                 let ino = self.ino_of(&path, &a);
                 self.remember(ino, &path);
-                Ok((self.fattr(ino, &a), self.gen_of(ino)))
+                Ok((self.fattr(ino, &a), self.gen_of(ino), ttl))
             }
-            // A negative entry (inode 0) the kernel may cache for the TTL.
-            Err(e) if e.raw_os_error() == Some(2) => Ok((negative_entry(), 0)),
-            Err(e) => Err(errno(&e)),
+            // A negative entry (inode 0) the kernel may cache for what is left of the TTL.
+            (Err(e), ttl) if e.raw_os_error() == Some(2) => Ok((negative_entry(), 0, ttl)),
+            (Err(e), _) => Err(errno(&e)),
         }
     }
 
@@ -559,8 +563,9 @@ impl StrataFs {
         }
     }
 
-    pub(crate) fn do_getattr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
-        self.attr_of(ino).map(|(_, a)| self.fattr(ino.0, &a))
+    pub(crate) fn do_getattr(&self, ino: INodeNo) -> Result<(FileAttr, Duration), Errno> {
+        self.attr_of(ino)
+            .map(|(_, a, ttl)| (self.fattr(ino.0, &a), ttl))
     }
 
     pub(crate) fn do_readlink(&self, ino: INodeNo) -> Result<Arc<[u8]>, Errno> {
@@ -749,7 +754,7 @@ impl StrataFs {
         ino: INodeNo,
         fh: u64,
         offset: u64,
-        add: &mut dyn FnMut(u64, &OsStr, &FileAttr, u64) -> bool,
+        add: &mut dyn FnMut(u64, &OsStr, &FileAttr, u64, Duration) -> bool,
     ) -> Result<(), Errno> {
         let list = self.dir(fh).ok_or(Errno::EBADF)?;
         let dir_path = self.path_of(ino)?;
@@ -770,26 +775,32 @@ impl StrataFs {
                         let pp = self.path_of(INodeNo(parent)).unwrap_or_default();
                         ("..", parent, pp)
                     };
-                    match self.engine.stat(&p) {
-                        Ok(a) => add(i as u64 + 1, OsStr::new(name), &self.fattr(e_ino, &a), 0),
-                        Err(_) => false,
+                    match self.engine.stat_ttl(&p) {
+                        (Ok(a), ttl) => add(
+                            i as u64 + 1,
+                            OsStr::new(name),
+                            &self.fattr(e_ino, &a),
+                            0,
+                            ttl,
+                        ),
+                        (Err(_), _) => false,
                     }
                 }
                 _ => {
                     let k = i - start.max(2);
                     let e = &list[i - 2];
                     match &attrs[k] {
-                        Ok(a) => {
+                        (Ok(a), ttl) => {
                             let e_ino = self.ino_of(&paths[k], a);
                             let attr = self.fattr(e_ino, a);
-                            let full = add(i as u64 + 1, &e.name, &attr, self.gen_of(e_ino));
+                            let full = add(i as u64 + 1, &e.name, &attr, self.gen_of(e_ino), *ttl);
                             if !full {
                                 self.remember(e_ino, &paths[k]);
                             }
                             full
                         }
                         // Vanished since the listing: leave it out.
-                        Err(_) => false,
+                        (Err(_), _) => false,
                     }
                 }
             };
@@ -861,9 +872,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.do_lookup(parent, name) {
-            Ok((attr, generation)) => {
-                reply.entry(&self.opts.attr_ttl, &attr, Generation(generation))
-            }
+            Ok((attr, generation, ttl)) => reply.entry(&ttl, &attr, Generation(generation)),
             Err(e) => reply.error(e),
         }
     }
@@ -874,7 +883,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.do_getattr(ino) {
-            Ok(attr) => reply.attr(&self.opts.attr_ttl, &attr),
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -980,10 +989,14 @@ impl fuser::Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let ttl = self.opts.attr_ttl;
-        let r = self.do_readdirplus(ino, fh.0, offset, &mut |off, name, attr, generation| {
-            reply.add(attr.ino, off, name, &ttl, attr, Generation(generation))
-        });
+        let r = self.do_readdirplus(
+            ino,
+            fh.0,
+            offset,
+            &mut |off, name, attr, generation, ttl| {
+                reply.add(attr.ino, off, name, &ttl, attr, Generation(generation))
+            },
+        );
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -379,12 +379,11 @@ fn dispatch(
     match opcode {
         LOOKUP => {
             let name = name_in(&out.buf[..in_len]).to_os_string();
-            let (attr, generation) = fs.do_lookup(ino, &name)?;
-            entry_out(&mut out, &attr, generation, fs.opts.attr_ttl);
+            let (attr, generation, ttl) = fs.do_lookup(ino, &name)?;
+            entry_out(&mut out, &attr, generation, ttl);
         }
         GETATTR => {
-            let attr = fs.do_getattr(ino)?;
-            let ttl = fs.opts.attr_ttl;
+            let (attr, ttl) = fs.do_getattr(ino)?;
             out.u64(ttl.as_secs());
             out.u32(ttl.subsec_nanos());
             out.u32(0);
@@ -455,8 +454,7 @@ fn dispatch(
                     !dirent(&mut out, e_ino, next, kind, name, None)
                 })?;
             } else {
-                let ttl = fs.opts.attr_ttl;
-                fs.do_readdirplus(ino, fh, off, &mut |next, name, attr, generation| {
+                fs.do_readdirplus(ino, fh, off, &mut |next, name, attr, generation, ttl| {
                     !dirent(
                         &mut out,
                         attr.ino.0,

@@ -127,6 +127,18 @@ impl<K: Hash + Eq + Weight, V: Clone + Weight> TtlMap<K, V> {
         (at.elapsed() < self.ttl).then(|| v.clone())
     }
 
+    /// The value while it is trusted, and how long it has been kept.
+    pub fn get_aged<Q>(&self, k: &Q) -> Option<(V, Duration)>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let m = self.map.lock();
+        let (at, v, _) = m.map.get(k)?;
+        let age = at.elapsed();
+        (age < self.ttl).then(|| (v.clone(), age))
+    }
+
     /// The value whatever its age (for when the origin cannot be asked).
     pub fn get_stale<Q>(&self, k: &Q) -> Option<V>
     where

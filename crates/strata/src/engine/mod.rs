@@ -54,6 +54,9 @@ const SEQ_SLACK: u64 = 2 << 20;
 const FILL_BATCH_BYTES: u64 = 8 << 20;
 /// Dropped fill runs remembered for a retry; older ones are forgotten.
 const MAX_DROPPED_RUNS: usize = 4096;
+/// An open trusts attributes the origin gave this recently (the lookup of the same
+/// path walk) instead of asking again.
+const OPEN_TRUSTS_LOOKUP: Duration = Duration::from_millis(50);
 /// Active objects kept before idle ones are forgotten.
 const MAX_ACTIVE: usize = crate::config::MAX_ACTIVE_OBJECTS;
 const ENOENT: i32 = 2;
@@ -418,9 +421,20 @@ impl Engine {
         self.inner.disk.as_deref()
     }
 
-    /// Opens a regular file, checking its token with the origin.
+    /// Opens a regular file, checking its token with the origin (close-to-open), unless
+    /// the origin confirmed it an instant ago: the kernel looks a name up just before
+    /// it opens it, and that lookup, when it asked the origin, is the check.
     pub fn open(&self, path: &Path) -> io::Result<Handle> {
-        let attr = self.inner.stat_origin(path)?;
+        let just_confirmed = self
+            .inner
+            .attrs
+            .get_aged(path)
+            .filter(|(_, age)| *age < OPEN_TRUSTS_LOOKUP.min(self.inner.cfg.attr_ttl))
+            .and_then(|(a, _)| a.ok());
+        let attr = match just_confirmed {
+            Some(a) => a,
+            None => self.inner.stat_origin(path)?,
+        };
         let obj = self.inner.object_for(path, &attr)?;
         let h = Handle::new(obj);
         self.inner.note_open(path);
@@ -478,16 +492,33 @@ impl Engine {
 
     /// Attributes of an entry: from the cache within the TTL, else from the origin.
     pub fn stat(&self, path: &Path) -> io::Result<Attr> {
-        match self.inner.attrs.get(path) {
-            Some(Ok(a)) => Ok(a),
-            Some(Err(e)) => Err(io::Error::from_raw_os_error(e)),
-            None => self.inner.stat_origin(path),
+        self.stat_ttl(path).0
+    }
+
+    /// Attributes (or the error, a negative entry included) and how much longer they
+    /// may be trusted: the TTL less the time the answer has been cached. A front end
+    /// that caches them itself (the kernel) must trust them no longer than that, or
+    /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
+    pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
+        let ttl = self.inner.cfg.attr_ttl;
+        match self.inner.attrs.get_aged(path) {
+            Some((Ok(a), age)) => (Ok(a), ttl.saturating_sub(age)),
+            Some((Err(e), age)) => (
+                Err(io::Error::from_raw_os_error(e)),
+                ttl.saturating_sub(age),
+            ),
+            None => (self.inner.stat_origin(path), ttl),
         }
     }
 
     /// Attributes of many entries, asking the origin for those not cached with up to
-    /// `parallel` requests in flight (a cold `ls -l` over a slow origin).
-    pub fn stat_many(&self, paths: &[PathBuf], parallel: usize) -> Vec<io::Result<Attr>> {
+    /// `parallel` requests in flight (a cold `ls -l` over a slow origin), each with how
+    /// much longer it may be trusted (as [`Engine::stat_ttl`]).
+    pub fn stat_many(
+        &self,
+        paths: &[PathBuf],
+        parallel: usize,
+    ) -> Vec<(io::Result<Attr>, Duration)> {
         self.inner.stat_many(paths, parallel)
     }
 
@@ -633,19 +664,23 @@ impl Inner {
         )
     }
 
-    fn stat_many(&self, paths: &[PathBuf], parallel: usize) -> Vec<io::Result<Attr>> {
-        let mut out: Vec<Option<io::Result<Attr>>> = paths
+    fn stat_many(&self, paths: &[PathBuf], parallel: usize) -> Vec<(io::Result<Attr>, Duration)> {
+        let ttl = self.cfg.attr_ttl;
+        let mut out: Vec<Option<(io::Result<Attr>, Duration)>> = paths
             .iter()
-            .map(|p| match self.attrs.get(p.as_path()) {
-                Some(Ok(a)) => Some(Ok(a)),
-                Some(Err(e)) => Some(Err(io::Error::from_raw_os_error(e))),
+            .map(|p| match self.attrs.get_aged(p.as_path()) {
+                Some((Ok(a), age)) => Some((Ok(a), ttl.saturating_sub(age))),
+                Some((Err(e), age)) => Some((
+                    Err(io::Error::from_raw_os_error(e)),
+                    ttl.saturating_sub(age),
+                )),
                 None => None,
             })
             .collect();
         let todo: Vec<usize> = (0..paths.len()).filter(|&i| out[i].is_none()).collect();
         let asked: Vec<&Path> = todo.iter().map(|&i| paths[i].as_path()).collect();
         for (i, r) in todo.iter().zip(self.stat_origin_many(&asked, parallel)) {
-            out[*i] = Some(r);
+            out[*i] = Some((r, self.cfg.attr_ttl));
         }
         out.into_iter()
             .map(|r| r.expect("every entry answered"))
