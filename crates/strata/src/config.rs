@@ -106,6 +106,12 @@ pub const INDEX_BYTES_PER_OBJECT: u64 = 640;
 /// Files the engine tracks at once beyond those held open (idle ones are forgotten
 /// past it; their blocks stay cached).
 pub const MAX_ACTIVE_OBJECTS: usize = 1 << 14;
+/// Runs of blocks whose disk fill was dropped (the writer behind) remembered to be
+/// offered again once it is idle; older ones are forgotten past it.
+pub const MAX_DROPPED_RUNS: usize = 1 << 16;
+/// What one such record costs (its file's path and version), for paths of up to about
+/// 100 bytes.
+pub const DROPPED_RUN_BYTES: u64 = 256;
 /// What one tracked file costs at most (its version, path, extent tree), for paths of
 /// up to about 100 bytes and a fragmented tree.
 pub const ACTIVE_OBJECT_BYTES: u64 = 1024;
@@ -116,7 +122,7 @@ impl Config {
     /// included), blocks queued for the disk (`fill_queue_bytes`), metadata
     /// (`meta_bytes`), the disk index when the disk tier is full of one-block files
     /// (the worst case: each file costs far more than a block), the files it
-    /// tracks, and the read-ahead threads' requests in flight (each buffer of
+    /// tracks, the dropped fills it remembers, and the read-ahead threads' requests in flight (each buffer of
     /// `max_fetch`, and its copy into blocks). Files held open beyond
     /// `MAX_ACTIVE_OBJECTS` cost `ACTIVE_OBJECT_BYTES` each on top.
     pub fn memory_bound(&self) -> u64 {
@@ -128,6 +134,7 @@ impl Config {
             + self.meta_bytes
             + index
             + MAX_ACTIVE_OBJECTS as u64 * ACTIVE_OBJECT_BYTES
+            + MAX_DROPPED_RUNS as u64 * DROPPED_RUN_BYTES
             + self.prefetch_threads as u64 * 2 * self.max_fetch
     }
 

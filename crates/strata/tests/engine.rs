@@ -324,6 +324,42 @@ fn dropped_fills_evicted_from_ram_are_fetched_again_once_the_writer_is_idle() {
 }
 
 #[test]
+fn a_second_pass_over_many_small_files_is_warm_after_dropped_fills() {
+    // More small files than the engine used to remember dropped fills for (4,096),
+    // each one block, read while the disk writer is behind and RAM far too small to
+    // keep them: once the writer is idle every one reaches the disk (fetched again
+    // from the origin where RAM let it go), and a second pass asks the origin nothing.
+    let s = setup();
+    const FILES: usize = 6_000;
+    for i in 0..FILES {
+        std::fs::write(s.origin.join(format!("f{i}")), pattern(i as u64, 3000)).unwrap();
+    }
+    let mut c = config(&s.cache, Duration::from_secs(600));
+    c.fill_queue_bytes = BS as u64 * 16;
+    c.ram_capacity = 1 << 20;
+    if let Some(d) = &mut c.disk {
+        d.capacity = 256 << 20; // room for every file's block
+    }
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let e = Engine::new(c, origin).unwrap();
+    for i in 0..FILES {
+        assert_eq!(read_all(&e, &format!("f{i}")), pattern(i as u64, 3000));
+    }
+    assert!(e.stats().fills_dropped > 4096, "{:?}", e.stats());
+    wait_for(Duration::from_secs(120), || {
+        let st = e.stats();
+        st.disk_blocks >= FILES as u64 && st.dropped_fill_blocks == 0 && st.inflight_fill_bytes == 0
+    });
+    let st = e.stats();
+    assert_eq!(st.disk_blocks, FILES as u64, "{st:?}");
+    let before = st.origin_requests;
+    for i in 0..FILES {
+        assert_eq!(read_all(&e, &format!("f{i}")), pattern(i as u64, 3000));
+    }
+    assert_eq!(e.stats().origin_requests, before, "{:?}", e.stats());
+}
+
+#[test]
 fn long_disk_reads_go_out_in_one_piece_and_skip_the_ram_tier() {
     let s = setup();
     let len = 64 * BS as usize + 1000; // a short last block

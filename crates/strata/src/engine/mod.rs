@@ -53,7 +53,19 @@ const SEQ_SLACK: u64 = 2 << 20;
 /// Largest disk commit batch.
 const FILL_BATCH_BYTES: u64 = 8 << 20;
 /// Dropped fill runs remembered for a retry; older ones are forgotten.
-const MAX_DROPPED_RUNS: usize = 4096;
+const MAX_DROPPED_RUNS: usize = crate::config::MAX_DROPPED_RUNS;
+/// A run of blocks whose fill was dropped, remembered by the object version it
+/// belongs to rather than by the object itself: holding each object would keep every
+/// one of them (their extent trees, their place in the active table) alive while
+/// thousands of small files wait, which is why at most 4,096 were remembered and a
+/// second pass over a tree larger than RAM went back to the origin for the rest.
+struct Dropped {
+    path: PathBuf,
+    token: Token,
+    id: u64,
+    blocks: Range<u64>,
+}
+
 /// An open trusts attributes the origin gave this recently (the lookup of the same
 /// path walk) instead of asking again.
 const OPEN_TRUSTS_LOOKUP: Duration = Duration::from_millis(50);
@@ -254,7 +266,7 @@ struct Inner {
     fill_tx: RwLock<Option<Sender<FillJob>>>,
     /// Runs whose fill was dropped (queue full), offered again from RAM once the
     /// writer is idle: a block read once over a busy machine still gets to disk.
-    dropped: Mutex<std::collections::VecDeque<(Arc<Object>, Range<u64>)>>,
+    dropped: Mutex<std::collections::VecDeque<Dropped>>,
     prefetch_tx: RwLock<Option<Sender<Prefetch>>>,
     dir_scans: Mutex<FxHashMap<PathBuf, DirScan>>,
     /// Scans of directories' subdirectories (tree walks), by parent.
@@ -933,6 +945,31 @@ impl Inner {
         self.notify(&o.path);
     }
 
+    /// A new object version, with the blocks the disk tier holds of it.
+    fn new_object(
+        &self,
+        path: &Path,
+        id: u64,
+        token: Token,
+        on_disk: Vec<Range<u64>>,
+        validated_ns: u64,
+    ) -> Arc<Object> {
+        let o = Arc::new(Object::new(
+            path.to_path_buf(),
+            id,
+            token,
+            self.cfg.block_size as u64,
+            validated_ns,
+        ));
+        {
+            let mut st = o.lock();
+            for r in on_disk {
+                st.tree.set(o.bytes_of(r), bits::DISK);
+            }
+        }
+        o
+    }
+
     /// The live object version for `path` with the token in `attr`, creating it (and
     /// invalidating an older one) if needed.
     fn object_for(&self, path: &Path, attr: &Attr) -> io::Result<Arc<Object>> {
@@ -971,19 +1008,7 @@ impl Inner {
             },
             None => (self.ids.fetch_add(1, Ordering::Relaxed), Vec::new()),
         };
-        let o = Arc::new(Object::new(
-            path.to_path_buf(),
-            id,
-            attr.token.clone(),
-            self.cfg.block_size as u64,
-            now,
-        ));
-        {
-            let mut st = o.lock();
-            for r in on_disk {
-                st.tree.set(o.bytes_of(r), bits::DISK);
-            }
-        }
+        let o = self.new_object(path, id, attr.token.clone(), on_disk, now);
         if objs.len() >= MAX_ACTIVE {
             // Forget idle versions nobody holds; their blocks stay in the tiers.
             objs.retain(|_, o| Arc::strong_count(o) > 1);
@@ -1542,13 +1567,25 @@ impl Inner {
                 self.fill_finished(&job, &vec![false; job.blocks.len()]);
                 let mut d = self.dropped.lock();
                 if d.len() >= MAX_DROPPED_RUNS
-                    && let Some((_, old)) = d.pop_front()
+                    && let Some(old) = d.pop_front()
                 {
                     self.stats
                         .dropped_fill_blocks
-                        .fetch_sub(old.end - old.start, Ordering::Relaxed);
+                        .fetch_sub(old.blocks.end - old.blocks.start, Ordering::Relaxed);
                 }
-                d.push_back((job.obj.clone(), job.first..job.first + n));
+                let o = &job.obj;
+                match d.back_mut() {
+                    // The next run of the same version: one record.
+                    Some(last) if last.id == o.id && last.blocks.end == job.first => {
+                        last.blocks.end = job.first + n;
+                    }
+                    _ => d.push_back(Dropped {
+                        path: o.path.clone(),
+                        token: o.token.clone(),
+                        id: o.id,
+                        blocks: job.first..job.first + n,
+                    }),
+                }
                 stats::add(&self.stats.dropped_fill_blocks, n);
             }
         }
@@ -1617,6 +1654,30 @@ impl Inner {
         }
     }
 
+    /// The object a dropped run belongs to, if that version is still the one cached:
+    /// the active one, or (forgotten since) made again from the disk index, where it
+    /// was registered when first read. Never confirmed with the origin here: a fetch
+    /// checks the origin file's token before anything is cached.
+    fn revive(&self, run: &Dropped) -> Option<Arc<Object>> {
+        let mut objs = self.objects.lock();
+        if let Some(o) = objs.get(&run.path) {
+            return (o.id == run.id && !o.is_dead()).then(|| o.clone());
+        }
+        let d = self.disk.as_ref()?;
+        let key = run.path.as_os_str().as_encoded_bytes();
+        match d.lookup(key) {
+            Some((id, t)) if id == run.id && t == run.token => {}
+            _ => return None,
+        }
+        // validated 0: whoever opens it asks the origin first.
+        let o = self.new_object(&run.path, run.id, run.token.clone(), d.present(run.id), 0);
+        if objs.len() >= MAX_ACTIVE {
+            objs.retain(|_, o| Arc::strong_count(o) > 1);
+        }
+        objs.insert(run.path.clone(), o.clone());
+        Some(o)
+    }
+
     /// Offers the disk again the runs whose fill was dropped, as much as the queue
     /// takes, in pieces that fit it: the blocks still in RAM from there, the others
     /// (evicted meanwhile: a file larger than RAM read while the writer was behind)
@@ -1625,16 +1686,27 @@ impl Inner {
         let per = (self.cfg.fill_queue_bytes / self.cfg.block_size as u64).max(1);
         let pending = &self.stats.dropped_fill_blocks;
         loop {
-            let Some((obj, blocks)) = self.dropped.lock().pop_front() else {
+            let Some(run) = self.dropped.lock().pop_front() else {
                 return;
             };
-            let (start, end) = (blocks.start, blocks.end);
+            let (start, end) = (run.blocks.start, run.blocks.end);
+            let blocks = run.blocks.clone();
+            let Some(obj) = self.revive(&run) else {
+                // That version is gone (changed at the origin, or evicted).
+                pending.fetch_sub(end - start, Ordering::Relaxed);
+                continue;
+            };
             // The run stays counted in `pending` until what replaces it (queued
             // fills, refetches, the part put back) is counted, so the gauge never
             // reads 0 while something is still on its way.
             let put_back = |from: u64| {
                 if from < end {
-                    self.dropped.lock().push_front((obj.clone(), from..end));
+                    self.dropped.lock().push_front(Dropped {
+                        blocks: from..end,
+                        path: run.path.clone(),
+                        token: run.token.clone(),
+                        ..run
+                    });
                 }
                 pending.fetch_sub(from.min(end) - start, Ordering::Relaxed);
             };
