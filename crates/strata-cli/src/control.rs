@@ -3,6 +3,11 @@
 //!
 //! - `stats`    → one line of JSON: `{"origin", "mountpoint", "cache_dir", ..., "stats": {...}}`
 //! - `shutdown` → unmounts, finishes fills, commits the index, then answers `ok`
+//! - `pin HEX`  → pins the origin path HEX (hex of its bytes, relative, empty for
+//!   all): lines `progress FILES_DONE FILES BYTES_DONE BYTES`, then `ok FILES BYTES`
+//!   or `error MESSAGE`
+//! - `unpin HEX` → `ok`, `none` (no such pin) or `error MESSAGE`
+//! - `pins`     → one line of JSON: `[{"path": ..., "bytes": ...}]`
 //!
 //! Clients find the socket of a mount through the extended attribute
 //! [`strata_fuse::CONTROL_XATTR`] of the mount's root.
@@ -105,6 +110,40 @@ pub fn serve(
                         let _ =
                             writeln!(w, "{}", serde_json::to_string(&reply).unwrap_or_default());
                     }
+                    l if l.starts_with("pin ") || l == "pin" => {
+                        // Long: on its own thread, so stats and umount still answer.
+                        let (engine, rel) = (engine.clone(), unhex(l[3..].trim()));
+                        let spawned = std::thread::Builder::new()
+                            .name("strata-pin".into())
+                            .spawn(move || pin(&engine, rel, &conn));
+                        if let Err(e) = spawned {
+                            tracing::warn!(error = %e, "cannot start a pin");
+                        }
+                    }
+                    l if l.starts_with("unpin ") || l == "unpin" => {
+                        let answer = match unhex(l[5..].trim()) {
+                            Some(rel) => match engine.unpin(&rel) {
+                                Ok(true) => "ok".to_string(),
+                                Ok(false) => "none".to_string(),
+                                Err(e) => format!("error {e}"),
+                            },
+                            None => "error bad path".to_string(),
+                        };
+                        let _ = writeln!(w, "{answer}");
+                    }
+                    "pins" => {
+                        let list: Vec<serde_json::Value> = engine
+                            .pins()
+                            .into_iter()
+                            .map(|(p, bytes)| {
+                                serde_json::json!({
+                                    "path": format!("/{}", p.to_string_lossy()),
+                                    "bytes": bytes
+                                })
+                            })
+                            .collect();
+                        let _ = writeln!(w, "{}", serde_json::Value::Array(list));
+                    }
                     "shutdown" => match conn.try_clone() {
                         // Registered before unmounting: the session may end (and the
                         // process exit) right after the unmount.
@@ -126,6 +165,72 @@ pub fn serve(
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the control thread; strata stats will not work");
     }
+}
+
+/// Runs a pin for a client, telling it how far it got.
+fn pin(engine: &Engine, rel: Option<PathBuf>, conn: &UnixStream) {
+    let mut w = conn;
+    let Some(rel) = rel else {
+        let _ = writeln!(w, "error bad path");
+        return;
+    };
+    let mut last = std::time::Instant::now() - Duration::from_secs(1);
+    let r = engine.pin(&rel, &mut |p| {
+        // A few lines a second are enough for a progress bar.
+        if last.elapsed() >= Duration::from_millis(100) || p.files_done == p.files_total {
+            last = std::time::Instant::now();
+            let _ = writeln!(
+                w,
+                "progress {} {} {} {}",
+                p.files_done, p.files_total, p.bytes_done, p.bytes_total
+            );
+        }
+    });
+    let _ = match r {
+        Ok(p) => writeln!(w, "ok {} {}", p.files_total, p.bytes_total),
+        Err(e) => writeln!(w, "error {}", e.to_string().replace('\n', " ")),
+    };
+}
+
+/// Bytes as hex, so that any path travels on one line.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    let p = PathBuf::from(std::ffi::OsString::from_vec(bytes?));
+    // Relative and plain: the engine refuses anything else too.
+    p.components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+        .then_some(p)
+}
+
+/// Sends one command and hands each line of the answer to `line` until it returns
+/// false or the daemon closes the connection.
+pub fn request_lines(
+    mountpoint: &Path,
+    cmd: &str,
+    mut line: impl FnMut(&str) -> bool,
+) -> Result<(), String> {
+    let sock = socket_of(mountpoint)?;
+    let mut s = UnixStream::connect(&sock)
+        .map_err(|e| format!("cannot connect to {}: {e}", sock.display()))?;
+    writeln!(s, "{cmd}").map_err(|e| format!("control socket: {e}"))?;
+    for l in BufReader::new(&s).lines() {
+        let l = l.map_err(|e| format!("control socket: {e}"))?;
+        if !line(&l) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The control socket of the strata mount at `mountpoint`.

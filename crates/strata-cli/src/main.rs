@@ -3,6 +3,7 @@
 mod control;
 mod mount;
 mod options;
+mod pin;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -83,6 +84,22 @@ enum Cmd {
     },
     /// Unmount cleanly: waits until pending fills are done and the index is committed.
     Umount { mountpoint: PathBuf },
+    /// Fetch files and trees (paths inside a strata mount) into the disk cache and keep
+    /// them there: never evicted or culled until `strata unpin`. Pinned bytes count
+    /// against the cache size; a pin that does not fit is refused.
+    Pin {
+        /// Files or directories inside a strata mount (with --list: the mounts)
+        #[arg(required_unless_present = "list")]
+        paths: Vec<PathBuf>,
+        /// List the pins of the mounts the paths are in (default: the current directory's)
+        #[arg(long)]
+        list: bool,
+    },
+    /// Remove pins made by `strata pin`; the files stay cached, evictable again.
+    Unpin {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 /// glibc's malloc gives each thread that allocates at once an arena of its own, up to
@@ -126,7 +143,7 @@ fn main() -> ExitCode {
 /// `mount.fuse3` runs `strata ORIGIN MOUNTPOINT -o OPTIONS`: treat a first argument
 /// that is not a subcommand as `mount`.
 fn normalize_args(mut argv: Vec<String>) -> Vec<String> {
-    const CMDS: &[&str] = &["mount", "stats", "fsck", "umount", "help"];
+    const CMDS: &[&str] = &["mount", "stats", "fsck", "umount", "pin", "unpin", "help"];
     if let Some(first) = argv.get(1) {
         if !first.starts_with('-') && !CMDS.contains(&first.as_str()) {
             argv.insert(1, "mount".into());
@@ -184,6 +201,40 @@ fn run(cli: Cli, args: &[String]) -> Result<ExitCode, String> {
             json,
         } => fsck(&cache_dir, repair, json),
         Cmd::Umount { mountpoint } => umount(&mountpoint),
+        Cmd::Pin { paths, list: true } => {
+            let paths = if paths.is_empty() {
+                vec![PathBuf::from(".")]
+            } else {
+                paths
+            };
+            for p in paths {
+                let (mnt, _) = pin::in_mount(&p)?;
+                let line = control::request(&mnt, "pins", Duration::from_secs(10))?;
+                let pins: Vec<serde_json::Value> = serde_json::from_str(&line)
+                    .map_err(|e| format!("bad answer from the daemon: {e}"))?;
+                for v in pins {
+                    out!(
+                        "{}{}  {}",
+                        mnt.display(),
+                        v["path"].as_str().unwrap_or("?"),
+                        human(v["bytes"].as_u64().unwrap_or(0))
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pin { paths, list: false } => {
+            for p in paths {
+                pin::pin(&p)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unpin { paths } => {
+            for p in paths {
+                pin::unpin(&p)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -248,7 +299,7 @@ fn print_stats(r: &control::StatsReply) {
     }
 }
 
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     const U: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;

@@ -16,4 +16,4 @@ pub mod sync;
 pub mod tier;
 
 pub use config::{Config, DiskSetup};
-pub use engine::{Engine, EngineError, Handle, Passthrough, ReadBuf};
+pub use engine::{Engine, EngineError, Handle, Passthrough, PinProgress, ReadBuf};

@@ -454,6 +454,67 @@ fn free_space_thresholds_cull_and_stop() {
     assert_eq!(fill(&t, 2, 10), 10);
 }
 
+/// Pinned paths (`strata pin`) keep their blocks through culling and eviction, and
+/// across a restart; unpinned, they go like any others.
+#[test]
+fn pinned_paths_survive_culling_eviction_and_restart() {
+    let (st, t, stats) = tier_on_400_blocks(50.0, 40.0, 20.0);
+    let fill = |t: &DiskTier, id: u64, n: u64| {
+        let blocks: Vec<FillBlock> = (0..n)
+            .map(|blk| FillBlock {
+                key: BlockKey { obj: id, blk },
+                data: Bytes::from(vec![id as u8; BS as usize]),
+            })
+            .collect();
+        t.write_batch(&blocks).into_iter().filter(|&ok| ok).count() as u64
+    };
+    let big = |id: u64| Token::Stat {
+        size: 1000 * BS,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        ino: id,
+    };
+    t.pin_path(b"keep").unwrap();
+    t.register(1, b"keep/a", big(1));
+    t.register(2, b"keeper", big(2)); // not below "keep": a name that only starts so
+    assert_eq!(fill(&t, 1, 100), 100);
+    assert_eq!(fill(&t, 2, 150), 150);
+    // 250 of 400 blocks used: culled towards the run threshold, never the pinned ones.
+    t.maintain();
+    assert!(stats.disk_culled.load(Ordering::Relaxed) >= 50);
+    assert!(t.contains_all(1, 0..100), "pinned blocks were culled");
+    assert!(!t.contains_all(2, 0..150));
+    assert_eq!(t.pins(), vec![(b"keep".to_vec(), 100 * BS)]);
+    assert_eq!(t.pinned_bytes_except(b"other"), 100 * BS);
+    assert_eq!(t.pinned_bytes_except(b"keep"), 0);
+    // Pins are in the log: a restart keeps them.
+    t.close().unwrap();
+    drop(t);
+    let t = DiskTier::open(
+        Arc::new(st.clone()) as Arc<dyn Storage>,
+        cfg(1 << 20, 1 << 30),
+        Arc::new(Stats::default()),
+    )
+    .unwrap();
+    assert_eq!(t.pins().len(), 1);
+    // Eviction (a size limit below what is cached) skips them too.
+    drop(t);
+    let small = DiskTier::open(
+        Arc::new(st.clone()) as Arc<dyn Storage>,
+        cfg(120, 1 << 30),
+        Arc::new(Stats::default()),
+    )
+    .unwrap();
+    small.register(3, b"other", big(3));
+    assert!(fill(&small, 3, 60) > 0);
+    assert!(small.contains_all(1, 0..100), "pinned blocks were evicted");
+    // Unpinned: they are evicted like any others.
+    assert!(small.unpin_path(b"keep").unwrap());
+    assert!(!small.unpin_path(b"keep").unwrap());
+    assert_eq!(fill(&small, 3, 120), 120);
+    assert!(!small.contains_all(1, 0..100));
+}
+
 /// One fill batch larger than the room above the stop threshold is cut to fit: the
 /// filesystem never goes below it, however much arrives at once.
 #[test]

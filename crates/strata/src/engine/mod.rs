@@ -19,6 +19,8 @@
 mod guard;
 mod meta;
 mod object;
+mod pin;
+pub use pin::PinProgress;
 
 pub use object::Object;
 

@@ -243,6 +243,15 @@ struct Index {
     bs: u64,
     /// Objects whose data file the kernel reads directly: never evicted or punched.
     pinned: FxHashMap<u64, u32>,
+    /// Paths pinned by the user (`strata pin`): files at or below them are never
+    /// evicted or culled. Logged (Pin, Unpin), so they survive restarts.
+    user_pins: std::collections::BTreeSet<Vec<u8>>,
+}
+
+/// True if `path` is `pin` or below it (the empty pin is the whole origin).
+fn is_below(path: &[u8], pin: &[u8]) -> bool {
+    pin.is_empty()
+        || (path.starts_with(pin) && (path.len() == pin.len() || path[pin.len()] == b'/'))
 }
 
 fn key(slot: u32, blk: u64) -> Option<u64> {
@@ -264,7 +273,12 @@ impl Index {
             next_id: 1,
             bs,
             pinned: FxHashMap::default(),
+            user_pins: Default::default(),
         }
+    }
+
+    fn user_pinned(&self, path: &[u8]) -> bool {
+        !self.user_pins.is_empty() && self.user_pins.iter().any(|p| is_below(path, p))
     }
 
     fn obj(&self, id: u64) -> Option<(u32, &Obj)> {
@@ -348,16 +362,20 @@ impl Index {
                 break None;
             };
             let (slot, blk) = unkey(k);
-            let Some(o) = self.slots[slot as usize].as_mut() else {
+            let Some(o) = self.slots[slot as usize].as_ref() else {
                 continue;
             };
-            if self.pinned.contains_key(&o.id) {
+            let pins = &self.user_pins;
+            if self.pinned.contains_key(&o.id)
+                || (!pins.is_empty() && pins.iter().any(|p| is_below(&o.path, p)))
+            {
                 skipped.push((k, crc));
                 if skipped.len() > self.blocks.len() {
                     break None;
                 }
                 continue;
             }
+            let o = self.slots[slot as usize].as_mut().expect("looked up above");
             o.present.clear(blk..blk + 1, PRESENT);
             break Some((o.id, blk));
         };
@@ -571,10 +589,25 @@ impl DiskTier {
             report: OpenReport::default(),
             cfg,
         };
-        // A smaller limit than last time: evict down to it now.
+        // A smaller limit than last time: evict down to it now, what no pin keeps
+        // first; the limit is hard, so pins larger than it lose blocks too.
         let victims: Vec<(u64, u64)> = {
             let mut idx = tier.index.write();
+            let mut victims = Vec::new();
+            while idx.blocks.weight() > capacity {
+                match idx.evict_one() {
+                    Some(v) => victims.push(v),
+                    None => break,
+                }
+            }
             let evicted = idx.blocks.set_capacity(capacity);
+            if !evicted.is_empty() {
+                tracing::warn!(
+                    blocks = evicted.len(),
+                    "pinned files exceed the cache size: some of their blocks were dropped \
+                     (raise --cache-size or unpin)"
+                );
+            }
             evicted
                 .into_iter()
                 .filter_map(|(k, _)| {
@@ -583,6 +616,7 @@ impl DiskTier {
                     o.present.clear(blk..blk + 1, PRESENT);
                     Some((o.id, blk))
                 })
+                .chain(victims)
                 .collect()
         };
         if !victims.is_empty() {
@@ -691,6 +725,79 @@ impl DiskTier {
     /// directly (FUSE passthrough). The caller holds a pin on the object.
     pub fn backing_file(&self, _pin: &Pin) -> io::Result<std::fs::File> {
         self.storage.open_read_only(&object_path(_pin.id))
+    }
+
+    /// Pins `path` (relative to the origin; empty: all of it): files at or below it are
+    /// kept out of eviction and culling from now on, across restarts. Durable when it
+    /// returns.
+    pub fn pin_path(&self, path: &[u8]) -> io::Result<()> {
+        self.set_pin(path, true)
+    }
+
+    /// Removes a pin made by [`DiskTier::pin_path`]; false if there was none.
+    pub fn unpin_path(&self, path: &[u8]) -> io::Result<bool> {
+        if !self.index.read().user_pins.contains(path) {
+            return Ok(false);
+        }
+        self.set_pin(path, false).map(|()| true)
+    }
+
+    fn set_pin(&self, path: &[u8], on: bool) -> io::Result<()> {
+        let mut w = self.writer.lock();
+        if self.is_closed() {
+            return Err(io::Error::other("the disk cache is closed"));
+        }
+        let path = path.to_vec();
+        let rec = if on {
+            Record::Pin { path: path.clone() }
+        } else {
+            Record::Unpin { path: path.clone() }
+        };
+        // Logged first: the index only says what the log would say after a crash.
+        self.append(&mut w, &[rec])?;
+        let mut idx = self.index.write();
+        if on {
+            idx.user_pins.insert(path);
+        } else {
+            idx.user_pins.remove(&path);
+        }
+        Ok(())
+    }
+
+    /// The user's pins, each with the bytes of cached blocks at or below it.
+    pub fn pins(&self) -> Vec<(Vec<u8>, u64)> {
+        let idx = self.index.read();
+        idx.user_pins
+            .iter()
+            .map(|p| {
+                let blocks: u64 = idx
+                    .slots
+                    .iter()
+                    .flatten()
+                    .filter(|o| is_below(&o.path, p))
+                    .map(|o| o.present.iter().map(|(r, _)| r.end - r.start).sum::<u64>())
+                    .sum();
+                (p.clone(), blocks * self.bs)
+            })
+            .collect()
+    }
+
+    /// Bytes of cached blocks kept by pins, other than those at or below `except`.
+    pub fn pinned_bytes_except(&self, except: &[u8]) -> u64 {
+        let idx = self.index.read();
+        let blocks: u64 = idx
+            .slots
+            .iter()
+            .flatten()
+            .filter(|o| idx.user_pinned(&o.path) && !is_below(&o.path, except))
+            .map(|o| o.present.iter().map(|(r, _)| r.end - r.start).sum::<u64>())
+            .sum();
+        blocks * self.bs
+    }
+
+    /// The most bytes of blocks the tier holds.
+    pub fn capacity(&self) -> u64 {
+        self.index.read().blocks.capacity()
     }
 
     /// Block ranges of an object that are on disk.
@@ -1400,6 +1507,9 @@ impl DiskTier {
                 },
                 &mut buf,
             );
+            for path in &idx.user_pins {
+                record::encode(&Record::Pin { path: path.clone() }, &mut buf);
+            }
             for o in idx.slots.iter().flatten() {
                 if o.persisted {
                     record::encode(
@@ -1783,6 +1893,12 @@ fn replay(
                 index.next_id = index.next_id.max(id + 1);
             }
             Record::NextId { next } => index.next_id = index.next_id.max(next),
+            Record::Pin { path } => {
+                index.user_pins.insert(path);
+            }
+            Record::Unpin { path } => {
+                index.user_pins.remove(&path);
+            }
         }
     }
     Ok(Some(off as u64))

@@ -11,6 +11,9 @@
 //! 4 Del     id:u64 first:u64 count:u64                  blocks first.. are gone
 //! 5 Drop    id:u64                                      the object is gone
 //! 6 NextId  next:u64                                    ids below are used up
+//! 7 Pin     path_len:u32 path[path_len]                 files at or below the path
+//!                                                       are kept out of eviction
+//! 8 Unpin   path_len:u32 path[path_len]                 that pin is gone
 //! ```
 //!
 //! A log is a header followed by records. A frame that is cut short or fails its
@@ -54,6 +57,12 @@ pub enum Record {
     },
     NextId {
         next: u64,
+    },
+    Pin {
+        path: Vec<u8>,
+    },
+    Unpin {
+        path: Vec<u8>,
     },
 }
 
@@ -128,6 +137,15 @@ pub fn encode(rec: &Record, out: &mut Vec<u8>) {
         Record::NextId { next } => {
             out.push(6);
             out.extend_from_slice(&next.to_le_bytes());
+        }
+        Record::Pin { path } | Record::Unpin { path } => {
+            out.push(if matches!(rec, Record::Pin { .. }) {
+                7
+            } else {
+                8
+            });
+            out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            out.extend_from_slice(path);
         }
     }
     let len = (out.len() - start - FRAME_HEADER) as u32;
@@ -219,6 +237,15 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), DecodeError> {
         }
         5 => Record::Drop { id: c.u64()? },
         6 => Record::NextId { next: c.u64()? },
+        k @ (7 | 8) => {
+            let n = c.u32()? as usize;
+            let path = c.take(n)?.to_vec();
+            if k == 7 {
+                Record::Pin { path }
+            } else {
+                Record::Unpin { path }
+            }
+        }
         _ => return Err(DecodeError::Corrupt("unknown record kind")),
     };
     if !c.b.is_empty() {
@@ -298,6 +325,8 @@ mod tests {
                 .prop_map(|(id, first, count)| Record::Del { id, first, count }),
             any::<u64>().prop_map(|id| Record::Drop { id }),
             any::<u64>().prop_map(|next| Record::NextId { next }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|path| Record::Pin { path }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|path| Record::Unpin { path }),
         ]
     }
 
