@@ -92,6 +92,19 @@ fn check_all(t: &DiskTier, paths: u64) -> BTreeSet<(u64, u64)> {
 /// One workload run against a medium that loses power at the `cut`-th mutation.
 /// Returns the blocks that were acknowledged durable and not removed since.
 fn workload(t: &DiskTier, rng: &mut SplitMix, steps: usize, paths: u64) -> BTreeSet<(u64, u64)> {
+    workload_pins(t, rng, steps, paths, &mut BTreeMap::new())
+}
+
+/// The workload, also pinning and unpinning paths: `pins` says, per path, whether it
+/// is pinned after the last pin or unpin the tier acknowledged (a failed one, at a
+/// power cut, leaves it unknown: removed from the map).
+fn workload_pins(
+    t: &DiskTier,
+    rng: &mut SplitMix,
+    steps: usize,
+    paths: u64,
+    pins: &mut BTreeMap<Vec<u8>, bool>,
+) -> BTreeSet<(u64, u64)> {
     let mut durable: BTreeSet<(u64, u64)> = BTreeSet::new();
     let mut current: BTreeMap<u64, u64> = BTreeMap::new(); // path -> id
     for _ in 0..steps {
@@ -110,6 +123,19 @@ fn workload(t: &DiskTier, rng: &mut SplitMix, steps: usize, paths: u64) -> BTree
                     t.drop_object(old);
                     durable.retain(|&(i, _)| i != old);
                 }
+            }
+            2 if rng.below(3) == 0 => {
+                let key = path(p);
+                let on = !pins.get(&key).copied().unwrap_or(false);
+                let r = if on {
+                    t.pin_path(&key)
+                } else {
+                    t.unpin_path(&key).map(|_| ())
+                };
+                match r {
+                    Ok(()) => pins.insert(key, on),
+                    Err(_) => pins.remove(&key).map(|_| on),
+                };
             }
             2 => {
                 t.maintain();
@@ -218,7 +244,7 @@ fn power_cut_at_seeded_points() {
     let seeds = crash_seeds();
     let (mut kept, mut acknowledged, mut wrong, mut failed, mut cuts) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
-    let (mut culled, mut evicted) = (0u64, 0u64);
+    let (mut culled, mut evicted, mut pins_checked) = (0u64, 0u64, 0u64);
     for seed in 0..seeds {
         let mut rng = SplitMix::new(seed ^ 0xC0FFEE);
         let st = SimStorage::new();
@@ -243,10 +269,11 @@ fn power_cut_at_seeded_points() {
         };
         let exact = seed % 3 == 0;
         let stats = Arc::new(Stats::default());
+        let mut pins = BTreeMap::new();
         let durable = {
             let t = DiskTier::open(Arc::new(st.clone()), c.clone(), stats.clone()).unwrap();
             st.cut_after(1 + rng.below(400));
-            workload(&t, &mut rng, 150, 6)
+            workload_pins(&t, &mut rng, 150, 6, &mut pins)
         };
         culled += stats.disk_culled.load(Ordering::Relaxed);
         evicted += stats.disk_evictions.load(Ordering::Relaxed);
@@ -266,6 +293,16 @@ fn power_cut_at_seeded_points() {
         };
         let (served, w) = wrong_bytes(&t, 6);
         wrong += w;
+        // Every acknowledged pin or unpin holds after the cut.
+        let now: BTreeSet<Vec<u8>> = t.pins().into_iter().map(|(p, _)| p).collect();
+        for (p, on) in &pins {
+            assert_eq!(
+                now.contains(p),
+                *on,
+                "seed {seed}: pin of {p:?} not as acknowledged"
+            );
+            pins_checked += 1;
+        }
         if exact {
             let lost: Vec<_> = durable.difference(&served).collect();
             assert!(
@@ -295,9 +332,10 @@ fn power_cut_at_seeded_points() {
     println!("power_recoveries_failed = {failed}");
     println!("power_acknowledged_blocks_kept = {kept} of {acknowledged}");
     println!("power_blocks_evicted = {evicted}, culled = {culled}");
+    println!("power_pins_checked = {pins_checked}");
     assert!(
-        evicted > 0 && culled > 0,
-        "the workloads must evict and cull"
+        evicted > 0 && culled > 0 && pins_checked > 0,
+        "the workloads must evict, cull and pin"
     );
     assert_eq!(wrong, 0, "wrong bytes served after power cuts");
     assert_eq!(failed, 0, "recoveries failed");
