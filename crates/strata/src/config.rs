@@ -106,6 +106,9 @@ pub const INDEX_BYTES_PER_OBJECT: u64 = 640;
 /// Files the engine tracks at once beyond those held open (idle ones are forgotten
 /// past it; their blocks stay cached).
 pub const MAX_ACTIVE_OBJECTS: usize = 1 << 14;
+/// Metadata journal appends waiting to be written at most (past it they are
+/// dropped: a cache may forget).
+pub const META_JOURNAL_BUFFER: u64 = 8 << 20;
 /// Runs of blocks whose disk fill was dropped (the writer behind) remembered to be
 /// offered again once it is idle; older ones are forgotten past it.
 pub const MAX_DROPPED_RUNS: usize = 1 << 16;
@@ -122,7 +125,8 @@ impl Config {
     /// included), blocks queued for the disk (`fill_queue_bytes`), metadata
     /// (`meta_bytes`), the disk index when the disk tier is full of one-block files
     /// (the worst case: each file costs far more than a block), the files it
-    /// tracks, the dropped fills it remembers, and the read-ahead threads' requests in flight (each buffer of
+    /// tracks, the dropped fills it remembers, the metadata journal's buffers, and the
+    /// read-ahead threads' requests in flight (each buffer of
     /// `max_fetch`, and its copy into blocks). Files held open beyond
     /// `MAX_ACTIVE_OBJECTS` cost `ACTIVE_OBJECT_BYTES` each on top.
     pub fn memory_bound(&self) -> u64 {
@@ -135,6 +139,9 @@ impl Config {
             + index
             + MAX_ACTIVE_OBJECTS as u64 * ACTIVE_OBJECT_BYTES
             + MAX_DROPPED_RUNS as u64 * DROPPED_RUN_BYTES
+            // The metadata journal: appends waiting, and a rewrite of it (about as
+            // large as the metadata it holds).
+            + self.disk.as_ref().map_or(0, |_| META_JOURNAL_BUFFER + self.meta_bytes)
             + self.prefetch_threads as u64 * 2 * self.max_fetch
     }
 

@@ -293,3 +293,81 @@ fn many_stats_at_once_keep_their_order_and_report_each_error() {
         "{attrs:?}"
     );
 }
+
+/// An engine over `dir` with its disk cache in `cache`, through a fault injector.
+fn engine_at(dir: &Path, cache: &Path, ttl: Duration, faults: &Arc<Faults>) -> Engine {
+    let local: Arc<dyn Origin> = Arc::new(LocalOrigin::new(dir).unwrap());
+    let origin: Arc<dyn Origin> = Arc::new(FaultOrigin::new(local, faults.clone()));
+    let cfg = Config {
+        block_size: BS,
+        ram_capacity: 8 << 20,
+        disk: Some(DiskSetup {
+            storage: Arc::new(RealStorage::open(cache).unwrap()),
+            capacity: 64 << 20,
+            thresholds: Thresholds::OFF,
+        }),
+        attr_ttl: ttl,
+        origin_timeout: Some(Duration::from_millis(300)),
+        ..Config::default()
+    };
+    Engine::new(cfg, origin).unwrap()
+}
+
+/// What the origin confirmed before a restart is kept in the cache directory: with the
+/// origin down after the restart it is served as "last confirmed" (never more than
+/// that), and with the origin up it is trusted for the TTL from when it was given.
+#[test]
+fn metadata_confirmed_before_a_restart_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, cache) = (tmp.path().join("origin"), tmp.path().join("cache"));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/f"), pattern(3, 200_000)).unwrap();
+    std::os::unix::fs::symlink("sub/f", dir.join("ln")).unwrap();
+    let faults = Faults::new();
+    {
+        let e = engine_at(&dir, &cache, Duration::from_secs(60), &faults);
+        assert_eq!(e.read_dir(Path::new("")).unwrap().len(), 2);
+        assert_eq!(e.read_dir(Path::new("sub")).unwrap().len(), 1);
+        assert_eq!(&*e.read_link(Path::new("ln")).unwrap(), b"sub/f");
+        assert!(e.stat(Path::new("missing")).is_err());
+        let h = e.open(Path::new("sub/f")).unwrap();
+        assert_eq!(read_all(&e, &h).unwrap(), pattern(3, 200_000));
+        e.shutdown();
+    }
+    // Up, within the TTL: served without asking.
+    {
+        let e = engine_at(&dir, &cache, Duration::from_secs(60), &faults);
+        let before = e.stats().revalidations;
+        assert_eq!(e.stat(Path::new("sub/f")).unwrap().size, 200_000);
+        assert_eq!(e.read_dir(Path::new("sub")).unwrap().len(), 1);
+        assert_eq!(
+            e.stat(Path::new("missing")).unwrap_err().raw_os_error(),
+            Some(2),
+            "a negative entry is kept too"
+        );
+        assert_eq!(e.stats().revalidations, before, "{:?}", e.stats());
+        e.shutdown();
+    }
+    // Down, with a TTL long expired: the last confirmed answers, counted as stale.
+    faults.hang(true);
+    let e = engine_at(&dir, &cache, Duration::from_millis(1), &faults);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(e.stat(Path::new("sub/f")).unwrap().size, 200_000);
+    assert_eq!(e.read_dir(Path::new("")).unwrap().len(), 2);
+    assert_eq!(&*e.read_link(Path::new("ln")).unwrap(), b"sub/f");
+    let h = e.open(Path::new("sub/f")).unwrap();
+    assert_eq!(
+        read_all(&e, &h).unwrap(),
+        pattern(3, 200_000),
+        "from the disk cache"
+    );
+    // Nothing is invented: what was never confirmed fails.
+    let err = e.stat(Path::new("sub/other")).unwrap_err();
+    assert!(
+        matches!(err.raw_os_error(), Some(ETIMEDOUT | ENOTCONN)),
+        "{err}"
+    );
+    assert!(e.stats().stale_served >= 4, "{:?}", e.stats());
+    faults.hang(false);
+    e.shutdown();
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use super::meta_log::{self, MetaLog, Persist, wall_ns};
 use crate::origin::{Attr, DirEntry, FsStats};
 use crate::sync::Mutex;
 
@@ -93,14 +94,37 @@ pub(crate) struct TtlMap<K, V> {
     ttl: Duration,
     max_bytes: usize,
     map: Mutex<Entries<K, V>>,
+    journal: Option<Journal>,
 }
 
 struct Entries<K, V> {
-    map: FxHashMap<K, (Instant, V, usize)>,
+    map: FxHashMap<K, Slot<V>>,
     bytes: usize,
 }
 
-impl<K: Hash + Eq + Weight, V: Clone + Weight> TtlMap<K, V> {
+struct Slot<V> {
+    /// When the origin gave it; None: before this process's clock began (an answer
+    /// journaled before a reboot), long expired.
+    at: Option<Instant>,
+    /// The same, as wall-clock ns, for the journal.
+    wall: u64,
+    v: V,
+    w: usize,
+}
+
+impl<V> Slot<V> {
+    fn age(&self) -> Duration {
+        self.at.map_or(Duration::MAX, |at| at.elapsed())
+    }
+}
+
+/// A map's journal: where its answers are kept across restarts, under which kind.
+struct Journal {
+    log: Arc<MetaLog>,
+    kind: u8,
+}
+
+impl<K: Hash + Eq + Weight + Persist, V: Clone + Weight + Persist> TtlMap<K, V> {
     pub fn new(ttl: Duration, max_bytes: usize) -> Self {
         Self {
             ttl,
@@ -109,7 +133,13 @@ impl<K: Hash + Eq + Weight, V: Clone + Weight> TtlMap<K, V> {
                 map: FxHashMap::default(),
                 bytes: 0,
             }),
+            journal: None,
         }
+    }
+
+    /// Journals every answer the map takes (and forgets) from now on.
+    pub fn journal(&mut self, log: Arc<MetaLog>, kind: u8) {
+        self.journal = Some(Journal { log, kind });
     }
 
     /// Bytes the entries weigh now.
@@ -123,8 +153,8 @@ impl<K: Hash + Eq + Weight, V: Clone + Weight> TtlMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let m = self.map.lock();
-        let (at, v, _) = m.map.get(k)?;
-        (at.elapsed() < self.ttl).then(|| v.clone())
+        let e = m.map.get(k)?;
+        (e.age() < self.ttl).then(|| e.v.clone())
     }
 
     /// The value while it is trusted, and how long it has been kept.
@@ -134,9 +164,9 @@ impl<K: Hash + Eq + Weight, V: Clone + Weight> TtlMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let m = self.map.lock();
-        let (at, v, _) = m.map.get(k)?;
-        let age = at.elapsed();
-        (age < self.ttl).then(|| (v.clone(), age))
+        let e = m.map.get(k)?;
+        let age = e.age();
+        (age < self.ttl).then(|| (e.v.clone(), age))
     }
 
     /// The value whatever its age (for when the origin cannot be asked).
@@ -145,32 +175,46 @@ impl<K: Hash + Eq + Weight, V: Clone + Weight> TtlMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.lock().map.get(k).map(|(_, v, _)| v.clone())
+        self.map.lock().map.get(k).map(|e| e.v.clone())
     }
 
+    /// What the origin just said of `k`.
     pub fn insert(&self, k: K, v: V) {
         if self.ttl.is_zero() {
             return;
         }
+        let wall = wall_ns();
+        if let Some(j) = &self.journal {
+            j.log.put(j.kind, wall, &k, &v);
+        }
+        self.place(k, v, Some(Instant::now()), wall);
+    }
+
+    /// What the journal says the origin said of `k` at `wall`.
+    pub fn load(&self, k: K, v: V, wall: u64) {
+        self.place(k, v, meta_log::instant_of(wall), wall);
+    }
+
+    fn place(&self, k: K, v: V, at: Option<Instant>, wall: u64) {
         let w = k.weight() + v.weight() + SLOT;
         if w > self.max_bytes {
             return;
         }
         let mut m = self.map.lock();
-        if let Some((_, _, old)) = m.map.remove(&k) {
-            m.bytes -= old;
+        if let Some(old) = m.map.remove(&k) {
+            m.bytes -= old.w;
         }
         if m.bytes + w > self.max_bytes {
             let ttl = self.ttl;
-            m.map.retain(|_, (at, _, _)| at.elapsed() < ttl);
-            m.bytes = m.map.values().map(|(_, _, w)| w).sum();
+            m.map.retain(|_, e| e.age() < ttl);
+            m.bytes = m.map.values().map(|e| e.w).sum();
             if m.bytes + w > self.max_bytes {
                 m.map.clear();
                 m.bytes = 0;
             }
         }
         m.bytes += w;
-        m.map.insert(k, (Instant::now(), v, w));
+        m.map.insert(k, Slot { at, wall, v, w });
     }
 
     pub fn remove<Q>(&self, k: &Q)
@@ -179,16 +223,43 @@ impl<K: Hash + Eq + Weight, V: Clone + Weight> TtlMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let mut m = self.map.lock();
-        if let Some((_, _, w)) = m.map.remove(k) {
-            m.bytes -= w;
+        if let Some((k, e)) = m.map.remove_entry(k) {
+            m.bytes -= e.w;
+            if let Some(j) = &self.journal {
+                j.log.forget(j.kind, &k);
+            }
+        }
+    }
+
+    /// Drops an entry without journaling it (replaying the journal).
+    pub fn remove_quiet(&self, k: &K) {
+        let mut m = self.map.lock();
+        if let Some(e) = m.map.remove(k) {
+            m.bytes -= e.w;
         }
     }
 
     /// Drops every entry for which `f` is true.
     pub fn remove_where(&self, f: impl Fn(&K) -> bool) {
         let mut m = self.map.lock();
-        m.map.retain(|k, _| !f(k));
-        m.bytes = m.map.values().map(|(_, _, w)| w).sum();
+        let journal = &self.journal;
+        m.map.retain(|k, _| {
+            let go = f(k);
+            if go && let Some(j) = journal {
+                j.log.forget(j.kind, k);
+            }
+            !go
+        });
+        m.bytes = m.map.values().map(|e| e.w).sum();
+    }
+
+    /// Every entry as a journal record (for rewriting the journal).
+    pub fn records(&self, out: &mut Vec<u8>) {
+        if let Some(j) = &self.journal {
+            for (k, e) in self.map.lock().map.iter() {
+                MetaLog::encode(out, j.kind, e.wall, k, &e.v);
+            }
+        }
     }
 }
 
@@ -201,7 +272,7 @@ mod tests {
         let e = m.map.lock();
         e.map
             .iter()
-            .map(|(k, (_, v, _))| k.weight() + v.weight() + SLOT)
+            .map(|(k, s)| k.weight() + s.v.weight() + SLOT)
             .sum()
     }
 

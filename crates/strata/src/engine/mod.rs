@@ -18,6 +18,7 @@
 
 mod guard;
 mod meta;
+mod meta_log;
 mod object;
 mod pin;
 pub use pin::PinProgress;
@@ -40,12 +41,14 @@ use crate::config::Config;
 use crate::extent::bits;
 use crate::origin::{Attr, DirEntry, FileKind, FsStats, Origin, Token};
 use crate::stats::{self, Stats, StatsSnapshot};
+use crate::storage::Storage;
 use crate::sync::{Arc, Mutex, RwLock};
 use crate::tier::BlockKey;
 use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock, LONG_RUN};
 use crate::tier::ram::RamTier;
 use guard::{OriginGuard, stale_ok, unreachable};
 use meta::TtlMap;
+use meta_log::MetaLog;
 use object::{Claim, Claimed};
 
 /// Largest read served in one call.
@@ -56,6 +59,65 @@ const SEQ_SLACK: u64 = 2 << 20;
 const FILL_BATCH_BYTES: u64 = 8 << 20;
 /// Dropped fill runs remembered for a retry; older ones are forgotten.
 const MAX_DROPPED_RUNS: usize = crate::config::MAX_DROPPED_RUNS;
+/// The journaled metadata maps, before the engine owns them.
+struct MetaMaps {
+    attrs: TtlMap<PathBuf, Result<Attr, i32>>,
+    dirs: TtlMap<PathBuf, Result<Arc<Vec<DirEntry>>, i32>>,
+    links: TtlMap<PathBuf, Result<Arc<[u8]>, i32>>,
+    xattrs: TtlMap<XattrKey, Result<Arc<[u8]>, i32>>,
+    xattr_lists: TtlMap<PathBuf, Result<Arc<Vec<OsString>>, i32>>,
+}
+
+impl MetaMaps {
+    /// Loads what the journal kept and journals from now on. A journal that cannot
+    /// be opened only costs the persistence: warned, and the mount goes on.
+    fn open_journal(&mut self, storage: Arc<dyn Storage>, origin: &str) -> Option<Arc<MetaLog>> {
+        use meta_log::kind;
+        let mut loaded = 0u64;
+        let r = MetaLog::open(storage, origin, &mut |mut e| {
+            loaded += 1;
+            fn apply<K, V>(m: &TtlMap<K, V>, e: &mut meta_log::Entry<'_>)
+            where
+                K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist,
+                V: Clone + meta::Weight + meta_log::Persist,
+            {
+                let Some(k) = e.take::<K>() else { return };
+                if e.forget {
+                    m.remove_quiet(&k);
+                } else if let Some(v) = e.take::<V>() {
+                    m.load(k, v, e.at_ns);
+                }
+            }
+            match e.kind {
+                kind::ATTRS => apply(&self.attrs, &mut e),
+                kind::DIRS => apply(&self.dirs, &mut e),
+                kind::LINKS => apply(&self.links, &mut e),
+                kind::XATTRS => apply(&self.xattrs, &mut e),
+                kind::XATTR_LISTS => apply(&self.xattr_lists, &mut e),
+                _ => {}
+            }
+        });
+        match r {
+            Ok(log) => {
+                let log = Arc::new(log);
+                self.attrs.journal(log.clone(), kind::ATTRS);
+                self.dirs.journal(log.clone(), kind::DIRS);
+                self.links.journal(log.clone(), kind::LINKS);
+                self.xattrs.journal(log.clone(), kind::XATTRS);
+                self.xattr_lists.journal(log.clone(), kind::XATTR_LISTS);
+                if loaded > 0 {
+                    tracing::info!(records = loaded, "metadata journal loaded");
+                }
+                Some(log)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the metadata journal; metadata is not kept across restarts");
+                None
+            }
+        }
+    }
+}
+
 /// A run of blocks whose fill was dropped, remembered by the object version it
 /// belongs to rather than by the object itself: holding each object would keep every
 /// one of them (their extent trees, their place in the active table) alive while
@@ -68,6 +130,8 @@ struct Dropped {
     blocks: Range<u64>,
 }
 
+/// The metadata journal is rewritten from the live entries only past this size.
+const META_LOG_MIN: u64 = 8 << 20;
 /// An open trusts attributes the origin gave this recently (the lookup of the same
 /// path walk) instead of asking again.
 const OPEN_TRUSTS_LOOKUP: Duration = Duration::from_millis(50);
@@ -285,6 +349,8 @@ struct Inner {
     guard: OriginGuard,
     stale_warned: AtomicU64,
     listener: RwLock<Option<Listener>>,
+    /// Where confirmed metadata is kept across restarts (with a disk tier).
+    meta_log: Option<Arc<MetaLog>>,
 }
 
 /// The cache engine. Cheap to share behind an `Arc`; every method may be called from
@@ -314,6 +380,18 @@ impl Engine {
         };
         let ttl = cfg.attr_ttl;
         let max = cfg.meta_bytes as usize;
+        // Shares of the metadata budget; they add up to it.
+        let mut maps = MetaMaps {
+            attrs: TtlMap::new(ttl, max / 2),
+            dirs: TtlMap::new(ttl, max / 4),
+            links: TtlMap::new(ttl, max / 16),
+            xattrs: TtlMap::new(ttl, max / 8),
+            xattr_lists: TtlMap::new(ttl, max / 16),
+        };
+        let meta_log = match &cfg.disk {
+            Some(d) => maps.open_journal(d.storage.clone(), &origin.describe()),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             ram: RamTier::new(cfg.ram_capacity, stats.clone()),
             origin,
@@ -329,13 +407,13 @@ impl Engine {
             list_scans: Mutex::new(FxHashMap::default()),
             lists_ahead: Mutex::new(Default::default()),
             threads: Mutex::new(Vec::new()),
-            // Shares of the metadata budget; they add up to it.
-            attrs: TtlMap::new(ttl, max / 2),
-            dirs: TtlMap::new(ttl, max / 4),
-            links: TtlMap::new(ttl, max / 16),
-            xattrs: TtlMap::new(ttl, max / 8),
-            xattr_lists: TtlMap::new(ttl, max / 16),
+            attrs: maps.attrs,
+            dirs: maps.dirs,
+            links: maps.links,
+            xattrs: maps.xattrs,
+            xattr_lists: maps.xattr_lists,
             statfs: TtlMap::new(ttl, 4096),
+            meta_log,
             guard: OriginGuard::new(cfg.origin_timeout, cfg.origin_threads)
                 .map_err(EngineError::Thread)?,
             stale_warned: AtomicU64::new(0),
@@ -621,6 +699,7 @@ impl Engine {
         for t in threads {
             let _ = t.join();
         }
+        self.inner.keep_meta(true);
         if let Some(d) = &self.inner.disk
             && let Err(e) = d.close()
         {
@@ -662,8 +741,8 @@ impl Inner {
         fetch: impl FnOnce() -> io::Result<V> + Send + 'static,
     ) -> io::Result<V>
     where
-        K: std::hash::Hash + Eq + meta::Weight,
-        V: Clone + Send + meta::Weight + 'static,
+        K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist,
+        V: Clone + Send + meta::Weight + meta_log::Persist + 'static,
     {
         self.meta_then(map, key, fetch, |v| v)
     }
@@ -710,8 +789,8 @@ impl Inner {
         then: impl FnOnce(V) -> V,
     ) -> io::Result<V>
     where
-        K: std::hash::Hash + Eq + meta::Weight,
-        V: Clone + Send + meta::Weight + 'static,
+        K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist,
+        V: Clone + Send + meta::Weight + meta_log::Persist + 'static,
     {
         if let Some(r) = map.get(&key) {
             return r.map_err(io::Error::from_raw_os_error);
@@ -1643,15 +1722,48 @@ impl Inner {
                         }
                     }
                     self.commit(disk, batch);
+                    self.keep_meta(false);
                     if closed {
                         break;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    self.keep_meta(false);
                     self.retry_dropped();
                     while disk.maintain() && rx.is_empty() {}
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Writes the metadata journal (once a second, or `now`), and rewrites it from
+    /// the live entries when it is mostly history.
+    fn keep_meta(&self, now: bool) {
+        let Some(log) = &self.meta_log else { return };
+        let every = if now {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        if let Err(e) = log.flush(every) {
+            tracing::debug!(error = %e, "cannot write the metadata journal");
+            return;
+        }
+        let live = (self.attrs.bytes()
+            + self.dirs.bytes()
+            + self.links.bytes()
+            + self.xattrs.bytes()
+            + self.xattr_lists.bytes()) as u64;
+        if log.len() > (4 * live).max(META_LOG_MIN) {
+            let mut out = Vec::new();
+            self.attrs.records(&mut out);
+            self.dirs.records(&mut out);
+            self.links.records(&mut out);
+            self.xattrs.records(&mut out);
+            self.xattr_lists.records(&mut out);
+            if let Err(e) = log.rewrite(out) {
+                tracing::debug!(error = %e, "cannot rewrite the metadata journal");
             }
         }
     }
