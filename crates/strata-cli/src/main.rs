@@ -181,6 +181,13 @@ fn run(cli: Cli, args: &[String]) -> Result<ExitCode, String> {
                 mount::run_foreground(plan, mount::ready_fd())?;
             } else {
                 mount::spawn_daemon(&plan, args)?;
+                if !plan.origin_up {
+                    eprintln!(
+                        "strata: warning: the origin {} did not answer; mounted offline, \
+                         serving what it confirmed before (checked again once it answers)",
+                        plan.origin.display()
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -28,6 +28,8 @@ use crate::options::{MountOpts, default_cache_dir};
 /// Everything a mount needs, checked.
 pub struct Plan {
     pub origin: PathBuf,
+    /// The origin answered when the mount was planned (else it mounts offline).
+    pub origin_up: bool,
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     /// The cache directory, opened and checked (see `RealStorage::open`).
@@ -59,11 +61,12 @@ pub fn ready_fd() -> Option<i32> {
 
 pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, String> {
     o.merge_o()?;
-    let origin =
-        std::fs::canonicalize(origin).map_err(|e| format!("origin {}: {e}", origin.display()))?;
-    if !origin.is_dir() {
-        return Err(format!("origin {} is not a directory", origin.display()));
-    }
+    let wait = match o.origin_timeout {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(10)),
+    };
+    let (origin, origin_up) = resolve_origin(origin, wait)?;
     let mountpoint = std::fs::canonicalize(mountpoint)
         .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
     if !mountpoint.is_dir() {
@@ -148,6 +151,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
     }
     Ok(Plan {
         origin,
+        origin_up,
         mountpoint,
         cache_dir,
         cache,
@@ -160,6 +164,49 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         bandwidth: o.origin_bandwidth,
         log_level,
     })
+}
+
+/// The origin's canonical path, and whether it answered. An origin that does not
+/// answer within `wait`, or answers with a connection error or EIO (a frozen or dead
+/// network filesystem), is not fatal: the mount comes up offline and serves what it
+/// confirmed before. Its path is then its parent's canonical path and its name.
+fn resolve_origin(origin: &Path, wait: Option<Duration>) -> Result<(PathBuf, bool), String> {
+    let asked = origin.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // On its own thread: a hung filesystem holds it, not the mount.
+    let spawned = std::thread::Builder::new()
+        .name("strata-origin-check".into())
+        .spawn(move || {
+            let r = std::fs::canonicalize(&asked).and_then(|p| {
+                let dir = std::fs::metadata(&p)?.is_dir();
+                Ok((p, dir))
+            });
+            let _ = tx.send(r);
+        });
+    let answer = match (spawned, wait) {
+        (Err(e), _) => return Err(format!("cannot start a thread: {e}")),
+        (Ok(_), Some(w)) => rx.recv_timeout(w).ok(),
+        (Ok(_), None) => rx.recv().ok(),
+    };
+    match answer {
+        Some(Ok((p, true))) => Ok((p, true)),
+        Some(Ok((p, false))) => Err(format!("origin {} is not a directory", p.display())),
+        // EIO too: what a network filesystem whose server died answers (sshfs).
+        Some(Err(e)) if !strata::origin::unreachable(&e) && e.raw_os_error() != Some(5) => {
+            Err(format!("origin {}: {e}", origin.display()))
+        }
+        why => {
+            let _ = why;
+            let abs = std::path::absolute(origin).map_err(|e| e.to_string())?;
+            let path = match (abs.parent(), abs.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                    .map(|d| d.join(name))
+                    .unwrap_or(abs.clone()),
+                _ => abs,
+            };
+            Ok((path, false))
+        }
+    }
 }
 
 /// The filesystem type mounted exactly at `path`, if any.
@@ -177,7 +224,7 @@ pub fn mount_entry(path: &Path) -> Option<(String, String)> {
         let Some(sep) = f.iter().position(|x| *x == "-") else {
             continue;
         };
-        if f.len() > sep + 1 && unescape(f[4]) == path.as_os_str().to_string_lossy() {
+        if f.len() > sep + 1 && strata::origin::unescape_mountinfo(f[4]) == path.as_os_str() {
             // The last one mounted there is the one in use.
             found = Some((f[2].to_string(), f[sep + 1].to_string()));
         }
@@ -196,24 +243,6 @@ fn tune_readahead(mountpoint: &Path) {
     if let Err(e) = std::fs::write(&knob, kb.to_string()) {
         tracing::debug!(error = %e, knob, "cannot raise the mount's read-ahead");
     }
-}
-
-/// Mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The mount's filesystem type is `fuse.` and this (as /proc/mounts shows it); `strata
@@ -484,7 +513,17 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
                 allow_other: plan.allow_other,
             },
         )
-        .map_err(|e| format!("cannot read the origin's root: {e}"))?,
+        .map_err(|e| {
+            if plan.origin_up {
+                format!("cannot read the origin's root: {e}")
+            } else {
+                format!(
+                    "the origin {} cannot be reached ({e}) and this cache directory holds \
+                     nothing of it: mount it once while it answers",
+                    plan.origin.display()
+                )
+            }
+        })?,
     );
     let invalidator = fs.invalidator();
     let mut cfg = fuser::Config::default();
@@ -553,6 +592,13 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
         mountpoint = %plan.mountpoint.display(),
         "mounted"
     );
+    if !plan.origin_up {
+        tracing::warn!(
+            origin = %plan.origin.display(),
+            "the origin did not answer at mount time: serving what it confirmed before \
+             (checked again once it answers)"
+        );
+    }
     ready.ok();
     let r = session.run();
     // Queue threads still waiting for an INIT that never came end now; the others

@@ -13,6 +13,33 @@ use std::time::{Duration, Instant};
 
 use common::{Mount, drop_clean_caches, eventually, pattern};
 
+/// Waits for a child with a time limit; kills it past the limit. Its status and
+/// stderr, or None if it was killed.
+fn wait_limited(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status, err));
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads a file in a child process with a time limit: a hung read must not hang the
 /// test. Returns the bytes or the error text, and how long it took.
 fn timed_read(path: &Path, limit: Duration) -> (Result<Vec<u8>, String>, Duration) {
@@ -26,31 +53,13 @@ fn timed_read(path: &Path, limit: Duration) -> (Result<Vec<u8>, String>, Duratio
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            let r = if status.success() {
-                Ok(fs::read(&out_path).unwrap())
-            } else {
-                Err(err)
-            };
-            let _ = fs::remove_file(&out_path);
-            return (r, t.elapsed());
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = fs::remove_file(&out_path);
-            return (Err("timed out".into()), t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let r = match wait_limited(&mut child, limit) {
+        Some((status, _)) if status.success() => Ok(fs::read(&out_path).unwrap()),
+        Some((_, err)) => Err(err),
+        None => Err("timed out".into()),
+    };
+    let _ = fs::remove_file(&out_path);
+    (r, t.elapsed())
 }
 
 #[test]
@@ -157,4 +166,94 @@ fn permission_changes_and_a_directory_replaced_by_a_file() {
     let e = fs::read(t.m("d/inner")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(20), "ENOTDIR: {e}");
     t.umount();
+}
+
+/// Runs `strata mount` with a time limit: a mount that hangs on its origin fails the
+/// test instead of hanging it.
+fn mount_within(t: &mut Mount, args: &[&str], limit: Duration) {
+    let mut child = Command::new(common::STRATA)
+        .arg("mount")
+        .arg(&t.origin)
+        .arg(&t.mnt)
+        .arg("--cache-dir")
+        .arg(&t.cache)
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    match wait_limited(&mut child, limit) {
+        Some((status, err)) => {
+            t.mounted = status.success();
+            assert!(status.success(), "strata mount failed: {err}");
+        }
+        None => panic!("strata mount still hung on its origin after {limit:?}"),
+    }
+}
+
+/// The daemon's log says the origin could not be reached (at mount time, or at the
+/// first request that needed it, when the kernel still had the origin's root cached).
+fn log_says_unreachable(t: &Mount) -> bool {
+    let log = fs::read_to_string(t.cache.join("strata.log")).unwrap_or_default();
+    log.contains("did not answer at mount time") || log.contains("the origin cannot be reached")
+}
+
+/// A mount made while the origin hangs, or after it died, comes up offline and serves
+/// what it confirmed before, and nothing else; once the origin answers again it is
+/// checked again.
+#[test]
+fn a_mount_comes_up_offline_when_the_origin_hangs_or_is_gone() {
+    let _one = common::sshfs_lock();
+    let mut t = Mount::new();
+    let data = t.tmp.path().join("data");
+    fs::create_dir_all(data.join("dir")).unwrap();
+    fs::write(data.join("dir/cached"), pattern(1, 2_000_000)).unwrap();
+    fs::write(data.join("dir/uncached"), pattern(2, 100_000)).unwrap();
+    fs::write(data.join("top"), b"top v1").unwrap();
+    let sshfs = common::SshfsOrigin::up(&data, &t.origin);
+    let args = ["--attr-ttl", "200ms", "--origin-timeout", "1s"];
+    t.mount(&args);
+    assert_eq!(fs::read(t.m("dir/cached")).unwrap(), pattern(1, 2_000_000));
+    assert_eq!(fs::read_dir(t.m("dir")).unwrap().count(), 2);
+    assert_eq!(fs::read(t.m("top")).unwrap(), b"top v1");
+    assert!(eventually(Duration::from_secs(20), || t
+        .stat_u64("inflight_fill_bytes")
+        == 0));
+    t.umount();
+
+    let check_offline = |t: &Mount| {
+        let (r, took) = timed_read(&t.m("dir/cached"), Duration::from_secs(20));
+        assert_eq!(r.unwrap(), pattern(1, 2_000_000), "cached data, offline");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        let out = Command::new("ls").arg(t.m("dir")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+        let (r, _) = timed_read(&t.m("dir/uncached"), Duration::from_secs(20));
+        assert!(r.is_err(), "never cached: not invented");
+        assert!(t.stat_u64("stale_served") > 0);
+        assert!(log_says_unreachable(t), "a warning in the log");
+    };
+
+    // Hung: sshd frozen, sshfs's own caches dropped.
+    sshfs.signal("STOP");
+    std::thread::sleep(Duration::from_millis(300));
+    drop_clean_caches();
+    mount_within(&mut t, &args, Duration::from_secs(30));
+    check_offline(&t);
+    // It answers again: checked again, and a change there is seen.
+    fs::write(data.join("top"), b"top v2, longer").unwrap();
+    sshfs.signal("CONT");
+    assert!(
+        eventually(Duration::from_secs(40), || fs::read(t.m("top"))
+            .is_ok_and(|b| b == b"top v2, longer")),
+        "the origin is checked again once it answers"
+    );
+    t.umount();
+
+    // Gone: sshd killed.
+    sshfs.signal("KILL");
+    std::thread::sleep(Duration::from_millis(300));
+    drop_clean_caches();
+    mount_within(&mut t, &args, Duration::from_secs(30));
+    check_offline(&t);
+    t.umount();
+    drop(sshfs);
 }

@@ -15,27 +15,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// One origin request for [`OriginGuard::call_all`].
 pub(crate) type Call<T> = Box<dyn FnOnce() -> io::Result<T> + Send>;
 
-/// Errors that say "the origin could not be asked", as opposed to "the origin
-/// answered: no". ETIMEDOUT is also what a call past its deadline gets. These trip
-/// the circuit breaker. EIO does not: one damaged file must not make every file
-/// unreadable.
-pub fn unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            100 // ENETDOWN
-                | 101 // ENETUNREACH
-                | 103 // ECONNABORTED
-                | 104 // ECONNRESET
-                | 107 // ENOTCONN
-                | 108 // ESHUTDOWN
-                | 110 // ETIMEDOUT
-                | 111 // ECONNREFUSED
-                | 112 // EHOSTDOWN
-                | 113 // EHOSTUNREACH
-        )
-    )
-}
+pub use crate::origin::unreachable;
 
 pub(crate) struct OriginGuard {
     timeout: Option<Duration>,

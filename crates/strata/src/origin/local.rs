@@ -52,11 +52,16 @@ impl LocalOrigin {
                 format!("cannot open origin directory {}: {e}", root_path.display()),
             )
         })?;
-        let fs_type = rustix::fs::fstatfs(&root).map(|s| s.f_type).unwrap_or(0);
+        // From the mount table, which asks the origin nothing (a hung origin would
+        // hang a statfs); the filesystem itself only if the table cannot be read.
+        let fuse = match fuse_mount(&root_path) {
+            Some(fuse) => fuse,
+            None => rustix::fs::fstatfs(&root).is_ok_and(|s| s.f_type == FUSE_SUPER_MAGIC),
+        };
         Ok(Self {
             root,
             root_path,
-            stable_inodes: fs_type != FUSE_SUPER_MAGIC,
+            stable_inodes: !fuse,
         })
     }
 
@@ -133,6 +138,51 @@ impl LocalOrigin {
             )),
         }
     }
+}
+
+/// Whether the filesystem holding `path` is a FUSE one (sshfs, rclone, s3fs, ...),
+/// from /proc/self/mountinfo: the mount with the longest mountpoint above `path`.
+/// None if the table cannot be read.
+fn fuse_mount(path: &Path) -> Option<bool> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(usize, bool)> = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let (Some(mnt), Some(fstype)) = (f.get(4), f.get(sep + 1)) else {
+            continue;
+        };
+        let mnt = PathBuf::from(unescape_mountinfo(mnt));
+        if path.starts_with(&mnt) {
+            let depth = mnt.components().count();
+            // The last mounted at the deepest place is the one in use.
+            if best.is_none_or(|(d, _)| depth >= d) {
+                let fuse = *fstype == "fuse" || *fstype == "fuseblk" || fstype.starts_with("fuse.");
+                best = Some((depth, fuse));
+            }
+        }
+    }
+    best.map(|(_, fuse)| fuse)
+}
+
+/// A path from /proc/self/mountinfo, which escapes space, tab, newline and backslash
+/// as octal.
+pub fn unescape_mountinfo(s: &str) -> OsString {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
 }
 
 fn forget_ino(t: &mut Token) {

@@ -15,8 +15,30 @@ mod local;
 mod slow;
 
 pub use fault::{FaultOrigin, Faults};
-pub use local::LocalOrigin;
+pub use local::{LocalOrigin, unescape_mountinfo};
 pub use slow::SlowOrigin;
+
+/// Errors that say "the origin could not be asked", as opposed to "the origin
+/// answered: no". ETIMEDOUT is also what a call past its deadline gets. These trip
+/// the engine's circuit breaker. EIO does not: one damaged file must not make every
+/// file unreadable.
+pub fn unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            100 // ENETDOWN
+                | 101 // ENETUNREACH
+                | 103 // ECONNABORTED
+                | 104 // ECONNRESET
+                | 107 // ENOTCONN
+                | 108 // ESHUTDOWN
+                | 110 // ETIMEDOUT
+                | 111 // ECONNREFUSED
+                | 112 // EHOSTDOWN
+                | 113 // EHOSTUNREACH
+        )
+    )
+}
 
 /// What must stay the same for cached data of a file to stay valid.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
