@@ -330,15 +330,20 @@ fn a_second_pass_over_many_small_files_is_warm_after_dropped_fills() {
     // keep them: once the writer is idle every one reaches the disk (fetched again
     // from the origin where RAM let it go), and a second pass asks the origin nothing.
     let s = setup();
-    const FILES: usize = 6_000;
+    const FILES: usize = 5_000;
     for i in 0..FILES {
         std::fs::write(s.origin.join(format!("f{i}")), pattern(i as u64, 3000)).unwrap();
     }
     let mut c = config(&s.cache, Duration::from_secs(600));
     c.fill_queue_bytes = BS as u64 * 16;
     c.ram_capacity = 1 << 20;
+    // A slow disk (every sync 2 ms), so that the writer falls behind whatever the
+    // machine's load.
+    let sim = SimStorage::new();
+    sim.set_sync_delay(Duration::from_millis(2));
     if let Some(d) = &mut c.disk {
         d.capacity = 256 << 20; // room for every file's block
+        d.storage = Arc::new(sim);
     }
     let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
     let e = Engine::new(c, origin).unwrap();
@@ -814,7 +819,8 @@ fn files_read_in_listing_order_are_fetched_ahead() {
     }
     let local: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
     let slow: Arc<dyn Origin> = Arc::new(SlowOrigin::new(local, Duration::from_millis(10), 0));
-    let e = Engine::new(config(&s.cache, Duration::from_secs(60)), slow).unwrap();
+    let ttl = Duration::from_millis(300);
+    let e = Engine::new(config(&s.cache, ttl), slow).unwrap();
     let list = e.read_dir(Path::new("src")).unwrap();
     let files: Vec<String> = list
         .iter()
@@ -822,12 +828,16 @@ fn files_read_in_listing_order_are_fetched_ahead() {
         .map(|d| d.name.to_string_lossy().into_owned())
         .collect();
     assert_eq!(files.len(), 48);
-    // One file changes after the scan began: the prefetched version must not be served.
+    // One file changes after the scan began: its prefetched version is not served
+    // once the TTL since it was confirmed has passed.
     let changed = &files[30];
     for (k, f) in files.iter().enumerate() {
         if k == 5 {
             std::thread::sleep(Duration::from_millis(200));
             std::fs::write(dir.join(changed), b"new content, another size").unwrap();
+        }
+        if k == 30 {
+            std::thread::sleep(ttl);
         }
         let want = std::fs::read(dir.join(f)).unwrap();
         assert_eq!(read_all(&e, &format!("src/{f}")), want, "{f}");

@@ -132,9 +132,6 @@ struct Dropped {
 
 /// The metadata journal is rewritten from the live entries only past this size.
 const META_LOG_MIN: u64 = 8 << 20;
-/// An open trusts attributes the origin gave this recently (the lookup of the same
-/// path walk) instead of asking again.
-const OPEN_TRUSTS_LOOKUP: Duration = Duration::from_millis(50);
 /// Active objects kept before idle ones are forgotten.
 const MAX_ACTIVE: usize = crate::config::MAX_ACTIVE_OBJECTS;
 const ENOENT: i32 = 2;
@@ -513,19 +510,13 @@ impl Engine {
         self.inner.disk.as_deref()
     }
 
-    /// Opens a regular file, checking its token with the origin (close-to-open), unless
-    /// the origin confirmed it an instant ago: the kernel looks a name up just before
-    /// it opens it, and that lookup, when it asked the origin, is the check.
+    /// Opens a regular file, at the version the origin confirmed within the TTL (a
+    /// lookup just before, or a revalidation a directory scan sent ahead in a batch),
+    /// or else as the origin says now. With a TTL of 0 every open asks.
     pub fn open(&self, path: &Path) -> io::Result<Handle> {
-        let just_confirmed = self
-            .inner
-            .attrs
-            .get_aged(path)
-            .filter(|(_, age)| *age < OPEN_TRUSTS_LOOKUP.min(self.inner.cfg.attr_ttl))
-            .and_then(|(a, _)| a.ok());
-        let attr = match just_confirmed {
-            Some(a) => a,
-            None => self.inner.stat_origin(path)?,
+        let attr = match self.inner.attrs.get(path) {
+            Some(Ok(a)) => a,
+            _ => self.inner.stat_origin(path)?,
         };
         let obj = self.inner.object_for(path, &attr)?;
         let h = Handle::new(obj);
