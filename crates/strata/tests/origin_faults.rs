@@ -348,6 +348,16 @@ fn metadata_confirmed_before_a_restart_is_kept() {
         assert_eq!(e.stats().revalidations, before, "{:?}", e.stats());
         e.shutdown();
     }
+    // Past the TTL, a kept negative entry expires like any other: a file made since
+    // is seen.
+    std::fs::write(dir.join("missing"), b"made since").unwrap();
+    {
+        let e = engine_at(&dir, &cache, Duration::from_millis(1), &faults);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(e.stat(Path::new("missing")).unwrap().size, 10);
+        e.shutdown();
+    }
+    std::fs::remove_file(dir.join("missing")).unwrap();
     // Down, with a TTL long expired: the last confirmed answers, counted as stale.
     faults.hang(true);
     let e = engine_at(&dir, &cache, Duration::from_millis(1), &faults);
@@ -361,6 +371,8 @@ fn metadata_confirmed_before_a_restart_is_kept() {
         pattern(3, 200_000),
         "from the disk cache"
     );
+    // The last confirmed answer about "missing": it exists (seen by the engine above).
+    assert_eq!(e.stat(Path::new("missing")).unwrap().size, 10);
     // Nothing is invented: what was never confirmed fails.
     let err = e.stat(Path::new("sub/other")).unwrap_err();
     assert!(
