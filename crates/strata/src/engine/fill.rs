@@ -1,0 +1,358 @@
+//! The disk fill path: blocks read from the origin queued for the disk tier, group
+//! commits by the one writer thread, fills dropped (never waited for) when the queue
+//! is full and offered again once it is idle, and the metadata journal's upkeep.
+
+use super::*;
+
+/// A run of blocks whose fill was dropped, remembered by the object version it
+/// belongs to rather than by the object itself: holding each object would keep every
+/// one of them (their extent trees, their place in the active table) alive while
+/// thousands of small files wait, which is why at most 4,096 were remembered and a
+/// second pass over a tree larger than RAM went back to the origin for the rest.
+pub(super) struct Dropped {
+    path: PathBuf,
+    token: Token,
+    id: u64,
+    blocks: Range<u64>,
+}
+
+/// The metadata journal is rewritten from the live entries only past this size.
+pub(super) const META_LOG_MIN: u64 = 8 << 20;
+
+impl Inner {
+    /// Offers the disk tier blocks found in RAM that it does not hold and that are
+    /// not on their way (their first fill was dropped because the queue was full).
+    pub(super) fn refill(&self, obj: &Arc<Object>, hits: Vec<(u64, Bytes)>) {
+        if obj.is_dead() {
+            return;
+        }
+        let mut runs: Vec<FillJob> = Vec::new();
+        {
+            let mut st = obj.lock();
+            for (blk, b) in hits {
+                let r = obj.bytes_of(blk..blk + 1);
+                if st.tree.test_any(r.clone(), bits::DISK | bits::FILLING) {
+                    continue;
+                }
+                st.tree.set(r, bits::FILLING);
+                st.filling.insert(blk, b.clone());
+                match runs.last_mut() {
+                    Some(j) if j.first + j.blocks.len() as u64 == blk => j.blocks.push(b),
+                    _ => runs.push(FillJob {
+                        obj: obj.clone(),
+                        first: blk,
+                        blocks: vec![b],
+                    }),
+                }
+            }
+        }
+        for job in runs {
+            self.queue_fill(job);
+        }
+    }
+
+    pub(super) fn queue_fill(&self, job: FillJob) {
+        let bytes = job.bytes();
+        let n = job.blocks.len() as u64;
+        let inflight = &self.stats.inflight_fill_bytes;
+        let tx = self.fill_tx.read().clone();
+        let queued = match tx {
+            Some(tx) if inflight.load(Ordering::Relaxed) + bytes <= self.cfg.fill_queue_bytes => {
+                let now = inflight.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                self.stats
+                    .inflight_fill_peak
+                    .fetch_max(now, Ordering::Relaxed);
+                match tx.send(job) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        inflight.fetch_sub(bytes, Ordering::Relaxed);
+                        Some(e.into_inner())
+                    }
+                }
+            }
+            _ => Some(job),
+        };
+        match queued {
+            None => stats::add(&self.stats.fills_queued, n),
+            Some(job) => {
+                stats::add(&self.stats.fills_dropped, n);
+                self.fill_finished(&job, &vec![false; job.blocks.len()]);
+                let mut d = self.dropped.lock();
+                if d.len() >= MAX_DROPPED_RUNS
+                    && let Some(old) = d.pop_front()
+                {
+                    self.stats
+                        .dropped_fill_blocks
+                        .fetch_sub(old.blocks.end - old.blocks.start, Ordering::Relaxed);
+                }
+                let o = &job.obj;
+                match d.back_mut() {
+                    // The next run of the same version: one record.
+                    Some(last) if last.id == o.id && last.blocks.end == job.first => {
+                        last.blocks.end = job.first + n;
+                    }
+                    _ => d.push_back(Dropped {
+                        path: o.path.clone(),
+                        token: o.token.clone(),
+                        id: o.id,
+                        blocks: job.first..job.first + n,
+                    }),
+                }
+                stats::add(&self.stats.dropped_fill_blocks, n);
+            }
+        }
+    }
+
+    /// Bytes the fill queue can still take; unbounded without a disk tier.
+    pub(super) fn fill_room(&self) -> u64 {
+        if self.disk.is_none() {
+            return u64::MAX;
+        }
+        let inflight = self.stats.inflight_fill_bytes.load(Ordering::Relaxed);
+        self.cfg.fill_queue_bytes.saturating_sub(inflight)
+    }
+
+    /// Clears the FILLING state of a job's blocks; marks those stored as on disk.
+    pub(super) fn fill_finished(&self, job: &FillJob, done: &[bool]) {
+        let o = &job.obj;
+        let mut st = o.lock();
+        for (j, ok) in done.iter().enumerate() {
+            let blk = job.first + j as u64;
+            st.filling.remove(&blk);
+            let r = o.bytes_of(blk..blk + 1);
+            st.tree.clear(r.clone(), bits::FILLING);
+            if *ok {
+                // Written by us from bytes checked against the origin's token.
+                st.tree.set(r, bits::DISK | bits::VERIFIED);
+            }
+        }
+    }
+
+    /// The disk writer: batches queued fills into group commits; when idle, lets the
+    /// disk tier do its upkeep.
+    pub(super) fn fill_loop(&self, disk: &DiskTier, rx: Receiver<FillJob>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(job) => {
+                    let deadline = Instant::now() + self.cfg.commit_interval;
+                    let mut batch = vec![job];
+                    let mut bytes = batch[0].bytes();
+                    let mut closed = false;
+                    while bytes < FILL_BATCH_BYTES {
+                        let wait = deadline.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(wait) {
+                            Ok(j) => {
+                                bytes += j.bytes();
+                                batch.push(j);
+                            }
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
+                    self.commit(disk, batch);
+                    self.keep_meta(false);
+                    if closed {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.keep_meta(false);
+                    self.retry_dropped();
+                    while disk.maintain() && rx.is_empty() {}
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Writes the metadata journal (once a second, or `now`), and rewrites it from
+    /// the live entries when it is mostly history.
+    pub(super) fn keep_meta(&self, now: bool) {
+        let Some(log) = &self.meta_log else { return };
+        let every = if now {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
+        if let Err(e) = log.flush(every) {
+            tracing::debug!(error = %e, "cannot write the metadata journal");
+            return;
+        }
+        let live = (self.attrs.bytes()
+            + self.dirs.bytes()
+            + self.links.bytes()
+            + self.xattrs.bytes()
+            + self.xattr_lists.bytes()) as u64;
+        if log.len() > (4 * live).max(META_LOG_MIN) {
+            let mut out = Vec::new();
+            self.attrs.records(&mut out);
+            self.dirs.records(&mut out);
+            self.links.records(&mut out);
+            self.xattrs.records(&mut out);
+            self.xattr_lists.records(&mut out);
+            if let Err(e) = log.rewrite(out) {
+                tracing::debug!(error = %e, "cannot rewrite the metadata journal");
+            }
+        }
+    }
+
+    /// The object a dropped run belongs to, if that version is still the one cached:
+    /// the active one, or (forgotten since) made again from the disk index, where it
+    /// was registered when first read. Never confirmed with the origin here: a fetch
+    /// checks the origin file's token before anything is cached.
+    pub(super) fn revive(&self, run: &Dropped) -> Option<Arc<Object>> {
+        let mut objs = self.objects.lock();
+        if let Some(o) = objs.get(&run.path) {
+            return (o.id == run.id && !o.is_dead()).then(|| o.clone());
+        }
+        let d = self.disk.as_ref()?;
+        let key = run.path.as_os_str().as_encoded_bytes();
+        match d.lookup(key) {
+            Some((id, t)) if id == run.id && t == run.token => {}
+            _ => return None,
+        }
+        // validated 0: whoever opens it asks the origin first.
+        let o = self.new_object(&run.path, run.id, run.token.clone(), d.present(run.id), 0);
+        if objs.len() >= MAX_ACTIVE {
+            objs.retain(|_, o| Arc::strong_count(o) > 1);
+        }
+        objs.insert(run.path.clone(), o.clone());
+        Some(o)
+    }
+
+    /// Offers the disk again the runs whose fill was dropped, as much as the queue
+    /// takes, in pieces that fit it: the blocks still in RAM from there, the others
+    /// (evicted meanwhile: a file larger than RAM read while the writer was behind)
+    /// fetched again from the origin. One read of a file then caches all of it.
+    pub(super) fn retry_dropped(&self) {
+        let per = (self.cfg.fill_queue_bytes / self.cfg.block_size as u64).max(1);
+        let pending = &self.stats.dropped_fill_blocks;
+        loop {
+            let Some(run) = self.dropped.lock().pop_front() else {
+                return;
+            };
+            let (start, end) = (run.blocks.start, run.blocks.end);
+            let blocks = run.blocks.clone();
+            let Some(obj) = self.revive(&run) else {
+                // That version is gone (changed at the origin, or evicted).
+                pending.fetch_sub(end - start, Ordering::Relaxed);
+                continue;
+            };
+            // The run stays counted in `pending` until what replaces it (queued
+            // fills, refetches, the part put back) is counted, so the gauge never
+            // reads 0 while something is still on its way.
+            let put_back = |from: u64| {
+                if from < end {
+                    self.dropped.lock().push_front(Dropped {
+                        blocks: from..end,
+                        path: run.path.clone(),
+                        token: run.token.clone(),
+                        ..run
+                    });
+                }
+                pending.fetch_sub(from.min(end) - start, Ordering::Relaxed);
+            };
+            if obj.is_dead() {
+                put_back(end);
+                continue;
+            }
+            let hits: Vec<(u64, Bytes)> = blocks
+                .filter_map(|blk| {
+                    let key = BlockKey { obj: obj.id, blk };
+                    self.ram.get(&key).map(|b| (blk, b))
+                })
+                .collect();
+            for part in hits.chunks(per as usize) {
+                let bytes: u64 = part.iter().map(|(_, b)| b.len() as u64).sum();
+                if self.fill_room() < bytes {
+                    // The queue is full again: the run waits for the next idle
+                    // moment whole (what went out is skipped then; what RAM lost
+                    // is still to be fetched).
+                    put_back(start);
+                    return;
+                }
+                self.refill(&obj, part.to_vec());
+            }
+            // What RAM no longer holds: the blocks just offered are FILLING now,
+            // so only those go to the origin.
+            match self.refetch(&obj, start..end) {
+                // The prefetch queue or the fill queue is full: the rest waits for
+                // the next idle moment, after these fills are written.
+                Some(at) => {
+                    put_back(at);
+                    return;
+                }
+                None => put_back(end),
+            }
+        }
+    }
+
+    /// Fetches the blocks of a range that no tier holds and nobody fetches, by the
+    /// read-ahead threads, as far as the fill queue has room for them. Returns where
+    /// it stopped, if before the end.
+    pub(super) fn refetch(&self, obj: &Arc<Object>, blocks: Range<u64>) -> Option<u64> {
+        let Some(tx) = self.prefetch_tx.read().clone() else {
+            return None; // no read-ahead threads: left to the next reader
+        };
+        let mut room = self.fill_room() / obj.bs;
+        let claims = self.claim_uncached(obj, blocks);
+        // Dropping a claim (the one refused, and the rest) releases its blocks.
+        for mut c in claims.into_iter().flat_map(|c| self.split(c)) {
+            let at = c.blocks.start;
+            let n = (c.blocks.end - at).min(room);
+            if n == 0 {
+                return Some(at);
+            }
+            let stop = (c.keep_first(n) > 0).then_some(at + n);
+            // Counted before the send: the worker takes it off when done.
+            stats::add(&self.stats.dropped_fill_blocks, n);
+            if tx.try_send(Prefetch::Refetch(c)).is_err() {
+                self.stats
+                    .dropped_fill_blocks
+                    .fetch_sub(n, Ordering::Relaxed);
+                return Some(at);
+            }
+            stats::add(&self.stats.fills_refetched, n);
+            if stop.is_some() {
+                return stop;
+            }
+            room -= n;
+        }
+        None
+    }
+
+    pub(super) fn commit(&self, disk: &DiskTier, batch: Vec<FillJob>) {
+        let mut fills = Vec::new();
+        for job in &batch {
+            if job.obj.is_dead() {
+                continue;
+            }
+            for (j, b) in job.blocks.iter().enumerate() {
+                fills.push(FillBlock {
+                    key: BlockKey {
+                        obj: job.obj.id,
+                        blk: job.first + j as u64,
+                    },
+                    data: b.clone(),
+                });
+            }
+        }
+        let done = disk.write_batch(&fills);
+        let mut k = 0;
+        for job in &batch {
+            let n = job.blocks.len();
+            if job.obj.is_dead() {
+                self.fill_finished(job, &vec![false; n]);
+            } else {
+                self.fill_finished(job, &done[k..k + n]);
+                k += n;
+            }
+            self.stats
+                .inflight_fill_bytes
+                .fetch_sub(job.bytes(), Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! The read path: a handle's current version (revalidated after the TTL), blocks
+//! gathered from RAM, blocks on their way to disk, and the disk tier, what is missing
+//! claimed (single flight) and fetched from the origin in runs, checked against the
+//! open file's token, and handed to the reader before its fills are queued.
+
+use super::*;
+
+impl Inner {
+    /// The handle's object, revalidated with the origin if its TTL has passed.
+    pub(super) fn current(&self, h: &Handle) -> io::Result<Arc<Object>> {
+        let obj = h.cur.lock().clone();
+        // 0 means "ask the origin now" (a fetch saw the file change).
+        let validated = obj.validated_ns.load(Ordering::Acquire);
+        let age = self.now_ns().saturating_sub(validated);
+        if !obj.is_dead() && validated != 0 && age < self.cfg.attr_ttl.as_nanos() as u64 {
+            return Ok(obj);
+        }
+        let attr = match self.stat_origin(&obj.path) {
+            // An open handle stays with its file: if another file now has its name
+            // (replaced by rename), the handle is stale, as on NFS.
+            Ok(a) if a.kind == FileKind::File && a.same_file(&obj.token) => a,
+            Ok(_) => return Err(io::Error::from_raw_os_error(ESTALE)),
+            Err(e) if e.raw_os_error() == Some(ENOENT) => {
+                return Err(io::Error::from_raw_os_error(ESTALE));
+            }
+            Err(e) => return Err(e),
+        };
+        let fresh = self.object_for(&obj.path, &attr)?;
+        h.switch(fresh.clone());
+        Ok(fresh)
+    }
+
+    pub(super) fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
+        stats::inc(&self.stats.reads);
+        // A fetch that sees the file change makes the read start over on the new
+        // version, so one read never mixes two versions. If the file keeps changing,
+        // the last try reads the range from the origin in one request, uncached.
+        for attempt in 0..3 {
+            let obj = self.current(h)?;
+            let size = obj.size();
+            if len == 0 || off >= size {
+                return Ok(ReadBuf::default());
+            }
+            let end = (off + len as u64).min(size);
+            if attempt == 2 {
+                return self.read_direct(&obj, off, end);
+            }
+            let ra = if attempt == 0 {
+                self.plan_readahead(h, &obj, off, end)
+            } else {
+                None
+            };
+            let b0 = off / obj.bs;
+            let mut got: Vec<Option<Bytes>> = vec![None; (end.div_ceil(obj.bs) - b0) as usize];
+            let mut whole = None;
+            let gathered = self.gather(&obj, b0, &mut got, &mut whole)?;
+            // Read-ahead goes out after the reader's own fetch: on an origin with
+            // one connection (sshfs) its bytes would otherwise arrive first.
+            if let Some(ra) = ra {
+                self.start_readahead(&obj, ra);
+            }
+            match gathered {
+                Gathered::Complete => return Ok(self.assemble(&obj, off, end, got, whole)),
+                Gathered::Changed => continue,
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Counts a reader's wait for an origin request that began at `t0` and the part
+    /// of it the origin itself took.
+    pub(super) fn note_origin_time(&self, t0: Instant, took: Duration) {
+        stats::add(&self.stats.origin_wait_us, t0.elapsed().as_micros() as u64);
+        stats::add(&self.stats.origin_read_us, took.as_micros() as u64);
+    }
+
+    /// Reads a range straight from a freshly opened origin file, uncached.
+    pub(super) fn read_direct(&self, obj: &Object, off: u64, end: u64) -> io::Result<ReadBuf> {
+        if self.guard.is_down() {
+            stats::inc(&self.stats.origin_unreachable);
+            return Err(OriginGuard::down_error());
+        }
+        let (o, p) = (self.origin.clone(), obj.path.clone());
+        let len = (end - off) as usize;
+        stats::inc(&self.stats.origin_requests);
+        let t0 = Instant::now();
+        let (buf, took) = self
+            .guard
+            .call(move || {
+                let t1 = Instant::now();
+                let file = o.open(&p)?;
+                let mut buf = BytesMut::zeroed(len);
+                let n = crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, at| {
+                    file.read_at(b, at)
+                })?;
+                buf.truncate(n);
+                Ok((buf, t1.elapsed()))
+            })
+            .inspect_err(|_| stats::inc(&self.stats.origin_errors))?;
+        self.note_origin_time(t0, took);
+        let n = buf.len();
+        stats::add(&self.stats.origin_bytes, n as u64);
+        stats::add(&self.stats.read_bytes, n as u64);
+        Ok(ReadBuf {
+            len: n,
+            parts: vec![buf.freeze()],
+        })
+    }
+
+    /// Joins the blocks of a read, stopping at the first gap or short block (the
+    /// file shrank). Blocks that came as one buffer go out as one slice of it (a
+    /// reply in one piece: no copy to join them).
+    pub(super) fn assemble(
+        &self,
+        obj: &Object,
+        off: u64,
+        end: u64,
+        got: Vec<Option<Bytes>>,
+        whole: Option<Bytes>,
+    ) -> ReadBuf {
+        let bs = obj.bs;
+        let b0 = off / bs;
+        if let Some(w) = whole {
+            let start = (off - b0 * bs) as usize;
+            let stop = ((end - b0 * bs) as usize).min(w.len());
+            let len = stop.saturating_sub(start);
+            stats::add(&self.stats.read_bytes, len as u64);
+            return ReadBuf {
+                parts: if len > 0 {
+                    vec![w.slice(start..stop)]
+                } else {
+                    Vec::new()
+                },
+                len,
+            };
+        }
+
+        let mut buf = ReadBuf::default();
+        let mut pos = off;
+        for (i, b) in got.into_iter().enumerate() {
+            let blk = b0 + i as u64;
+            let Some(b) = b else { break };
+            let start = (pos - blk * bs) as usize;
+            let stop = ((end - blk * bs) as usize).min(b.len());
+            if start >= stop {
+                break;
+            }
+            buf.len += stop - start;
+            pos += (stop - start) as u64;
+            let full = b.len() == obj.block_len(blk);
+            buf.parts.push(b.slice(start..stop));
+            if !full {
+                break;
+            }
+        }
+        stats::add(&self.stats.read_bytes, buf.len as u64);
+        buf
+    }
+
+    /// Fills `got` (blocks b0.. of `obj`) from the tiers and, for what is missing,
+    /// from the origin, with one fetch in flight per block. `whole` gets all of
+    /// `got` as one buffer when a single disk read supplied every block.
+    pub(super) fn gather(
+        &self,
+        obj: &Arc<Object>,
+        b0: u64,
+        got: &mut [Option<Bytes>],
+        whole: &mut Option<Bytes>,
+    ) -> io::Result<Gathered> {
+        let mut round = 0;
+        loop {
+            round += 1;
+            let key = |i: usize| BlockKey {
+                obj: obj.id,
+                blk: b0 + i as u64,
+            };
+            // RAM.
+            let mut ram_missed: Vec<u64> = Vec::new();
+            let mut ram_hit: Vec<(u64, Bytes)> = Vec::new();
+            for (i, slot) in got.iter_mut().enumerate() {
+                if slot.is_none() {
+                    match self.ram.get(&key(i)) {
+                        Some(b) => {
+                            stats::inc(&self.stats.ram_hits);
+                            stats::add(&self.stats.ram_hit_bytes, b.len() as u64);
+                            if self.disk.is_some() {
+                                ram_hit.push((b0 + i as u64, b.clone()));
+                            }
+                            *slot = Some(b);
+                        }
+                        None => ram_missed.push(b0 + i as u64),
+                    }
+                }
+            }
+            if !ram_hit.is_empty() {
+                self.refill(obj, ram_hit);
+            }
+            if ram_missed.is_empty() {
+                return Ok(Gathered::Complete);
+            }
+            // Blocks on their way to disk.
+            {
+                let mut st = obj.lock();
+                for &blk in &ram_missed {
+                    let i = (blk - b0) as usize;
+                    if let Some(b) = st.filling.get(&blk) {
+                        stats::inc(&self.stats.inflight_hits);
+                        got[i] = Some(b.clone());
+                    }
+                    // The RAM hint was stale (evicted).
+                    st.tree.clear(obj.bytes_of(blk..blk + 1), bits::RAM);
+                }
+            }
+            // Disk, one read per run of missing blocks.
+            if let Some(disk) = &self.disk {
+                let mut i = 0;
+                while i < got.len() {
+                    if got[i].is_some() {
+                        i += 1;
+                        continue;
+                    }
+                    let start = i;
+                    while i < got.len() && got[i].is_none() {
+                        i += 1;
+                    }
+                    let first = b0 + start as u64;
+                    let (res, one) = disk.read_whole(obj.id, first, (i - start) as u64);
+                    if start == 0 && i == got.len() {
+                        *whole = one;
+                    }
+                    // A long run is left to the kernel's page cache, not promoted:
+                    // its blocks are slices of one buffer, which the RAM tier would
+                    // keep alive whole.
+                    let promote = i - start <= LONG_RUN;
+                    let mut promoted = Vec::new();
+                    let mut absent = Vec::new();
+                    for (j, b) in res.into_iter().enumerate() {
+                        let blk = first + j as u64;
+                        match b {
+                            Some(b) => {
+                                stats::inc(&self.stats.disk_hits);
+                                stats::add(&self.stats.disk_hit_bytes, b.len() as u64);
+                                if promote && self.ram.put(BlockKey { obj: obj.id, blk }, b.clone())
+                                {
+                                    stats::inc(&self.stats.promotions);
+                                    promoted.push(blk);
+                                }
+                                got[start + j] = Some(b);
+                            }
+                            None => absent.push(blk),
+                        }
+                    }
+                    let mut st = obj.lock();
+                    for blk in promoted {
+                        st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
+                    }
+                    for (j, b) in got[start..i].iter().enumerate() {
+                        if b.is_some() {
+                            let blk = first + j as u64;
+                            st.tree
+                                .set(obj.bytes_of(blk..blk + 1), bits::DISK | bits::VERIFIED);
+                        }
+                    }
+                    for blk in absent {
+                        st.tree.clear(obj.bytes_of(blk..blk + 1), bits::DISK);
+                    }
+                }
+            }
+            let missing: Vec<u64> = got
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.is_none())
+                .map(|(i, _)| b0 + i as u64)
+                .collect();
+            if missing.is_empty() {
+                return Ok(Gathered::Complete);
+            }
+            // Origin: claim what nobody fetches, wait for the rest.
+            let Claimed {
+                mine: claims,
+                theirs,
+                arrived,
+            } = if round > 3 {
+                // Others keep losing these blocks (a tiny RAM tier, failing fetches):
+                // stop waiting and fetch them ourselves, uncoordinated.
+                Claimed {
+                    mine: Vec::new(),
+                    theirs: missing.clone(),
+                    arrived: Vec::new(),
+                }
+            } else {
+                let mut st = obj.lock();
+                obj.claim(&mut st, &missing, |blk| {
+                    self.ram.contains(&BlockKey { obj: obj.id, blk })
+                })
+            };
+            for claim in claims {
+                for c in self.split(claim) {
+                    let first = c.blocks.start;
+                    stats::add(&self.stats.misses, c.blocks.end - c.blocks.start);
+                    let count = (c.blocks.end - c.blocks.start) as usize;
+                    let Fetched { data, cached } = self.fetch(obj, c, false)?;
+                    if !cached {
+                        return Ok(Gathered::Changed);
+                    }
+                    let short = data.len() < count
+                        || data
+                            .iter()
+                            .enumerate()
+                            .any(|(j, b)| b.len() != obj.block_len(first + j as u64));
+                    for (j, b) in data.into_iter().enumerate() {
+                        got[(first - b0) as usize + j] = Some(b);
+                    }
+                    if short {
+                        // The file is shorter than its token said: what follows is
+                        // past its end now.
+                        return Ok(Gathered::Complete);
+                    }
+                }
+            }
+            if theirs.is_empty() {
+                if arrived.is_empty() {
+                    return Ok(Gathered::Complete);
+                }
+                continue;
+            }
+            if round > 3 {
+                let first = theirs[0];
+                let last = *theirs.last().expect("non-empty");
+                let (data, same) = self.read_origin(obj, first..last + 1, false)?;
+                if !same {
+                    return Ok(Gathered::Changed);
+                }
+                for (j, b) in data.into_iter().enumerate() {
+                    let i = (first - b0) as usize + j;
+                    if got[i].is_none() {
+                        got[i] = Some(b);
+                    }
+                }
+                return Ok(Gathered::Complete);
+            }
+            stats::inc(&self.stats.fetch_waits);
+            obj.wait_clear(&theirs, bits::FETCHING);
+        }
+    }
+
+    /// Splits a claim into runs of at most `max_fetch` bytes.
+    pub(super) fn split(&self, claim: Claim) -> Vec<Claim> {
+        let per = (self.cfg.max_fetch / claim.obj.bs).max(1);
+        if claim.blocks.end - claim.blocks.start <= per {
+            return vec![claim];
+        }
+        let mut out = Vec::new();
+        let mut s = claim.blocks.start;
+        while s < claim.blocks.end {
+            let e = (s + per).min(claim.blocks.end);
+            out.push(Claim {
+                obj: claim.obj.clone(),
+                blocks: s..e,
+            });
+            s = e;
+        }
+        // The parts now hold the FETCHING marks; the emptied whole clears nothing.
+        let mut whole = claim;
+        whole.blocks = whole.blocks.start..whole.blocks.start;
+        out
+    }
+
+    /// Fetches a claimed run from the origin in one request, caches it unless the file
+    /// changed meanwhile, and returns the blocks (possibly fewer or shorter at EOF).
+    pub(super) fn fetch(
+        &self,
+        obj: &Arc<Object>,
+        claim: Claim,
+        readahead: bool,
+    ) -> io::Result<Fetched> {
+        let blocks = claim.blocks.clone();
+        let (data, cached) = self.read_origin(obj, blocks.clone(), readahead)?;
+        if !cached {
+            return Ok(Fetched { data, cached });
+        }
+        let mut in_ram = Vec::new();
+        for (j, b) in data.iter().enumerate() {
+            let blk = blocks.start + j as u64;
+            if self.ram.put(BlockKey { obj: obj.id, blk }, b.clone()) {
+                in_ram.push(blk);
+            }
+        }
+        let fill = self.disk.is_some() && !obj.is_dead();
+        {
+            let mut st = obj.lock();
+            for &blk in &in_ram {
+                st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
+            }
+            if fill {
+                for (j, b) in data.iter().enumerate() {
+                    st.filling.insert(blocks.start + j as u64, b.clone());
+                }
+                st.tree.set(obj.bytes_of(blocks.clone()), bits::FILLING);
+            }
+        }
+        if fill {
+            self.queue_fill(FillJob {
+                obj: obj.clone(),
+                first: blocks.start,
+                blocks: data.clone(),
+            });
+        }
+        // Waiters wake now and find the blocks in RAM or among those filling.
+        drop(claim);
+        Ok(Fetched { data, cached })
+    }
+
+    /// One origin request for a block run. Returns the blocks read (the last may be
+    /// short, some may be missing at EOF) and whether they are of the object's version
+    /// and complete, so that they may be cached.
+    pub(super) fn read_origin(
+        &self,
+        obj: &Arc<Object>,
+        blocks: Range<u64>,
+        readahead: bool,
+    ) -> io::Result<(Vec<Bytes>, bool)> {
+        if self.guard.is_down() {
+            stats::inc(&self.stats.origin_unreachable);
+            return Err(OriginGuard::down_error());
+        }
+        let file = obj
+            .origin_file(|| {
+                let (o, p) = (self.origin.clone(), obj.path.clone());
+                self.guard.call(move || o.open(&p))
+            })
+            .inspect_err(|e| {
+                stats::inc(&self.stats.origin_errors);
+                if unreachable(e) {
+                    stats::inc(&self.stats.origin_unreachable);
+                }
+                // Probably gone or replaced: make the next read ask the origin.
+                obj.validated_ns.store(0, Ordering::Release);
+            })
+            .map_err(|e| {
+                if e.raw_os_error() == Some(ENOENT) {
+                    // The handle's file is gone from the origin.
+                    io::Error::from_raw_os_error(ESTALE)
+                } else {
+                    e
+                }
+            })?;
+        let bufs: Vec<BytesMut> = blocks
+            .clone()
+            .map(|b| BytesMut::zeroed(obj.block_len(b)))
+            .collect();
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        stats::inc(&self.stats.origin_requests);
+        if readahead {
+            stats::inc(&self.stats.readahead_requests);
+        }
+        let off = blocks.start * obj.bs;
+        // The buffers travel to the worker and back: a read abandoned at its deadline
+        // still has somewhere to write.
+        let t0 = Instant::now();
+        let (bufs, n, token, took) = self
+            .guard
+            .call(move || {
+                let t1 = Instant::now();
+                let mut bufs = bufs;
+                let n = {
+                    let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+                    file.read_vectored_at(&mut slices, off)?
+                };
+                let token = if n == want { file.token().ok() } else { None };
+                Ok((bufs, n, token, t1.elapsed()))
+            })
+            .inspect_err(|e| {
+                stats::inc(&self.stats.origin_errors);
+                if unreachable(e) {
+                    stats::inc(&self.stats.origin_unreachable);
+                }
+            })?;
+        stats::add(&self.stats.origin_bytes, n as u64);
+        if readahead {
+            stats::add(&self.stats.readahead_bytes, n as u64);
+        } else {
+            self.note_origin_time(t0, took);
+        }
+        let same = n == want && token.as_ref() == Some(&obj.token);
+        if !same {
+            stats::inc(&self.stats.origin_changed);
+            obj.validated_ns.store(0, Ordering::Release);
+        }
+        // Cut the buffers down to what was read.
+        let mut left = n;
+        let mut out = Vec::with_capacity(bufs.len());
+        for mut b in bufs {
+            if left == 0 {
+                break;
+            }
+            let take = b.len().min(left);
+            b.truncate(take);
+            left -= take;
+            out.push(b.freeze());
+        }
+        Ok((out, same))
+    }
+}
