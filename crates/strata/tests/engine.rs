@@ -365,6 +365,43 @@ fn a_second_pass_over_many_small_files_is_warm_after_dropped_fills() {
 }
 
 #[test]
+fn shutdown_ends_while_dropped_fills_wait() {
+    // The disk writer offers dropped fills again while it is idle; a shutdown in the
+    // middle of that (the fill queue closed, every fill dropped again) must end.
+    for round in 0..3 {
+        let s = setup();
+        for i in 0..800 {
+            std::fs::write(s.origin.join(format!("f{i}")), pattern(i as u64, 3000)).unwrap();
+        }
+        let mut c = config(&s.cache, Duration::from_secs(600));
+        c.fill_queue_bytes = BS as u64 * 2;
+        c.ram_capacity = 64 << 20; // the dropped blocks stay in RAM, offered from there
+        let sim = SimStorage::new();
+        sim.set_sync_delay(Duration::from_millis(2));
+        if let Some(d) = &mut c.disk {
+            d.storage = Arc::new(sim);
+        }
+        let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+        let e = Engine::new(c, origin).unwrap();
+        for i in 0..800 {
+            read_all(&e, &format!("f{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(150 * round));
+        let t = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            e.shutdown();
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "round {round}: shutdown still running after {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
 fn long_disk_reads_go_out_in_one_piece_and_skip_the_ram_tier() {
     let s = setup();
     let len = 64 * BS as usize + 1000; // a short last block

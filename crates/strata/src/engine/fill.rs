@@ -230,7 +230,14 @@ impl Inner {
     pub(super) fn retry_dropped(&self) {
         let per = (self.cfg.fill_queue_bytes / self.cfg.block_size as u64).max(1);
         let pending = &self.stats.dropped_fill_blocks;
-        loop {
+        // Each run at most once per idle moment: a run whose fill is dropped again
+        // (the queue closed at shutdown) goes to the back of the list, and must not
+        // be taken again in the same pass.
+        let runs = self.dropped.lock().len();
+        for _ in 0..runs {
+            if self.fill_tx.read().is_none() {
+                return; // shutting down: nothing more can be queued
+            }
             let Some(run) = self.dropped.lock().pop_front() else {
                 return;
             };

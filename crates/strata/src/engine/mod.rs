@@ -447,11 +447,8 @@ impl Engine {
     /// lookup just before, or a revalidation a directory scan sent ahead in a batch),
     /// or else as the origin says now. With a TTL of 0 every open asks.
     pub fn open(&self, path: &Path) -> io::Result<Handle> {
-        let attr = match self.inner.attrs.get(path) {
-            Some(Ok(a)) => a,
-            _ => self.inner.stat_origin(path)?,
-        };
-        let obj = self.inner.object_for(path, &attr)?;
+        let (attr, confirmed) = self.inner.confirmed_attr(path)?;
+        let obj = self.inner.object_for(path, &attr, confirmed)?;
         let h = Handle::new(obj);
         self.inner.note_open(path);
         Ok(h)
@@ -712,6 +709,16 @@ impl Inner {
         self.notify(&o.path);
     }
 
+    /// A file's attributes as confirmed within the TTL, or as the origin says now, and
+    /// when the origin gave them (ns since the engine started).
+    fn confirmed_attr(&self, path: &Path) -> io::Result<(Attr, u64)> {
+        let now = self.now_ns();
+        match self.attrs.get_aged(path) {
+            Some((Ok(a), age)) => Ok((a, now.saturating_sub(age.as_nanos() as u64))),
+            _ => Ok((self.stat_origin(path)?, now)),
+        }
+    }
+
     /// A new object version, with the blocks the disk tier holds of it.
     fn new_object(
         &self,
@@ -739,17 +746,25 @@ impl Inner {
 
     /// The live object version for `path` with the token in `attr`, creating it (and
     /// invalidating an older one) if needed.
-    fn object_for(&self, path: &Path, attr: &Attr) -> io::Result<Arc<Object>> {
+    ///
+    /// `confirmed` is when the origin gave `attr` (ns since the engine started): the
+    /// version's TTL runs from then, not from now.
+    fn object_for(&self, path: &Path, attr: &Attr, confirmed: u64) -> io::Result<Arc<Object>> {
         match attr.kind {
             FileKind::File => {}
             FileKind::Dir => return Err(io::Error::from_raw_os_error(21)), // EISDIR
             _ => return Err(io::Error::from_raw_os_error(22)),             // EINVAL
         }
-        let now = self.now_ns();
+        let now = confirmed.max(1);
         let mut objs = self.objects.lock();
         if let Some(o) = objs.get(path) {
             if o.token == attr.token && !o.is_dead() {
-                o.validated_ns.store(now, Ordering::Release);
+                // 0 (a fetch saw the file change) stays 0: the origin is asked again.
+                let _ = o
+                    .validated_ns
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                        (v != 0).then_some(v.max(now))
+                    });
                 return Ok(o.clone());
             }
             let old = objs.remove(path).expect("present");

@@ -259,18 +259,16 @@ impl Inner {
     /// Fetches the start of a file a directory scan will probably reach, unless it is
     /// cached already.
     pub(super) fn prefetch_file(&self, path: &Path) {
-        let attr = match self.attrs.get(path) {
-            Some(Ok(a)) => a,
-            Some(Err(_)) => return,
-            None => match self.stat_origin(path) {
-                Ok(a) => a,
-                Err(_) => return,
-            },
+        if matches!(self.attrs.get(path), Some(Err(_))) {
+            return;
+        }
+        let Ok((attr, confirmed)) = self.confirmed_attr(path) else {
+            return;
         };
         if attr.kind != FileKind::File || attr.token.size() == 0 {
             return;
         }
-        let Ok(obj) = self.object_for(path, &attr) else {
+        let Ok(obj) = self.object_for(path, &attr, confirmed) else {
             return;
         };
         let end = obj.size().min(self.cfg.dir_prefetch_bytes.max(1));

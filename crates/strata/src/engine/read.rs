@@ -25,7 +25,7 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        let fresh = self.object_for(&obj.path, &attr)?;
+        let fresh = self.object_for(&obj.path, &attr, self.now_ns())?;
         h.switch(fresh.clone());
         Ok(fresh)
     }
@@ -486,6 +486,8 @@ impl Inner {
         if !same {
             stats::inc(&self.stats.origin_changed);
             obj.validated_ns.store(0, Ordering::Release);
+            // And the attributes that named that version: an open asks again.
+            self.attrs.remove(&obj.path);
         }
         // Cut the buffers down to what was read.
         let mut left = n;
