@@ -447,26 +447,32 @@ fn tier_on_400_blocks(brun: f64, bcull: f64, bstop: f64) -> (SimStorage, DiskTie
     (st, t, stats)
 }
 
+/// Writes blocks 0..n of object `id` (each filled with its id); how many were taken.
+fn fill(t: &DiskTier, id: u64, n: u64) -> u64 {
+    let blocks: Vec<FillBlock> = (0..n)
+        .map(|blk| FillBlock {
+            key: BlockKey { obj: id, blk },
+            data: Bytes::from(vec![id as u8; BS as usize]),
+        })
+        .collect();
+    t.write_batch(&blocks).into_iter().filter(|&ok| ok).count() as u64
+}
+
+/// The token of a 1,000-block object.
+fn big(id: u64) -> Token {
+    Token::Stat {
+        size: 1000 * BS,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        ino: id,
+    }
+}
+
 /// With the cache filesystem filling up, the tier culls between the cull and run
 /// thresholds and stops filling below the stop threshold.
 #[test]
 fn free_space_thresholds_cull_and_stop() {
     let (st, t, stats) = tier_on_400_blocks(50.0, 40.0, 20.0);
-    let fill = |t: &DiskTier, id: u64, n: u64| {
-        let blocks: Vec<FillBlock> = (0..n)
-            .map(|blk| FillBlock {
-                key: BlockKey { obj: id, blk },
-                data: Bytes::from(vec![id as u8; BS as usize]),
-            })
-            .collect();
-        t.write_batch(&blocks).into_iter().filter(|&ok| ok).count() as u64
-    };
-    let big = |id: u64| Token::Stat {
-        size: 1000 * BS,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        ino: id,
-    };
     // 250 blocks: 62% used, 38% free: below cull, above stop.
     t.register(1, b"a", big(1));
     assert_eq!(fill(&t, 1, 250), 250);
@@ -497,21 +503,6 @@ fn free_space_thresholds_cull_and_stop() {
 #[test]
 fn pinned_paths_survive_culling_eviction_and_restart() {
     let (st, t, stats) = tier_on_400_blocks(50.0, 40.0, 20.0);
-    let fill = |t: &DiskTier, id: u64, n: u64| {
-        let blocks: Vec<FillBlock> = (0..n)
-            .map(|blk| FillBlock {
-                key: BlockKey { obj: id, blk },
-                data: Bytes::from(vec![id as u8; BS as usize]),
-            })
-            .collect();
-        t.write_batch(&blocks).into_iter().filter(|&ok| ok).count() as u64
-    };
-    let big = |id: u64| Token::Stat {
-        size: 1000 * BS,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        ino: id,
-    };
     t.pin_path(b"keep").unwrap();
     t.register(1, b"keep/a", big(1));
     t.register(2, b"keeper", big(2)); // not below "keep": a name that only starts so
