@@ -394,7 +394,7 @@ fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
     let path = mount_path(mountpoint);
     match mount::mount_entry(&path) {
         None => return Err(format!("{} is not mounted", mountpoint.display())),
-        Some((_, fstype)) if fstype != format!("fuse.{}", mount::FS_SUBTYPE) => {
+        Some((_, fstype)) if fstype != mount::FS_TYPE => {
             return Err(format!(
                 "{} is not a strata mount (a {fstype} filesystem is mounted there); \
                  use umount(8) for it",
@@ -438,19 +438,10 @@ fn umount(mountpoint: &Path) -> Result<ExitCode, String> {
     }
 }
 
-/// A mountpoint as /proc/self/mountinfo names it. The mount itself is not asked (a
-/// mount whose daemon died answers ENOTCONN): only its parent is resolved.
+/// A mountpoint as /proc/self/mountinfo names it: resolved like any path, or, when the
+/// mount does not answer (its daemon died: ENOTCONN), from its parent alone.
 fn mount_path(p: &Path) -> PathBuf {
-    if let Ok(c) = std::fs::canonicalize(p) {
-        return c;
-    }
-    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    match (abs.parent(), abs.file_name()) {
-        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
-            .map(|d| d.join(name))
-            .unwrap_or(abs.clone()),
-        _ => abs,
-    }
+    std::fs::canonicalize(p).unwrap_or_else(|_| mount::canonical_parent(p))
 }
 
 /// The pid of the daemon serving a mount, which it publishes as an xattr of the root.

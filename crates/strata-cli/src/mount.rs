@@ -195,17 +195,19 @@ fn resolve_origin(origin: &Path, wait: Option<Duration>) -> Result<(PathBuf, boo
         Some(Err(e)) if !strata::origin::unreachable(&e) && e.raw_os_error() != Some(5) => {
             Err(format!("origin {}: {e}", origin.display()))
         }
-        why => {
-            let _ = why;
-            let abs = std::path::absolute(origin).map_err(|e| e.to_string())?;
-            let path = match (abs.parent(), abs.file_name()) {
-                (Some(dir), Some(name)) => std::fs::canonicalize(dir)
-                    .map(|d| d.join(name))
-                    .unwrap_or(abs.clone()),
-                _ => abs,
-            };
-            Ok((path, false))
-        }
+        _ => Ok((canonical_parent(origin), false)),
+    }
+}
+
+/// `p` made absolute with its parent's canonical path and its own name, without
+/// asking `p` itself (a hung or dead filesystem mounted there would not answer).
+pub fn canonical_parent(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
     }
 }
 
@@ -217,19 +219,17 @@ fn mounted_at(path: &Path) -> Option<String> {
 /// The device number ("major:minor") and type of the filesystem mounted at `path`,
 /// from /proc/self/mountinfo (no request to the filesystem itself).
 pub fn mount_entry(path: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut found = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        if f.len() > sep + 1 && strata::origin::unescape_mountinfo(f[4]) == path.as_os_str() {
-            // The last one mounted there is the one in use.
-            found = Some((f[2].to_string(), f[sep + 1].to_string()));
-        }
-    }
-    found
+    mount_at(&strata::origin::mount_table()?, path)
+}
+
+/// In a mount table, the filesystem mounted at `path`: the last one mounted there is
+/// the one in use.
+pub fn mount_at(table: &[strata::origin::MountEntry], path: &Path) -> Option<(String, String)> {
+    table
+        .iter()
+        .rev()
+        .find(|m| m.mountpoint == path)
+        .map(|m| (m.dev.clone(), m.fstype.clone()))
 }
 
 /// The kernel caps a FUSE mount's read-ahead at its device's read_ahead_kb (128 KiB by
@@ -245,9 +245,11 @@ fn tune_readahead(mountpoint: &Path) {
     }
 }
 
-/// The mount's filesystem type is `fuse.` and this (as /proc/mounts shows it); `strata
-/// umount` unmounts nothing else.
+/// The mount's filesystem type is `fuse.` and this; `strata umount` unmounts nothing
+/// else.
 pub const FS_SUBTYPE: &str = "strata";
+/// The type as /proc/mounts shows it.
+pub const FS_TYPE: &str = "fuse.strata";
 
 /// Mounts a FUSE filesystem of type fuse.strata, read-only, at the plan's mountpoint
 /// and returns its /dev/fuse descriptor; None when this user may not mount (fuser's
@@ -273,7 +275,7 @@ fn mount_fuse(plan: &Plan) -> Result<Option<OwnedFd>, String> {
     match rustix::mount::mount(
         plan.origin.as_os_str(),
         &plan.mountpoint,
-        format!("fuse.{FS_SUBTYPE}").as_str(),
+        FS_TYPE,
         MountFlags::NODEV | MountFlags::NOSUID | MountFlags::RDONLY,
         data.as_c_str(),
     ) {

@@ -12,23 +12,19 @@ use crate::mount;
 /// The strata mount `path` is in, and `path` relative to it.
 pub fn in_mount(path: &Path) -> Result<(PathBuf, PathBuf), String> {
     let abs = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let fstype = format!("fuse.{}", mount::FS_SUBTYPE);
-    let mut dir = abs.as_path();
-    loop {
-        if let Some((_, t)) = mount::mount_entry(dir) {
-            if t == fstype {
-                let rel = abs.strip_prefix(dir).unwrap_or(Path::new("")).to_path_buf();
-                return Ok((dir.to_path_buf(), rel));
-            }
-            // Another filesystem mounted inside the strata mount, or none above.
-            break;
+    let table = strata::origin::mount_table().unwrap_or_default();
+    // The deepest mount above the path: a strata mount, or another filesystem
+    // mounted inside one (not ours to pin).
+    let deepest = abs
+        .ancestors()
+        .find_map(|dir| Some((dir, mount::mount_at(&table, dir)?)));
+    match deepest {
+        Some((dir, (_, t))) if t == mount::FS_TYPE => {
+            let rel = abs.strip_prefix(dir).unwrap_or(Path::new("")).to_path_buf();
+            Ok((dir.to_path_buf(), rel))
         }
-        match dir.parent() {
-            Some(p) => dir = p,
-            None => break,
-        }
+        _ => Err(format!("{} is not in a strata mount", path.display())),
     }
-    Err(format!("{} is not in a strata mount", path.display()))
 }
 
 pub fn pin(path: &Path) -> Result<(), String> {

@@ -181,12 +181,8 @@ impl Inner {
             tracing::debug!(error = %e, "cannot write the metadata journal");
             return;
         }
-        let live = (self.attrs.bytes()
-            + self.dirs.bytes()
-            + self.links.bytes()
-            + self.xattrs.bytes()
-            + self.xattr_lists.bytes()) as u64;
-        if log.len() > (4 * live).max(META_LOG_MIN) {
+        // The size first: the maps are only weighed when the journal is large.
+        if log.len() > META_LOG_MIN && log.len() > 4 * self.journaled_bytes() {
             let mut out = Vec::new();
             self.attrs.records(&mut out);
             self.dirs.records(&mut out);

@@ -152,9 +152,7 @@ impl<K: Hash + Eq + Weight + Persist, V: Clone + Weight + Persist> TtlMap<K, V> 
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let m = self.map.lock();
-        let e = m.map.get(k)?;
-        (e.age() < self.ttl).then(|| e.v.clone())
+        self.get_aged(k).map(|(v, _)| v)
     }
 
     /// The value while it is trusted, and how long it has been kept.

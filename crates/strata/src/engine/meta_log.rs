@@ -430,14 +430,16 @@ impl MetaLog {
         let mut it = frames(&bytes);
         let mut good = 0u64;
         let ours = it.next().is_some_and(|h| {
+            good = 8 + h.len() as u64;
             let mut r = Reader(h);
             r.u8() == Some(0)
                 && r.bytes(8) == Some(&MAGIC[..])
                 && r.u32() == Some(VERSION)
                 && r.blob() == Some(origin.as_bytes())
         });
-        if ours {
-            good = 8 + frames(&bytes).next().map_or(0, |h| h.len() as u64);
+        if !ours {
+            good = 0;
+        } else {
             for p in it {
                 good += 8 + p.len() as u64;
                 let mut r = Reader(p);
@@ -485,36 +487,33 @@ impl MetaLog {
 
     /// Journals that the origin said `value` of `key` at `at_ns`.
     pub fn put<K: Persist, V: Persist>(&self, kind: u8, at_ns: u64, key: &K, value: &V) {
-        let mut st = self.st.lock();
-        if st.buf.len() >= MAX_BUFFERED {
-            st.overflowed = true;
-        } else {
-            record(&mut st.buf, |o| {
-                o.push(kind);
-                o.push(0);
-                put_u64(o, at_ns);
-                key.put(o);
-                value.put(o);
-            });
-        }
+        self.append(|o| Self::encode(o, kind, at_ns, key, value));
     }
 
     /// Journals that `key` is no longer known.
     pub fn forget<K: Persist>(&self, kind: u8, key: &K) {
-        let mut st = self.st.lock();
-        if st.buf.len() >= MAX_BUFFERED {
-            st.overflowed = true;
-        } else {
-            record(&mut st.buf, |o| {
+        self.append(|o| {
+            record(o, |o| {
                 o.push(kind);
                 o.push(1);
                 put_u64(o, wall_ns());
                 key.put(o);
-            });
+            })
+        });
+    }
+
+    /// Adds records to what waits to be written; past `MAX_BUFFERED` they are dropped
+    /// and the next flush says so.
+    fn append(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut st = self.st.lock();
+        if st.buf.len() >= MAX_BUFFERED {
+            st.overflowed = true;
+        } else {
+            write(&mut st.buf);
         }
     }
 
-    /// A record for a rewrite (`rewrite`), in `out`.
+    /// A record of what the origin said, in `out` (appended, or for a `rewrite`).
     pub fn encode<K: Persist, V: Persist>(out: &mut Vec<u8>, kind: u8, at_ns: u64, k: &K, v: &V) {
         record(out, |o| {
             o.push(kind);

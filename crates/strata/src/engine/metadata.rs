@@ -110,23 +110,20 @@ impl Inner {
         )
     }
 
+    /// Attributes (or the error) cached within the TTL, with how much of it is left.
+    pub(super) fn cached_attr(&self, path: &Path) -> Option<(io::Result<Attr>, Duration)> {
+        let (r, age) = self.attrs.get_aged(path)?;
+        let left = self.cfg.attr_ttl.saturating_sub(age);
+        Some((r.map_err(io::Error::from_raw_os_error), left))
+    }
+
     pub(super) fn stat_many(
         &self,
         paths: &[PathBuf],
         parallel: usize,
     ) -> Vec<(io::Result<Attr>, Duration)> {
-        let ttl = self.cfg.attr_ttl;
-        let mut out: Vec<Option<(io::Result<Attr>, Duration)>> = paths
-            .iter()
-            .map(|p| match self.attrs.get_aged(p.as_path()) {
-                Some((Ok(a), age)) => Some((Ok(a), ttl.saturating_sub(age))),
-                Some((Err(e), age)) => Some((
-                    Err(io::Error::from_raw_os_error(e)),
-                    ttl.saturating_sub(age),
-                )),
-                None => None,
-            })
-            .collect();
+        let mut out: Vec<Option<(io::Result<Attr>, Duration)>> =
+            paths.iter().map(|p| self.cached_attr(p)).collect();
         let todo: Vec<usize> = (0..paths.len()).filter(|&i| out[i].is_none()).collect();
         let asked: Vec<&Path> = todo.iter().map(|&i| paths[i].as_path()).collect();
         for (i, r) in todo.iter().zip(self.stat_origin_many(&asked, parallel)) {

@@ -417,12 +417,7 @@ impl Engine {
         let i = &self.inner;
         let mut s = i.stats.snapshot();
         s.active_objects = i.objects.lock().len() as u64;
-        s.meta_bytes = (i.attrs.bytes()
-            + i.dirs.bytes()
-            + i.links.bytes()
-            + i.xattrs.bytes()
-            + i.xattr_lists.bytes()
-            + i.statfs.bytes()) as u64;
+        s.meta_bytes = i.journaled_bytes() + i.statfs.bytes() as u64;
         s
     }
 
@@ -513,15 +508,9 @@ impl Engine {
     /// that caches them itself (the kernel) must trust them no longer than that, or
     /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
     pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
-        let ttl = self.inner.cfg.attr_ttl;
-        match self.inner.attrs.get_aged(path) {
-            Some((Ok(a), age)) => (Ok(a), ttl.saturating_sub(age)),
-            Some((Err(e), age)) => (
-                Err(io::Error::from_raw_os_error(e)),
-                ttl.saturating_sub(age),
-            ),
-            None => (self.inner.stat_origin(path), ttl),
-        }
+        self.inner
+            .cached_attr(path)
+            .unwrap_or_else(|| (self.inner.stat_origin(path), self.inner.cfg.attr_ttl))
     }
 
     /// Attributes of many entries, asking the origin for those not cached with up to
@@ -637,6 +626,15 @@ impl Drop for Engine {
 
 impl Inner {
     /// Nanoseconds since the engine started, never 0 (0 marks "revalidate now").
+    /// Bytes the journaled metadata maps weigh now.
+    fn journaled_bytes(&self) -> u64 {
+        (self.attrs.bytes()
+            + self.dirs.bytes()
+            + self.links.bytes()
+            + self.xattrs.bytes()
+            + self.xattr_lists.bytes()) as u64
+    }
+
     fn now_ns(&self) -> u64 {
         (self.epoch.elapsed().as_nanos() as u64).max(1)
     }

@@ -140,36 +140,51 @@ impl LocalOrigin {
     }
 }
 
-/// Whether the filesystem holding `path` is a FUSE one (sshfs, rclone, s3fs, ...),
-/// from /proc/self/mountinfo: the mount with the longest mountpoint above `path`.
-/// None if the table cannot be read.
-fn fuse_mount(path: &Path) -> Option<bool> {
+/// One line of /proc/self/mountinfo: a mounted filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Its device number, "major:minor".
+    pub dev: String,
+    pub mountpoint: PathBuf,
+    /// As /proc/mounts shows it: `ext4`, `fuse.sshfs`, `fuse.strata`, ...
+    pub fstype: String,
+}
+
+/// The mounts of this process's namespace, in the order they were mounted, read from
+/// /proc/self/mountinfo: nothing is asked of the filesystems themselves (a hung one
+/// would hang a stat). None if the table cannot be read.
+pub fn mount_table() -> Option<Vec<MountEntry>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut best: Option<(usize, bool)> = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else {
-            continue;
-        };
-        let (Some(mnt), Some(fstype)) = (f.get(4), f.get(sep + 1)) else {
-            continue;
-        };
-        let mnt = PathBuf::from(unescape_mountinfo(mnt));
-        if path.starts_with(&mnt) {
-            let depth = mnt.components().count();
-            // The last mounted at the deepest place is the one in use.
-            if best.is_none_or(|(d, _)| depth >= d) {
-                let fuse = *fstype == "fuse" || *fstype == "fuseblk" || fstype.starts_with("fuse.");
-                best = Some((depth, fuse));
-            }
-        }
-    }
-    best.map(|(_, fuse)| fuse)
+    Some(
+        info.lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split(' ').collect();
+                let sep = f.iter().position(|x| *x == "-")?;
+                Some(MountEntry {
+                    dev: f.get(2)?.to_string(),
+                    mountpoint: PathBuf::from(unescape_mountinfo(f.get(4)?)),
+                    fstype: f.get(sep + 1)?.to_string(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Whether the filesystem holding `path` is a FUSE one (sshfs, rclone, s3fs, ...):
+/// the mount with the longest mountpoint above `path` (the last mounted there).
+fn fuse_mount(path: &Path) -> Option<bool> {
+    let table = mount_table()?;
+    let m = table
+        .iter()
+        .filter(|m| path.starts_with(&m.mountpoint))
+        .max_by_key(|m| m.mountpoint.components().count())?;
+    let t = m.fstype.as_str();
+    Some(t == "fuse" || t == "fuseblk" || t.starts_with("fuse."))
 }
 
 /// A path from /proc/self/mountinfo, which escapes space, tab, newline and backslash
 /// as octal.
-pub fn unescape_mountinfo(s: &str) -> OsString {
+fn unescape_mountinfo(s: &str) -> OsString {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -15,7 +15,7 @@ mod local;
 mod slow;
 
 pub use fault::{FaultOrigin, Faults};
-pub use local::{LocalOrigin, unescape_mountinfo};
+pub use local::{LocalOrigin, MountEntry, mount_table};
 pub use slow::SlowOrigin;
 
 /// Errors that say "the origin could not be asked", as opposed to "the origin

@@ -128,19 +128,9 @@ impl RealStorage {
     /// directory, or one strata made before it wrote markers, is marked.
     fn check_marker(&self, create: bool) -> io::Result<()> {
         let shown = self.root.display();
-        let names = self.raw_names()?;
-        let marker = match self.open_at(Path::new(MARKER), OFlags::RDONLY) {
-            Ok(f) => {
-                let mut buf = vec![0u8; MARKER_TEXT.len() + 1];
-                let n = super::read_full_at(
-                    &RealFile {
-                        file: File::from(f),
-                    },
-                    &mut buf,
-                    0,
-                )?;
-                Some(buf[..n].to_vec())
-            }
+        let names = self.names(Path::new(""))?;
+        let marker = match self.read_head(MARKER, MARKER_TEXT.len() + 1) {
+            Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -165,21 +155,18 @@ impl RealStorage {
             }
             return Ok(());
         }
-        let f = File::from(rustix::fs::openat2(
-            &self.dir,
-            MARKER,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-            RESOLVE,
+        let f = File::from(self.open_at(
+            Path::new(MARKER),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
         )?);
         f.write_all_at(MARKER_TEXT, 0)?;
         f.sync_all()?;
         self.sync_dir(Path::new(""))
     }
 
-    /// Every name in the directory, whatever its bytes.
-    fn raw_names(&self) -> io::Result<Vec<Vec<u8>>> {
-        let fd = self.open_at(Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY)?;
+    /// Every name in a directory of the cache, whatever its bytes.
+    fn names(&self, path: &Path) -> io::Result<Vec<Vec<u8>>> {
+        let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let mut out = Vec::new();
         for e in rustix::fs::Dir::new(fd)? {
             let name = e?.file_name().to_bytes().to_vec();
@@ -190,23 +177,21 @@ impl RealStorage {
         Ok(out)
     }
 
+    /// The first `len` bytes (or fewer) of a file of the directory's own.
+    fn read_head(&self, name: &str, len: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut out = Vec::with_capacity(len);
+        File::from(self.open_at(Path::new(name), OFlags::RDONLY)?)
+            .take(len as u64)
+            .read_to_end(&mut out)?;
+        Ok(out)
+    }
+
     /// A cache made before markers existed: its index log starts with strata's header.
     fn is_older_strata_cache(&self) -> bool {
-        let Ok(f) = self.open_at(Path::new("index.log"), OFlags::RDONLY) else {
-            return false;
-        };
-        let mut head = [0u8; 32];
-        let n = super::read_full_at(
-            &RealFile {
-                file: File::from(f),
-            },
-            &mut head,
-            0,
-        )
-        .unwrap_or(0);
-        head[..n]
-            .windows(crate::tier::disk::record::MAGIC.len())
-            .any(|w| w == crate::tier::disk::record::MAGIC)
+        let magic = crate::tier::disk::record::MAGIC;
+        self.read_head("index.log", 32)
+            .is_ok_and(|head| head.windows(magic.len()).any(|w| w == magic))
     }
 
     pub fn root(&self) -> &Path {
@@ -310,20 +295,12 @@ impl Storage for RealStorage {
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        let fd = self.open_at(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let mut out = Vec::new();
-        for e in rustix::fs::Dir::new(fd)? {
-            let e = e?;
-            let name = e.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            // Names the cache did not write are not UTF-8-safe; skip them.
-            if let Ok(name) = std::str::from_utf8(name) {
-                out.push(name.to_owned());
-            }
-        }
-        Ok(out)
+        // Names the cache did not write are not UTF-8-safe; skip them.
+        Ok(self
+            .names(path)?
+            .into_iter()
+            .filter_map(|n| String::from_utf8(n).ok())
+            .collect())
     }
 
     fn space(&self) -> io::Result<Space> {

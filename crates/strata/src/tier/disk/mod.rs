@@ -769,27 +769,25 @@ impl DiskTier {
         let idx = self.index.read();
         idx.user_pins
             .iter()
-            .map(|p| {
-                let blocks: u64 = idx
-                    .slots
-                    .iter()
-                    .flatten()
-                    .filter(|o| is_below(&o.path, p))
-                    .map(|o| o.present.iter().map(|(r, _)| r.end - r.start).sum::<u64>())
-                    .sum();
-                (p.clone(), blocks * self.bs)
-            })
+            .map(|p| (p.clone(), self.cached_bytes(&idx, |path| is_below(path, p))))
             .collect()
     }
 
     /// Bytes of cached blocks kept by pins, other than those at or below `except`.
     pub fn pinned_bytes_except(&self, except: &[u8]) -> u64 {
         let idx = self.index.read();
+        self.cached_bytes(&idx, |path| {
+            idx.user_pinned(path) && !is_below(path, except)
+        })
+    }
+
+    /// Bytes of cached blocks of the objects whose path `which` takes.
+    fn cached_bytes(&self, idx: &Index, which: impl Fn(&[u8]) -> bool) -> u64 {
         let blocks: u64 = idx
             .slots
             .iter()
             .flatten()
-            .filter(|o| idx.user_pinned(&o.path) && !is_below(&o.path, except))
+            .filter(|o| which(&o.path))
             .map(|o| o.present.iter().map(|(r, _)| r.end - r.start).sum::<u64>())
             .sum();
         blocks * self.bs
