@@ -36,6 +36,9 @@ pub struct StatsReply {
     pub ram_capacity: u64,
     pub disk_capacity: u64,
     pub attr_ttl_ms: u64,
+    /// The longest adaptive trust; 0 when trust is fixed at `attr_ttl_ms`.
+    #[serde(default)]
+    pub attr_ttl_max_ms: u64,
     /// The most memory the daemon uses, as the README states it (`memory_bound`).
     #[serde(default)]
     pub memory_bound: u64,
@@ -83,6 +86,7 @@ pub fn serve(
         ram_capacity: plan.config.ram_capacity,
         disk_capacity: plan.config.disk.as_ref().map_or(0, |d| d.capacity),
         attr_ttl_ms: plan.config.attr_ttl.as_millis() as u64,
+        attr_ttl_max_ms: plan.config.attr_ttl_max.map_or(0, |d| d.as_millis() as u64),
         memory_bound: memory_bound(plan, request_threads),
         stats: StatsSnapshot::default(),
     };

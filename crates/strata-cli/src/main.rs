@@ -249,12 +249,15 @@ fn print_stats(r: &control::StatsReply) {
     out!("origin      {}", r.origin);
     out!("mountpoint  {}", r.mountpoint);
     out!("cache dir   {}", r.cache_dir);
+    let ttl = match r.attr_ttl_max_ms {
+        0 => format!("{} ms", r.attr_ttl_ms),
+        max => format!("{} ms to {} ms, adaptive", r.attr_ttl_ms, max),
+    };
     out!(
-        "block size  {}   RAM tier {}   disk tier {}   attribute TTL {} ms",
+        "block size  {}   RAM tier {}   disk tier {}   attribute TTL {ttl}",
         human(r.block_size),
         human(r.ram_capacity),
         human(r.disk_capacity),
-        r.attr_ttl_ms
     );
     out!(
         "memory      at most {} (now: RAM tier {}, fill queue {}, metadata {})",

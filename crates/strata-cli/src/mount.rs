@@ -127,6 +127,12 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
             thresholds,
         }),
         attr_ttl: o.attr_ttl.unwrap_or(Duration::from_secs(1)),
+        // --attr-ttl alone is the strict knob; otherwise trust adapts, up to 60 s.
+        attr_ttl_max: match (o.attr_ttl, o.attr_ttl_max) {
+            (_, Some(max)) => Some(max),
+            (Some(_), None) => None,
+            (None, None) => Some(Duration::from_secs(60)),
+        },
         commit_interval: o.commit_interval.unwrap_or(Duration::ZERO),
         passthrough_min_age: o.passthrough_min_age.unwrap_or(Duration::from_secs(60)),
         dir_prefetch_files: o.dir_prefetch.unwrap_or(32),

@@ -34,9 +34,17 @@ pub struct MountOpts {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub block_size: Option<u64>,
     /// How long attributes, listings and file versions are trusted before the
-    /// origin is asked again, e.g. 1s, 250ms, 0 [default: 1s]
+    /// origin is asked again, e.g. 1s, 250ms, 0. Given alone, exactly this long: a
+    /// change at the origin shows within it. By default trust is adaptive (see
+    /// --attr-ttl-max) and this is its shortest [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub attr_ttl: Option<Duration>,
+    /// Adaptive trust, as NFS clients do: what the origin has not changed for a long
+    /// time is trusted longer, a tenth of how long it had been unchanged, from
+    /// --attr-ttl up to this; a change shows within it. The default when --attr-ttl
+    /// is not given [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub attr_ttl_max: Option<Duration>,
     /// How long the disk cache gathers newly read blocks before writing them in one
     /// commit (two syncs); a full batch of 8MiB is written at once. 0: write each
     /// read's blocks at once [default: 0]
@@ -177,6 +185,7 @@ impl MountOpts {
                 "meta_size" => set(&mut self.meta_size, parse_size(&need(&v)?)?),
                 "block_size" => set(&mut self.block_size, parse_size(&need(&v)?)?),
                 "attr_ttl" => set(&mut self.attr_ttl, parse_duration(&need(&v)?)?),
+                "attr_ttl_max" => set(&mut self.attr_ttl_max, parse_duration(&need(&v)?)?),
                 "commit_interval" => set(&mut self.commit_interval, parse_duration(&need(&v)?)?),
                 "brun" => set(&mut self.brun, pct(&v)?),
                 "bcull" => set(&mut self.bcull, pct(&v)?),

@@ -30,8 +30,14 @@ pub struct Config {
     /// The disk tier, if any.
     pub disk: Option<DiskSetup>,
     /// How long attributes, listings and tokens are trusted before the origin is asked
-    /// again.
+    /// again: exactly this long when `attr_ttl_max` is None, at least this long
+    /// otherwise.
     pub attr_ttl: Duration,
+    /// Adaptive trust, as BSD's and Solaris's NFS clients do it: an answer about
+    /// something the origin has not changed for a long time is trusted longer, a tenth
+    /// of how long it had been unchanged when the origin gave the answer, within
+    /// `attr_ttl ..= attr_ttl_max`. None: every answer is trusted `attr_ttl`.
+    pub attr_ttl_max: Option<Duration>,
     /// Most bytes waiting to be written to the disk tier; beyond it fills are dropped.
     pub fill_queue_bytes: u64,
     /// How long the disk writer gathers fills before a group commit (a full 8 MiB
@@ -80,6 +86,7 @@ impl Default for Config {
             ram_capacity: 256 << 20,
             disk: None,
             attr_ttl: Duration::from_secs(1),
+            attr_ttl_max: None,
             fill_queue_bytes: 64 << 20,
             commit_interval: Duration::ZERO,
             readahead_max: 8 << 20,
@@ -155,6 +162,14 @@ impl Config {
         }
         if self.commit_interval > Duration::from_secs(60) {
             return Err("the commit interval must be at most 60s".into());
+        }
+        if let Some(max) = self.attr_ttl_max
+            && max < self.attr_ttl
+        {
+            return Err(format!(
+                "the longest attribute trust ({max:?}) must be at least the attribute TTL ({:?})",
+                self.attr_ttl
+            ));
         }
         if self.fill_queue_bytes < bs as u64 {
             return Err(format!(

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -297,4 +299,79 @@ pub fn kernel_has_passthrough() -> bool {
         eprintln!("skipped: FUSE passthrough needs Linux 6.9 or later");
     }
     ok
+}
+
+/// Compares one entry's attributes through the mount with the origin's.
+pub fn same_attrs(o: &Path, m: &Path, rel: &Path, check_ino: bool) {
+    let a = fs::symlink_metadata(o).unwrap();
+    let b = fs::symlink_metadata(m).unwrap_or_else(|e| panic!("{rel:?} through the mount: {e}"));
+    let ctx = format!("{rel:?}");
+    assert_eq!(a.file_type(), b.file_type(), "{ctx}: type");
+    assert_eq!(a.mode(), b.mode(), "{ctx}: mode");
+    assert_eq!(a.uid(), b.uid(), "{ctx}: uid");
+    assert_eq!(a.gid(), b.gid(), "{ctx}: gid");
+    assert_eq!(a.nlink(), b.nlink(), "{ctx}: nlink");
+    assert_eq!(
+        (a.mtime(), a.mtime_nsec()),
+        (b.mtime(), b.mtime_nsec()),
+        "{ctx}: mtime"
+    );
+    assert_eq!(
+        (a.ctime(), a.ctime_nsec()),
+        (b.ctime(), b.ctime_nsec()),
+        "{ctx}: ctime"
+    );
+    if check_ino && !rel.as_os_str().is_empty() {
+        assert_eq!(a.ino(), b.ino(), "{ctx}: inode number");
+    }
+    if !a.is_dir() {
+        assert_eq!(a.size(), b.size(), "{ctx}: size");
+        assert_eq!(a.blocks(), b.blocks(), "{ctx}: blocks");
+    }
+}
+
+/// Walks the origin and checks every entry, byte and attribute through the mount.
+/// Returns the number of files compared.
+pub fn compare_tree(origin: &Path, mnt: &Path) -> usize {
+    compare_tree_with(origin, mnt, true)
+}
+
+/// As `compare_tree`; `check_ino` is false for origins whose inode numbers strata
+/// cannot present (it numbers the files itself then).
+pub fn compare_tree_with(origin: &Path, mnt: &Path, check_ino: bool) -> usize {
+    let mut files = 0;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let (o, m) = (origin.join(&rel), mnt.join(&rel));
+        same_attrs(&o, &m, &rel, check_ino);
+        let meta = fs::symlink_metadata(&o).unwrap();
+        if meta.is_dir() {
+            let mut a: Vec<_> = fs::read_dir(&o)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            let mut b: Vec<_> = fs::read_dir(&m)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "listing of {rel:?}");
+            for name in a {
+                stack.push(rel.join(name));
+            }
+        } else if meta.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&o).unwrap(),
+                fs::read_link(&m).unwrap(),
+                "{rel:?}"
+            );
+        } else if meta.is_file() {
+            let want = fs::read(&o).unwrap();
+            let got = fs::read(&m).unwrap_or_else(|e| panic!("read {rel:?}: {e}"));
+            assert!(want == got, "bytes of {rel:?} differ");
+            files += 1;
+        }
+    }
+    files
 }

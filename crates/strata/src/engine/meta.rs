@@ -1,5 +1,7 @@
 //! Metadata caching: attributes (and negative lookups), listings, symlink targets and
-//! extended attributes, each trusted for the attribute TTL.
+//! extended attributes, each kept with when the origin gave it. How long an answer is
+//! trusted is the engine's choice (`Inner::trusted`); a map only keeps entries no
+//! longer than the longest trust.
 
 use std::ffi::OsString;
 use std::hash::Hash;
@@ -16,6 +18,31 @@ use crate::sync::Mutex;
 /// What an entry costs in memory, roughly: its heap bytes plus its size inline.
 pub(crate) trait Weight {
     fn weight(&self) -> usize;
+}
+
+/// The path whose attributes say how long an answer keyed by this may be trusted:
+/// a listing or an extended attribute changes its entry's ctime.
+pub(crate) trait Basis {
+    fn basis(&self) -> Option<&std::path::Path>;
+}
+
+impl Basis for PathBuf {
+    fn basis(&self) -> Option<&std::path::Path> {
+        Some(self)
+    }
+}
+
+impl Basis for (PathBuf, OsString) {
+    fn basis(&self) -> Option<&std::path::Path> {
+        Some(&self.0)
+    }
+}
+
+/// File system statistics change all the time: trusted for the shortest time.
+impl Basis for () {
+    fn basis(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// A hash map slot and its expiry, beyond the key's and value's own bytes.
@@ -87,9 +114,9 @@ impl Weight for Arc<Vec<OsString>> {
     }
 }
 
-/// A map whose entries expire after a fixed time. Bounded in bytes (as weighed by
-/// [`Weight`]): past `max_bytes` it first drops what expired, then everything (a
-/// cache may always forget).
+/// A map of answers with when they were given. Bounded in bytes (as weighed by
+/// [`Weight`]): past `max_bytes` it first drops what is older than `ttl` (the
+/// longest any answer is trusted), then the older half (a cache may always forget).
 pub(crate) struct TtlMap<K, V> {
     ttl: Duration,
     max_bytes: usize,
@@ -147,24 +174,16 @@ impl<K: Hash + Eq + Weight + Persist, V: Clone + Weight + Persist> TtlMap<K, V> 
         self.map.lock().bytes
     }
 
-    pub fn get<Q>(&self, k: &Q) -> Option<V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.get_aged(k).map(|(v, _)| v)
-    }
-
-    /// The value while it is trusted, and how long it has been kept.
-    pub fn get_aged<Q>(&self, k: &Q) -> Option<(V, Duration)>
+    /// The value whatever its age, when the origin gave it (wall-clock ns) and how
+    /// long ago that was (`Duration::MAX` before this boot).
+    pub fn peek<Q>(&self, k: &Q) -> Option<(V, u64, Duration)>
     where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let m = self.map.lock();
         let e = m.map.get(k)?;
-        let age = e.age();
-        (age < self.ttl).then(|| (e.v.clone(), age))
+        Some((e.v.clone(), e.wall, e.age()))
     }
 
     /// The value whatever its age (for when the origin cannot be asked).
@@ -206,9 +225,15 @@ impl<K: Hash + Eq + Weight + Persist, V: Clone + Weight + Persist> TtlMap<K, V> 
             let ttl = self.ttl;
             m.map.retain(|_, e| e.age() < ttl);
             m.bytes = m.map.values().map(|e| e.w).sum();
-            if m.bytes + w > self.max_bytes {
-                m.map.clear();
-                m.bytes = 0;
+            while m.bytes + w > self.max_bytes && !m.map.is_empty() {
+                // Still full of trusted answers: the older half goes (first in, first
+                // out by when the origin gave them), so a walk larger than the budget
+                // keeps its recent half rather than nothing.
+                let mut walls: Vec<u64> = m.map.values().map(|e| e.wall).collect();
+                let mid = walls.len() / 2;
+                let cut = *walls.select_nth_unstable(mid).1;
+                m.map.retain(|_, e| e.wall > cut);
+                m.bytes = m.map.values().map(|e| e.w).sum();
             }
         }
         m.bytes += w;
@@ -290,9 +315,20 @@ mod tests {
             assert!(m.bytes() <= 64 << 10, "over its bound after {i}");
             assert_eq!(m.bytes(), weigh_all(&m), "miscounted after {i}");
         }
+        // Full of trusted answers, it forgets the oldest and keeps the newest.
+        let m2: TtlMap<PathBuf, Arc<[u8]>> = TtlMap::new(Duration::from_secs(60), 64 << 10);
+        for i in 0..2_000 {
+            m2.insert(PathBuf::from(format!("w/{i}")), Arc::from(vec![0u8; 100]));
+        }
+        assert!(m2.peek(Path::new("w/0")).is_none());
+        assert!(m2.peek(Path::new("w/1999")).is_some());
+        assert!(
+            m2.peek(Path::new("w/1900")).is_some(),
+            "the recent part stays"
+        );
         // One entry larger than the whole bound is not kept.
         m.insert(PathBuf::from("huge"), Arc::from(vec![0u8; 70 << 10]));
-        assert!(m.get(Path::new("huge")).is_none());
+        assert!(m.peek(Path::new("huge")).is_none());
         m.remove_where(|k| k.starts_with("dir"));
         assert_eq!(m.bytes(), 0);
     }

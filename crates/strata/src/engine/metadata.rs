@@ -72,6 +72,23 @@ impl MetaMaps {
     }
 }
 
+/// `Inner::trust`, as a function of the options.
+fn trust(min: Duration, max: Option<Duration>, wall: u64, changed: Option<i64>) -> Duration {
+    match (max, changed) {
+        (Some(max), Some(changed)) => {
+            let unchanged = (wall as i64).saturating_sub(changed).max(0) as u64;
+            Duration::from_nanos(unchanged / 10).clamp(min, max.max(min))
+        }
+        _ => min,
+    }
+}
+
+/// When the origin last changed a file: its mtime or ctime, whichever is later (ns
+/// since the epoch).
+pub(super) fn last_change(a: &Attr) -> i64 {
+    a.mtime.as_nanos().max(a.ctime.as_nanos())
+}
+
 /// Results worth remembering: values, and the errors that say "there is none".
 pub(super) fn cacheable<T: Clone>(r: &io::Result<T>) -> Option<Result<T, i32>> {
     match r {
@@ -94,7 +111,7 @@ impl Inner {
         fetch: impl FnOnce() -> io::Result<V> + Send + 'static,
     ) -> io::Result<V>
     where
-        K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist,
+        K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist + meta::Basis,
         V: Clone + Send + meta::Weight + meta_log::Persist + 'static,
     {
         self.meta_then(map, key, fetch, |v| v)
@@ -110,11 +127,61 @@ impl Inner {
         )
     }
 
-    /// Attributes (or the error) cached within the TTL, with how much of it is left.
+    /// How long an answer the origin gave at `wall` (wall-clock ns) may be trusted,
+    /// given when what it describes last changed there (`changed`, ns since the
+    /// epoch, if known): `attr_ttl`, or with adaptive trust a tenth of how long it
+    /// had been unchanged, within `attr_ttl ..= attr_ttl_max`. A change the origin's
+    /// clock dates after the answer (clocks apart) gets the shortest trust.
+    pub(super) fn trust(&self, wall: u64, changed: Option<i64>) -> Duration {
+        trust(self.cfg.attr_ttl, self.cfg.attr_ttl_max, wall, changed)
+    }
+
+    /// When the origin last changed what `path` names, as far as the cache knows:
+    /// its mtime or ctime, whichever is later.
+    pub(super) fn changed_at(&self, path: &Path) -> Option<i64> {
+        self.cfg.attr_ttl_max?;
+        match self.attrs.peek(path)? {
+            (Ok(a), _, _) => Some(last_change(&a)),
+            _ => None,
+        }
+    }
+
+    /// How long an attribute answer for `path` given now may be trusted. A name that
+    /// does not exist is trusted by its directory: creating it changes that.
+    pub(super) fn attr_trust(&self, path: &Path, r: &Result<Attr, i32>, wall: u64) -> Duration {
+        let changed = match r {
+            Ok(a) => Some(last_change(a)),
+            Err(_) => path.parent().and_then(|d| self.changed_at(d)),
+        };
+        self.trust(wall, changed)
+    }
+
+    /// Attributes (or the error) cached and still trusted, with how much longer.
     pub(super) fn cached_attr(&self, path: &Path) -> Option<(io::Result<Attr>, Duration)> {
-        let (r, age) = self.attrs.get_aged(path)?;
-        let left = self.cfg.attr_ttl.saturating_sub(age);
+        let (r, wall, age) = self.attrs.peek(path)?;
+        let trust = self.attr_trust(path, &r, wall);
+        let left = trust.checked_sub(age).filter(|d| !d.is_zero())?;
         Some((r.map_err(io::Error::from_raw_os_error), left))
+    }
+
+    /// How long an attribute answer the origin gave just now may be trusted.
+    pub(super) fn fresh_trust(&self, path: &Path, r: &io::Result<Attr>) -> Duration {
+        let r = match r {
+            Ok(a) => Ok(a.clone()),
+            Err(e) => Err(e.raw_os_error().unwrap_or(0)),
+        };
+        self.attr_trust(path, &r, meta_log::wall_ns())
+    }
+
+    /// A cached answer (other than attributes) while it is trusted.
+    pub(super) fn trusted<K, V>(&self, map: &TtlMap<K, V>, key: &K) -> Option<V>
+    where
+        K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist + meta::Basis,
+        V: Clone + meta::Weight + meta_log::Persist,
+    {
+        let (v, wall, age) = map.peek(key)?;
+        let changed = key.basis().and_then(|p| self.changed_at(p));
+        (age < self.trust(wall, changed)).then_some(v)
     }
 
     pub(super) fn stat_many(
@@ -127,7 +194,8 @@ impl Inner {
         let todo: Vec<usize> = (0..paths.len()).filter(|&i| out[i].is_none()).collect();
         let asked: Vec<&Path> = todo.iter().map(|&i| paths[i].as_path()).collect();
         for (i, r) in todo.iter().zip(self.stat_origin_many(&asked, parallel)) {
-            out[*i] = Some((r, self.cfg.attr_ttl));
+            let trust = self.fresh_trust(&paths[*i], &r);
+            out[*i] = Some((r, trust));
         }
         out.into_iter()
             .map(|r| r.expect("every entry answered"))
@@ -143,10 +211,10 @@ impl Inner {
         then: impl FnOnce(V) -> V,
     ) -> io::Result<V>
     where
-        K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist,
+        K: std::hash::Hash + Eq + meta::Weight + meta_log::Persist + meta::Basis,
         V: Clone + Send + meta::Weight + meta_log::Persist + 'static,
     {
-        if let Some(r) = map.get(&key) {
+        if let Some(r) = self.trusted(map, &key) {
             return r.map_err(io::Error::from_raw_os_error);
         }
         let r = if self.guard.is_down() {
@@ -310,5 +378,35 @@ impl Inner {
         if !same {
             self.links.remove(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn trust_is_a_tenth_of_the_unchanged_time_within_its_bounds() {
+        let (min, max) = (Duration::from_secs(1), Some(Duration::from_secs(60)));
+        let now = 1_800_000_000 * S;
+        let at = |ago: u64| Some((now - ago * S) as i64);
+        let t = |changed| trust(min, max, now, changed);
+        assert_eq!(t(at(0)), min, "just changed");
+        assert_eq!(t(at(5)), min, "a tenth is below the least");
+        assert_eq!(t(at(300)), Duration::from_secs(30));
+        assert_eq!(
+            t(at(86_400)),
+            Duration::from_secs(60),
+            "never past the most"
+        );
+        assert_eq!(t(None), min, "unknown: the least");
+        // Dated after the answer (the origin's clock is ahead): the least.
+        assert_eq!(t(Some((now + 100 * S) as i64)), min);
+        assert_eq!(t(Some(i64::MIN)), Duration::from_secs(60));
+        // Fixed trust ignores the age.
+        assert_eq!(trust(min, None, now, at(86_400)), min);
+        assert_eq!(trust(Duration::ZERO, None, now, at(86_400)), Duration::ZERO);
     }
 }

@@ -54,7 +54,7 @@ use fill::Dropped;
 use guard::{OriginGuard, stale_ok, unreachable};
 use meta::TtlMap;
 use meta_log::MetaLog;
-use metadata::MetaMaps;
+use metadata::{MetaMaps, last_change};
 use object::{Claim, Claimed};
 
 /// Largest read served in one call.
@@ -308,7 +308,7 @@ impl Engine {
             )?)),
             None => None,
         };
-        let ttl = cfg.attr_ttl;
+        let ttl = cfg.attr_ttl_max.unwrap_or(cfg.attr_ttl);
         let max = cfg.meta_bytes as usize;
         // Shares of the metadata budget; they add up to it.
         let mut maps = MetaMaps {
@@ -342,7 +342,7 @@ impl Engine {
             links: maps.links,
             xattrs: maps.xattrs,
             xattr_lists: maps.xattr_lists,
-            statfs: TtlMap::new(ttl, 4096),
+            statfs: TtlMap::new(cfg.attr_ttl, 4096),
             meta_log,
             guard: OriginGuard::new(cfg.origin_timeout, cfg.origin_threads)
                 .map_err(EngineError::Thread)?,
@@ -508,9 +508,11 @@ impl Engine {
     /// that caches them itself (the kernel) must trust them no longer than that, or
     /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
     pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
-        self.inner
-            .cached_attr(path)
-            .unwrap_or_else(|| (self.inner.stat_origin(path), self.inner.cfg.attr_ttl))
+        self.inner.cached_attr(path).unwrap_or_else(|| {
+            let r = self.inner.stat_origin(path);
+            let trust = self.inner.fresh_trust(path, &r);
+            (r, trust)
+        })
     }
 
     /// Attributes of many entries, asking the origin for those not cached with up to
@@ -711,8 +713,10 @@ impl Inner {
     /// when the origin gave them (ns since the engine started).
     fn confirmed_attr(&self, path: &Path) -> io::Result<(Attr, u64)> {
         let now = self.now_ns();
-        match self.attrs.get_aged(path) {
-            Some((Ok(a), age)) => Ok((a, now.saturating_sub(age.as_nanos() as u64))),
+        match self.attrs.peek(path) {
+            Some((Ok(a), wall, age)) if age < self.trust(wall, Some(last_change(&a))) => {
+                Ok((a, now.saturating_sub(age.as_nanos() as u64)))
+            }
             _ => Ok((self.stat_origin(path)?, now)),
         }
     }

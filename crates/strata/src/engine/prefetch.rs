@@ -145,7 +145,7 @@ impl Inner {
         let Some(tx) = tx else { return };
         for name in ahead {
             let dir = parent.join(name);
-            if self.dirs.get(&dir).is_some() {
+            if self.trusted(&self.dirs, &dir).is_some() {
                 continue;
             }
             let (tx_done, done) = crossbeam_channel::bounded(0);
@@ -242,7 +242,7 @@ impl Inner {
         if let Some(a) = self.lists_ahead.lock().get_mut(dir) {
             a.started = true;
         }
-        if self.dirs.get(dir).is_none() {
+        if self.trusted(&self.dirs, &dir.to_path_buf()).is_none() {
             stats::inc(&self.stats.list_prefetches);
         }
         if let Ok(list) = self.read_dir(dir) {
@@ -259,7 +259,7 @@ impl Inner {
     /// Fetches the start of a file a directory scan will probably reach, unless it is
     /// cached already.
     pub(super) fn prefetch_file(&self, path: &Path) {
-        if matches!(self.attrs.get(path), Some(Err(_))) {
+        if matches!(self.cached_attr(path), Some((Err(_), _))) {
             return;
         }
         let Ok((attr, confirmed)) = self.confirmed_attr(path) else {
