@@ -419,3 +419,48 @@ fn adaptive_trust_scales_with_how_long_an_entry_was_unchanged() {
     assert!(s.contains("attribute TTL 50 ms to 300 ms, adaptive"), "{s}");
     t.umount();
 }
+
+/// After a remount a walk is served from the metadata the cache kept: within its
+/// trust without asking the origin at all, past it with one request per entry.
+#[test]
+fn a_walk_after_a_remount_asks_nothing_within_the_trust_and_once_per_entry_past_it() {
+    let mut t = Mount::new();
+    for d in 0..10 {
+        let dir = t.o(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..30 {
+            fs::write(dir.join(format!("f{f}")), b"x").unwrap();
+        }
+    }
+    let entries = 10 + 10 * 30;
+    let walk = |t: &Mount| {
+        drop_page_cache();
+        let out = Command::new("find")
+            .arg(&t.mnt)
+            .arg("-ls")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    t.mount(&["--attr-ttl", "60s"]);
+    let lines = walk(&t);
+    assert_eq!(lines, entries + 1);
+    t.umount();
+    t.mount(&["--attr-ttl", "60s"]);
+    assert_eq!(walk(&t), lines);
+    let s = t.stats();
+    assert_eq!(s["revalidations"], 0, "within the trust: {s}");
+    assert_eq!(s["origin_requests"], 0, "{s}");
+    t.umount();
+    t.mount(&["--attr-ttl", "200ms"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(walk(&t), lines);
+    let asked = t.stat_u64("revalidations");
+    // Each entry once; the root may be asked about once more along the way.
+    assert!(
+        (entries as u64..=entries as u64 + 2).contains(&asked),
+        "past the trust: {asked} requests for {entries} entries"
+    );
+    t.umount();
+}
