@@ -69,6 +69,11 @@ stats! {
     passthrough_opens: "opens of fully cached files the kernel then reads directly from the disk tier",
     fuse_uring_requests: "FUSE requests answered from the io_uring queues (--uring) rather than /dev/fuse",
     ram_refusals: "puts the RAM tier refused",
+    compressed_hits: "blocks served from the compressed RAM tier (also counted in ram_hits: both are memory)",
+    compressed_hit_bytes: "bytes served from the compressed RAM tier",
+    compressed_puts: "blocks the compressed RAM tier took (evicted from RAM)",
+    compressed_refusals: "blocks the compressed RAM tier refused (did not compress to 75% or less)",
+    compressed_evictions: "blocks evicted from the compressed RAM tier (forgotten)",
     disk_refusals: "fills the disk tier refused (stopped, object gone)",
     disk_refused_space: "fills refused because free space was below the stop threshold",
     ram_evictions: "blocks evicted from the RAM tier",
@@ -85,6 +90,9 @@ stats! {
     scrubbed_bytes: "bytes of stray cache data reclaimed by the scrubber",
     #[gauge] ram_bytes: "bytes held by the RAM tier",
     #[gauge] ram_blocks: "blocks held by the RAM tier",
+    #[gauge] compressed_bytes: "bytes held by the compressed RAM tier (compressed, with its per-block overhead)",
+    #[gauge] compressed_blocks: "blocks held by the compressed RAM tier",
+    #[gauge] compressed_raw_bytes: "bytes the compressed RAM tier's blocks hold uncompressed",
     #[gauge] disk_bytes: "bytes held by the disk tier (whole blocks)",
     #[gauge] disk_blocks: "blocks held by the disk tier",
     #[gauge] disk_objects: "objects known to the disk tier",
@@ -106,6 +114,12 @@ pub fn add(c: &AtomicU64, n: u64) {
 #[inline]
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
+}
+
+/// Takes `n` from a gauge.
+#[inline]
+pub fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Relaxed);
 }
 
 /// Sets a gauge.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::BlockKey;
+use super::{BlockKey, Refusal, Tier};
 use crate::policy::{Refused, S3Fifo};
 use crate::stats::{self, Stats};
 use crate::sync::RwLock;
@@ -46,6 +46,16 @@ impl RamTier {
 
     /// Offers a block. Returns false when refused (larger than the whole tier).
     pub fn put(&self, key: BlockKey, data: Bytes) -> bool {
+        // The evicted buffers are freed here, outside the lock.
+        self.put_evicting(key, data).is_ok()
+    }
+
+    /// Offers a block; returns what it evicted to make room.
+    pub fn put_evicting(
+        &self,
+        key: BlockKey,
+        data: Bytes,
+    ) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
         let mut o = self.order.write();
         let r = o.insert(key, data);
         let (w, n) = (o.weight(), o.len());
@@ -54,13 +64,11 @@ impl RamTier {
         match r {
             Ok(evicted) => {
                 stats::add(&self.stats.ram_evictions, evicted.len() as u64);
-                // The evicted buffers are freed here, outside the lock.
-                drop(evicted);
-                true
+                Ok(evicted)
             }
             Err((Refused::TooLarge, _)) => {
                 stats::inc(&self.stats.ram_refusals);
-                false
+                Err(Refusal::TooLarge)
             }
         }
     }
@@ -96,6 +104,30 @@ impl RamTier {
     fn gauges(&self, weight: u64, len: usize) {
         stats::set(&self.stats.ram_bytes, weight);
         stats::set(&self.stats.ram_blocks, len as u64);
+    }
+}
+
+impl Tier for RamTier {
+    fn name(&self) -> &'static str {
+        "ram"
+    }
+    fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        RamTier::get(self, key)
+    }
+    fn contains(&self, key: &BlockKey) -> bool {
+        RamTier::contains(self, key)
+    }
+    fn put(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
+        self.put_evicting(key, data)
+    }
+    fn remove(&self, key: &BlockKey) {
+        RamTier::remove(self, key)
+    }
+    fn remove_range(&self, obj: u64, first: u64, end: u64) {
+        RamTier::remove_range(self, obj, first, end)
+    }
+    fn bytes(&self) -> u64 {
+        RamTier::bytes(self)
     }
 }
 
