@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strata::Engine;
-use strata::stats::StatsSnapshot;
+use strata::stats::{StatsSnapshot, TierRow};
 use strata::storage::{RealStorage, Storage};
 
 use crate::mount::{Plan, Shutdown};
@@ -34,6 +34,9 @@ pub struct StatsReply {
     pub cache_dir: String,
     pub block_size: u64,
     pub ram_capacity: u64,
+    /// The compressed RAM tier's size; 0: none.
+    #[serde(default)]
+    pub compressed_ram_capacity: u64,
     pub disk_capacity: u64,
     pub attr_ttl_ms: u64,
     /// The longest adaptive trust; 0 when trust is fixed at `attr_ttl_ms`.
@@ -43,6 +46,9 @@ pub struct StatsReply {
     #[serde(default)]
     pub memory_bound: u64,
     pub stats: StatsSnapshot,
+    /// One row per tier, fastest first (from `stats`).
+    #[serde(default)]
+    pub tiers: Vec<TierRow>,
 }
 
 /// What the daemon's memory stays within: the engine's part (`Config::memory_bound`),
@@ -84,11 +90,13 @@ pub fn serve(
         cache_dir: plan.cache_dir.to_string_lossy().into_owned(),
         block_size: plan.config.block_size as u64,
         ram_capacity: plan.config.ram_capacity,
+        compressed_ram_capacity: plan.config.compressed_ram_capacity,
         disk_capacity: plan.config.disk.as_ref().map_or(0, |d| d.capacity),
         attr_ttl_ms: plan.config.attr_ttl.as_millis() as u64,
         attr_ttl_max_ms: plan.config.attr_ttl_max.map_or(0, |d| d.as_millis() as u64),
         memory_bound: memory_bound(plan, request_threads),
         stats: StatsSnapshot::default(),
+        tiers: Vec::new(),
     };
     let spawned = std::thread::Builder::new()
         .name("strata-control".into())
@@ -104,8 +112,10 @@ pub fn serve(
                 let mut w = &conn;
                 match line.trim() {
                     "stats" => {
+                        let stats = engine.stats();
                         let reply = StatsReply {
-                            stats: engine.stats(),
+                            tiers: stats.tiers(info.compressed_ram_capacity > 0),
+                            stats,
                             origin: info.origin.clone(),
                             mountpoint: info.mountpoint.clone(),
                             cache_dir: info.cache_dir.clone(),

@@ -260,9 +260,9 @@ fn print_stats(r: &control::StatsReply) {
         human(r.disk_capacity),
     );
     out!(
-        "memory      at most {} (now: RAM tier {}, fill queue {}, metadata {})",
+        "memory      at most {} (now: RAM tiers {}, fill queue {}, metadata {})",
         human(r.memory_bound),
-        human(r.stats.ram_bytes),
+        human(r.stats.ram_bytes + r.stats.compressed_bytes),
         human(r.stats.inflight_fill_bytes),
         human(r.stats.meta_bytes)
     );
@@ -277,6 +277,44 @@ fn print_stats(r: &control::StatsReply) {
             human(s.origin_bytes),
             s.origin_requests
         );
+    }
+    if !r.tiers.is_empty() {
+        out!();
+        out!(
+            "{:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "tier",
+            "hits",
+            "hit bytes",
+            "puts",
+            "refusals",
+            "evictions",
+            "blocks",
+            "held"
+        );
+        for t in &r.tiers {
+            let mut line = format!(
+                "{:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                t.name,
+                t.hits,
+                human(t.hit_bytes),
+                t.puts,
+                t.refusals,
+                t.evictions,
+                t.blocks,
+                human(t.bytes)
+            );
+            if let Some(raw) = t.raw_bytes
+                && t.bytes > 0
+            {
+                line += &format!(
+                    "  ({} uncompressed, {:.2}x)",
+                    human(raw),
+                    raw as f64 / t.bytes as f64
+                );
+            }
+            out!("{line}");
+        }
+        out!();
     }
     let waited = s.origin_requests.saturating_sub(s.readahead_requests);
     if s.reads > 0 {

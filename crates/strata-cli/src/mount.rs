@@ -119,6 +119,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
     let config = Config {
         block_size: block_size as u32,
         ram_capacity: o.ram_size.unwrap_or(256 << 20),
+        compressed_ram_capacity: o.compressed_ram_size.unwrap_or(0),
         fill_queue_bytes: o.fill_queue.unwrap_or(64 << 20),
         meta_bytes: o.meta_size.unwrap_or(64 << 20),
         disk: Some(DiskSetup {

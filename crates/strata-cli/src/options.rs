@@ -20,6 +20,11 @@ pub struct MountOpts {
     /// Most memory the RAM cache uses [default: 256MiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub ram_size: Option<u64>,
+    /// Most memory the compressed RAM tier uses: blocks RAM evicts are kept there
+    /// LZ4-compressed if they compress to 75% or less, and move back to RAM on a hit;
+    /// 0: none [default: 0]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub compressed_ram_size: Option<u64>,
     /// Most bytes of newly read blocks waiting to be written to the disk cache (memory
     /// beyond --ram-size); past it fills are dropped and offered again later
     /// [default: 64MiB]
@@ -181,6 +186,9 @@ impl MountOpts {
                 }
                 "cache_size" => set(&mut self.cache_size, parse_size(&need(&v)?)?),
                 "ram_size" => set(&mut self.ram_size, parse_size(&need(&v)?)?),
+                "compressed_ram_size" => {
+                    set(&mut self.compressed_ram_size, parse_size(&need(&v)?)?)
+                }
                 "fill_queue" => set(&mut self.fill_queue, parse_size(&need(&v)?)?),
                 "meta_size" => set(&mut self.meta_size, parse_size(&need(&v)?)?),
                 "block_size" => set(&mut self.block_size, parse_size(&need(&v)?)?),

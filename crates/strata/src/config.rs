@@ -25,8 +25,13 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 16 * 1024;
 pub struct Config {
     /// Unit of caching, a power of two from 4 KiB to 16 MiB.
     pub block_size: u32,
-    /// Most bytes the RAM tier holds (block data plus a fixed charge per block).
+    /// Most bytes the memory tiers hold together: RAM (block data plus a fixed charge
+    /// per block) and compressed RAM.
     pub ram_capacity: u64,
+    /// Most of `ram_capacity` the compressed RAM tier may hold (compressed data plus
+    /// a fixed charge per block); 0: none. Blocks RAM evicts go there if they
+    /// compress to 75 % or less; RAM uses what it leaves unused.
+    pub compressed_ram_capacity: u64,
     /// The disk tier, if any.
     pub disk: Option<DiskSetup>,
     /// How long attributes, listings and tokens are trusted before the origin is asked
@@ -84,6 +89,7 @@ impl Default for Config {
         Self {
             block_size: DEFAULT_BLOCK_SIZE,
             ram_capacity: 256 << 20,
+            compressed_ram_capacity: 0,
             disk: None,
             attr_ttl: Duration::from_secs(1),
             attr_ttl_max: None,
@@ -169,6 +175,12 @@ impl Config {
             return Err(format!(
                 "the longest attribute trust ({max:?}) must be at least the attribute TTL ({:?})",
                 self.attr_ttl
+            ));
+        }
+        if self.compressed_ram_capacity > self.ram_capacity {
+            return Err(format!(
+                "the compressed RAM tier ({}) is a part of the RAM budget ({}): it cannot be larger",
+                self.compressed_ram_capacity, self.ram_capacity
             ));
         }
         if self.fill_queue_bytes < bs as u64 {

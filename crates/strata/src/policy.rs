@@ -129,6 +129,24 @@ where
 
     /// Inserts or replaces a value. Returns what had to be evicted to make room.
     pub fn insert(&mut self, k: K, v: V) -> Result<Vec<(K, V)>, (Refused, V)> {
+        self.insert_as(k, v, false)
+            .map(|e| e.into_iter().map(|(k, v, _)| (k, v)).collect())
+    }
+
+    /// Inserts or replaces a value; returns what had to be evicted, each tagged as
+    /// by [`S3Fifo::evict_one_tagged`]. `hot`: a value known to be in use again (a
+    /// block coming back up from a tier below, which lost its frequency on the way)
+    /// goes straight into the main queue, as a ghost hit would.
+    pub fn insert_tagged(
+        &mut self,
+        k: K,
+        v: V,
+        hot: bool,
+    ) -> Result<Vec<(K, V, bool)>, (Refused, V)> {
+        self.insert_as(k, v, hot)
+    }
+
+    fn insert_as(&mut self, k: K, v: V, hot: bool) -> Result<Vec<(K, V, bool)>, (Refused, V)> {
         let w = self.weigh.weigh(&v);
         if w > self.capacity {
             return Err((Refused::TooLarge, v));
@@ -157,7 +175,7 @@ where
             }
         } else {
             let fp = self.fingerprint(&k);
-            let to_main = self.ghost.take(fp);
+            let to_main = self.ghost.take(fp) || hot;
             let flags = if to_main { IN_MAIN } else { 0 };
             self.map.insert(
                 k,
@@ -178,7 +196,7 @@ where
         }
         let mut evicted = Vec::new();
         while self.weight() > self.capacity {
-            match self.evict_one() {
+            match self.evict_one_tagged() {
                 Some(kv) => evicted.push(kv),
                 None => break,
             }
@@ -243,12 +261,13 @@ where
         Some(v)
     }
 
-    /// Changes the capacity; returns what had to be evicted.
-    pub fn set_capacity(&mut self, capacity: u64) -> Vec<(K, V)> {
+    /// Changes the capacity; returns what had to be evicted, tagged as by
+    /// [`S3Fifo::evict_one_tagged`].
+    pub fn set_capacity(&mut self, capacity: u64) -> Vec<(K, V, bool)> {
         self.capacity = capacity;
         let mut evicted = Vec::new();
         while self.weight() > self.capacity {
-            match self.evict_one() {
+            match self.evict_one_tagged() {
                 Some(kv) => evicted.push(kv),
                 None => break,
             }
@@ -258,6 +277,13 @@ where
 
     /// Evicts the next victim of the policy.
     pub fn evict_one(&mut self) -> Option<(K, V)> {
+        self.evict_one_tagged().map(|(k, v, _)| (k, v))
+    }
+
+    /// Evicts the next victim; true with it when it was used again after it came in
+    /// (it leaves from the main queue), false for a one-hit wonder (from the small
+    /// queue, never read again).
+    pub fn evict_one_tagged(&mut self) -> Option<(K, V, bool)> {
         loop {
             if self.live == 0 {
                 // Only tombstones may be left: clear them out.
@@ -268,9 +294,9 @@ where
             let from_small = !self.small.is_empty()
                 && (self.small_weight >= small_target.max(1) || self.main.is_empty());
             let r = if from_small {
-                self.evict_small()
+                self.evict_small().map(|(k, v)| (k, v, false))
             } else {
-                self.evict_main()
+                self.evict_main().map(|(k, v)| (k, v, true))
             };
             if let Some(kv) = r {
                 return Some(kv);
@@ -438,7 +464,7 @@ mod tests {
                         }
                     }
                     Op::Capacity(cap) => {
-                        for (k, v) in c.set_capacity(cap) {
+                        for (k, v, _) in c.set_capacity(cap) {
                             prop_assert_eq!(model.remove(&k), Some(v));
                         }
                     }

@@ -68,6 +68,7 @@ stats! {
     promotions: "blocks copied from the disk tier to the RAM tier",
     passthrough_opens: "opens of fully cached files the kernel then reads directly from the disk tier",
     fuse_uring_requests: "FUSE requests answered from the io_uring queues (--uring) rather than /dev/fuse",
+    ram_puts: "blocks the RAM tier took",
     ram_refusals: "puts the RAM tier refused",
     compressed_hits: "blocks served from the compressed RAM tier (also counted in ram_hits: both are memory)",
     compressed_hit_bytes: "bytes served from the compressed RAM tier",
@@ -126,4 +127,64 @@ pub fn sub(c: &AtomicU64, n: u64) {
 #[inline]
 pub fn set(c: &AtomicU64, v: u64) {
     c.store(v, Relaxed);
+}
+
+/// One tier's figures, as `strata stats` prints them (a row each; `tiers` in JSON).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TierRow {
+    pub name: String,
+    pub hits: u64,
+    pub hit_bytes: u64,
+    pub puts: u64,
+    pub refusals: u64,
+    pub evictions: u64,
+    pub blocks: u64,
+    /// Bytes held, as the tier weighs them against its size.
+    pub bytes: u64,
+    /// Compressed RAM only: what its blocks hold uncompressed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_bytes: Option<u64>,
+}
+
+impl StatsSnapshot {
+    /// The tiers, fastest first: RAM, compressed RAM (when it has been used or
+    /// holds anything), disk.
+    pub fn tiers(&self, compressed: bool) -> Vec<TierRow> {
+        let mut rows = vec![TierRow {
+            name: "ram".into(),
+            hits: self.ram_hits - self.compressed_hits.min(self.ram_hits),
+            hit_bytes: self.ram_hit_bytes - self.compressed_hit_bytes.min(self.ram_hit_bytes),
+            puts: self.ram_puts,
+            refusals: self.ram_refusals,
+            evictions: self.ram_evictions,
+            blocks: self.ram_blocks,
+            bytes: self.ram_bytes,
+            raw_bytes: None,
+        }];
+        if compressed {
+            rows.push(TierRow {
+                name: "compressed".into(),
+                hits: self.compressed_hits,
+                hit_bytes: self.compressed_hit_bytes,
+                puts: self.compressed_puts,
+                refusals: self.compressed_refusals,
+                evictions: self.compressed_evictions,
+                blocks: self.compressed_blocks,
+                bytes: self.compressed_bytes,
+                raw_bytes: Some(self.compressed_raw_bytes),
+            });
+        }
+        rows.push(TierRow {
+            name: "disk".into(),
+            hits: self.disk_hits,
+            hit_bytes: self.disk_hit_bytes,
+            puts: self.fills_done,
+            refusals: self.disk_refusals,
+            evictions: self.disk_evictions + self.disk_culled,
+            blocks: self.disk_blocks,
+            bytes: self.disk_bytes,
+            raw_bytes: None,
+        });
+        rows
+    }
 }

@@ -48,8 +48,8 @@ use crate::stats::{self, Stats, StatsSnapshot};
 use crate::storage::Storage;
 use crate::sync::{Arc, Mutex, RwLock};
 use crate::tier::BlockKey;
+use crate::tier::chain::MemoryChain;
 use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock, LONG_RUN};
-use crate::tier::ram::RamTier;
 use fill::Dropped;
 use guard::{OriginGuard, stale_ok, unreachable};
 use meta::TtlMap;
@@ -253,7 +253,8 @@ type XattrKey = (PathBuf, OsString);
 struct Inner {
     cfg: Config,
     origin: Arc<dyn Origin>,
-    ram: RamTier,
+    /// The memory tiers: RAM, then compressed RAM if configured.
+    ram: MemoryChain,
     disk: Option<Arc<DiskTier>>,
     stats: Arc<Stats>,
     objects: Mutex<FxHashMap<PathBuf, Arc<Object>>>,
@@ -323,7 +324,7 @@ impl Engine {
             None => None,
         };
         let inner = Arc::new(Inner {
-            ram: RamTier::new(cfg.ram_capacity, stats.clone()),
+            ram: MemoryChain::new(cfg.ram_capacity, cfg.compressed_ram_capacity, stats.clone()),
             origin,
             disk,
             stats,

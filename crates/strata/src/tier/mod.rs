@@ -50,6 +50,11 @@ pub trait Tier: Send + Sync {
     /// Takes a block, returning the blocks it evicted to make room (for the next tier
     /// down), or refuses it.
     fn put(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal>;
+    /// As `put`, for a block a get just found further down: it is in use, so a tier
+    /// with a frequency-aware order keeps it as it would a block hit twice.
+    fn put_hot(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
+        self.put(key, data)
+    }
     fn remove(&self, key: &BlockKey);
     /// Removes the blocks `first..end` of one object version.
     fn remove_range(&self, obj: u64, first: u64, end: u64);

@@ -5,6 +5,7 @@
 //! configured limit bounds the memory really used.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -26,6 +27,15 @@ type Order = S3Fifo<BlockKey, Bytes, fn(&Bytes) -> u64>;
 pub struct RamTier {
     order: RwLock<Order>,
     stats: Arc<Stats>,
+    shared: Option<Shared>,
+}
+
+/// A budget shared with the tier below (compressed RAM): RAM may use whatever part of
+/// it that tier does not, so a tier that refuses everything (incompressible data)
+/// costs RAM no room.
+struct Shared {
+    total: u64,
+    used_below: Arc<AtomicU64>,
 }
 
 impl RamTier {
@@ -33,7 +43,16 @@ impl RamTier {
         Self {
             order: RwLock::new(S3Fifo::new(capacity, weigh as fn(&Bytes) -> u64)),
             stats,
+            shared: None,
         }
+    }
+
+    /// A RAM tier whose budget `total` is shared with a tier below that reports the
+    /// bytes it holds in `used_below`: RAM holds at most `total` less those.
+    pub fn sharing(total: u64, used_below: Arc<AtomicU64>, stats: Arc<Stats>) -> Self {
+        let mut t = Self::new(total, stats);
+        t.shared = Some(Shared { total, used_below });
+        t
     }
 
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
@@ -47,24 +66,42 @@ impl RamTier {
     /// Offers a block. Returns false when refused (larger than the whole tier).
     pub fn put(&self, key: BlockKey, data: Bytes) -> bool {
         // The evicted buffers are freed here, outside the lock.
-        self.put_evicting(key, data).is_ok()
+        self.put_evicting(key, data, false).is_ok()
     }
 
-    /// Offers a block; returns what it evicted to make room.
+    /// Offers a block; returns what it evicted to make room. `hot`: see
+    /// [`Tier::put_hot`].
     pub fn put_evicting(
         &self,
         key: BlockKey,
         data: Bytes,
+        hot: bool,
     ) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
         let mut o = self.order.write();
-        let r = o.insert(key, data);
+        // What the tier below took since the last put comes off RAM's share.
+        let mut shrunk = Vec::new();
+        if let Some(s) = &self.shared {
+            let cap = s.total.saturating_sub(s.used_below.load(Ordering::Relaxed));
+            if cap != o.capacity() {
+                shrunk = o.set_capacity(cap);
+            }
+        }
+        let r = o.insert_tagged(key, data, hot);
         let (w, n) = (o.weight(), o.len());
         drop(o);
         self.gauges(w, n);
         match r {
-            Ok(evicted) => {
+            Ok(mut evicted) => {
+                evicted.append(&mut shrunk);
+                stats::inc(&self.stats.ram_puts);
                 stats::add(&self.stats.ram_evictions, evicted.len() as u64);
-                Ok(evicted)
+                // Only blocks read again since they came in are worth keeping below:
+                // a scan's blocks, read once, would only cost a compression each.
+                Ok(evicted
+                    .into_iter()
+                    .filter(|e| e.2)
+                    .map(|(k, v, _)| (k, v))
+                    .collect())
             }
             Err((Refused::TooLarge, _)) => {
                 stats::inc(&self.stats.ram_refusals);
@@ -118,7 +155,10 @@ impl Tier for RamTier {
         RamTier::contains(self, key)
     }
     fn put(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
-        self.put_evicting(key, data)
+        self.put_evicting(key, data, false)
+    }
+    fn put_hot(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
+        self.put_evicting(key, data, true)
     }
     fn remove(&self, key: &BlockKey) {
         RamTier::remove(self, key)

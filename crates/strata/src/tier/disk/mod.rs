@@ -610,7 +610,7 @@ impl DiskTier {
             }
             evicted
                 .into_iter()
-                .filter_map(|(k, _)| {
+                .filter_map(|(k, _, _)| {
                     let (slot, blk) = unkey(k);
                     let o = idx.slots[slot as usize].as_mut()?;
                     o.present.clear(blk..blk + 1, PRESENT);
