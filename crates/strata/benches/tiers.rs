@@ -212,7 +212,7 @@ fn engine_second_pass(dir: &Path, name: &str, budget: u64, share: u64) -> (f64, 
         attr_ttl: std::time::Duration::from_secs(3600),
         ..Config::default()
     };
-    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&dir.join("origin")).unwrap());
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(dir.join("origin")).unwrap());
     let e = Engine::new(cfg, origin).unwrap();
     let read = |e: &Engine| {
         let h = e.open(Path::new(name)).unwrap();

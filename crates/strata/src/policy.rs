@@ -45,6 +45,9 @@ pub enum Refused {
     TooLarge,
 }
 
+/// An evicted entry, and whether it was used again after it came in.
+pub type Tagged<K, V> = (K, V, bool);
+
 pub struct S3Fifo<K, V, W> {
     map: FxHashMap<K, Entry<V>>,
     small: VecDeque<K>,
@@ -142,11 +145,11 @@ where
         k: K,
         v: V,
         hot: bool,
-    ) -> Result<Vec<(K, V, bool)>, (Refused, V)> {
+    ) -> Result<Vec<Tagged<K, V>>, (Refused, V)> {
         self.insert_as(k, v, hot)
     }
 
-    fn insert_as(&mut self, k: K, v: V, hot: bool) -> Result<Vec<(K, V, bool)>, (Refused, V)> {
+    fn insert_as(&mut self, k: K, v: V, hot: bool) -> Result<Vec<Tagged<K, V>>, (Refused, V)> {
         let w = self.weigh.weigh(&v);
         if w > self.capacity {
             return Err((Refused::TooLarge, v));

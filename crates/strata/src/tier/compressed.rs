@@ -96,7 +96,7 @@ impl Streaks {
             return false;
         }
         let skipped = n.fetch_add(1, Ordering::Relaxed) + 1 - STREAK;
-        skipped % RETRY_EVERY != 0
+        !skipped.is_multiple_of(RETRY_EVERY)
     }
 
     fn note(&self, obj: u64, refused: bool) {
