@@ -14,7 +14,14 @@ use common::{Mount, compare_tree, drop_page_cache, pattern};
 /// Text-like bytes that LZ4 compresses several times over.
 fn text(seed: u64, len: usize) -> Vec<u8> {
     let words = [
-        "strata ", "cache ", "block ", "origin ", "tier ", "compressed ", "memory ", "\n",
+        "strata ",
+        "cache ",
+        "block ",
+        "origin ",
+        "tier ",
+        "compressed ",
+        "memory ",
+        "\n",
     ];
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 16);
@@ -33,7 +40,11 @@ fn compressed_ram_serves_the_tree_byte_for_byte_and_refuses_noise() {
     let mut t = Mount::new();
     fs::create_dir(t.o("text")).unwrap();
     for i in 0..24 {
-        fs::write(t.o(format!("text/t{i}")), text(i, 400_000 + i as usize * 1000)).unwrap();
+        fs::write(
+            t.o(format!("text/t{i}")),
+            text(i, 400_000 + i as usize * 1000),
+        )
+        .unwrap();
     }
     fs::write(t.o("noise"), pattern(99, 1_500_000)).unwrap();
     t.mount(&["--ram-size", "4M", "--compressed-ram-size", "3M"]);
@@ -70,10 +81,12 @@ fn compressed_ram_serves_the_tree_byte_for_byte_and_refuses_noise() {
     }
     let s = t.stats();
     assert!(s["compressed_hits"].as_u64().unwrap() > 0, "{s}");
-    assert!(s["compressed_refusals"].as_u64().unwrap() > 0, "noise refused: {s}");
     assert!(
-        s["ram_bytes"].as_u64().unwrap() + s["compressed_bytes"].as_u64().unwrap()
-            <= 4 << 20,
+        s["compressed_refusals"].as_u64().unwrap() > 0,
+        "noise refused: {s}"
+    );
+    assert!(
+        s["ram_bytes"].as_u64().unwrap() + s["compressed_bytes"].as_u64().unwrap() <= 4 << 20,
         "the two share one budget: {s}"
     );
     let reply = t.stats_reply();

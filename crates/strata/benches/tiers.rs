@@ -105,7 +105,11 @@ fn held_per_mib(blocks: &[Bytes], budget: u64, share: u64) -> f64 {
     for (i, b) in blocks.iter().enumerate() {
         c.put(key(i), b.clone());
         c.get(&key(i));
+        if i % 64 == 0 {
+            c.settle(); // not to outrun the compressing thread, which would refuse
+        }
     }
+    c.settle();
     let s = stats.snapshot();
     if share > 0 {
         println!(
@@ -165,6 +169,7 @@ fn compressed_hit_speed(blocks: &[Bytes]) -> (f64, f64) {
         if t.put(key(i), b.clone()).is_ok() {
             kept.push(i);
         }
+        t.settle(); // compressed, not served from the queue
     }
     let mut bytes = 0u64;
     let t0 = Instant::now();

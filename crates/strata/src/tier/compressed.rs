@@ -7,16 +7,22 @@
 //! tier: a hit removes the block here and the chain puts it in RAM, so the two hold
 //! each block once and together hold more distinct blocks than RAM alone.
 //! Bounded by compressed bytes plus [`ENTRY_OVERHEAD`] per block, under S3-FIFO.
+//!
+//! Blocks are compressed on a thread of the tier's own, not on the reader's: a put
+//! queues the block (up to [`PENDING_BYTES`]; past that the tier is busy and refuses)
+//! and returns. A queued block is served from the queue on a hit. A removal reaches
+//! the queue and the block being compressed, so a dropped version never comes back.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{BlockKey, Refusal, Tier};
+use super::{BlockKey, Refusal, Tier, Usage};
 use crate::policy::{Refused, S3Fifo};
 use crate::stats::{self, Stats};
-use crate::sync::Mutex;
+use crate::sync::{Condvar, Mutex};
 
 /// Bytes charged per block on top of its compressed bytes: the map and queue slots,
 /// the boxed buffer's header and its length, rounded up.
@@ -27,6 +33,11 @@ pub const ENTRY_OVERHEAD: u64 = 96;
 /// quarter is refused: with the per-block overhead and an LZ4 decompression on each
 /// hit it would hold barely more data than RAM at the cost of a copy.
 pub const KEEP_RATIO_PCT: usize = 75;
+
+/// Most bytes of blocks waiting to be compressed (and an eighth of the tier's size at
+/// most: they count against the budget it shares with RAM); past it puts are refused
+/// (busy).
+pub const PENDING_BYTES: u64 = 2 << 20;
 
 /// One block, compressed.
 #[derive(Default)]
@@ -54,15 +65,59 @@ impl State {
     }
 }
 
-pub struct CompressedTier {
+/// Blocks waiting for the compressing thread, and the one it is working on.
+#[derive(Default)]
+struct Pending {
+    queue: VecDeque<(BlockKey, Bytes)>,
+    bytes: u64,
+    /// The block being compressed, and whether it was removed meanwhile.
+    working: Option<(BlockKey, bool)>,
+    closed: bool,
+}
+
+impl Pending {
+    /// Drops queued copies of the keys `f` matches; the one being compressed is
+    /// marked dead. Returns a queued block of them, if any (for a hit).
+    fn drop_where(&mut self, f: impl Fn(&BlockKey) -> bool) -> Option<Bytes> {
+        let mut found = None;
+        let mut bytes = self.bytes;
+        self.queue.retain(|(k, b)| {
+            if f(k) {
+                bytes -= b.len() as u64;
+                found = Some(b.clone());
+                false
+            } else {
+                true
+            }
+        });
+        self.bytes = bytes;
+        if let Some((k, dead)) = &mut self.working
+            && f(k)
+        {
+            *dead = true;
+        }
+        found
+    }
+}
+
+struct Shared {
     /// A hit removes its entry, so even gets take the lock exclusively.
     state: Mutex<State>,
+    pending: Mutex<Pending>,
+    wake: Condvar,
     stats: Arc<Stats>,
-    /// Bytes held (as weighed), for the RAM tier that shares a budget with this one.
-    used: Arc<AtomicU64>,
+    /// Most bytes queued: see [`PENDING_BYTES`].
+    max_pending: u64,
+    /// Bytes held and queued, for the RAM tier that shares a budget with this one.
+    used: Arc<Usage>,
     /// Objects whose recent blocks were refused, to refuse the next ones without
     /// compressing them (a media file, an archive): see [`Streaks`].
     streaks: Streaks,
+}
+
+pub struct CompressedTier {
+    shared: Arc<Shared>,
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Refusal streaks by object, in a small table indexed by the object's id (a hint:
@@ -111,39 +166,143 @@ impl Streaks {
 
 impl CompressedTier {
     pub fn new(capacity: u64, stats: Arc<Stats>) -> Self {
-        Self {
+        let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 order: S3Fifo::new(capacity, weigh as fn(&Packed) -> u64),
                 raw: 0,
             }),
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
             stats,
-            used: Arc::new(AtomicU64::new(0)),
+            max_pending: PENDING_BYTES.min(capacity / 8),
+            used: Arc::new(Usage::default()),
             streaks: Streaks::new(),
-        }
+        });
+        let s = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("strata-compress".into())
+            .spawn(move || s.work())
+            .map_err(|e| {
+                // Without its thread the tier refuses every put (it never fills).
+                tracing::warn!(error = %e, "cannot start the compressing thread; compressed RAM stays empty");
+                shared.pending.lock().closed = true;
+            })
+            .ok();
+        Self { shared, worker }
     }
 
-    /// The bytes held, kept up to date.
-    pub fn used(&self) -> Arc<AtomicU64> {
-        self.used.clone()
+    /// The bytes held and queued, kept up to date.
+    pub fn used(&self) -> Arc<Usage> {
+        self.shared.used.clone()
     }
+}
 
-    /// Compresses a block, or says it does not compress well enough to keep.
-    fn pack(data: &[u8]) -> Result<Packed, Refusal> {
-        let packed = lz4_flex::block::compress_prepend_size(data);
-        if packed.len() * 100 > data.len() * KEEP_RATIO_PCT {
-            return Err(Refusal::Incompressible);
+impl Drop for CompressedTier {
+    fn drop(&mut self) {
+        self.shared.pending.lock().closed = true;
+        self.shared.wake.notify_all();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
         }
-        Ok(Packed {
-            data: packed.into_boxed_slice(),
-        })
+    }
+}
+
+impl Shared {
+    /// The compressing thread: takes queued blocks one by one until closed.
+    fn work(&self) {
+        loop {
+            let (key, data) = {
+                let mut p = self.pending.lock();
+                loop {
+                    if let Some((k, b)) = p.queue.pop_front() {
+                        p.bytes -= b.len() as u64;
+                        self.used.queued.store(p.bytes, Ordering::Relaxed);
+                        p.working = Some((k, false));
+                        break (k, b);
+                    }
+                    if p.closed {
+                        return;
+                    }
+                    p = self.wake.wait(p);
+                }
+            };
+            let packed = pack(&data);
+            self.streaks.note(key.obj, packed.is_err());
+            // Held from before the "removed meanwhile?" check to after the insert, so
+            // a removal either marks it dead first or removes it after.
+            let mut st = self.state.lock();
+            let dead = {
+                let mut p = self.pending.lock();
+                let dead = p.working.take().is_some_and(|(_, dead)| dead);
+                if p.queue.is_empty() {
+                    self.wake.notify_all(); // for `settle`
+                }
+                dead
+            };
+            if dead {
+                continue;
+            }
+            let r = match packed {
+                Ok(p) => st
+                    .order
+                    .insert(key, p)
+                    .map_err(|(Refused::TooLarge, _)| Refusal::TooLarge),
+                Err(r) => Err(r),
+            };
+            let r = match r {
+                Ok(evicted) => {
+                    st.raw += data.len() as u64;
+                    for (_, p) in &evicted {
+                        st.raw -= raw_len(p);
+                    }
+                    Ok(evicted)
+                }
+                Err(r) => Err(r),
+            };
+            self.gauges(&st);
+            drop(st);
+            match r {
+                Ok(evicted) => {
+                    stats::inc(&self.stats.compressed_puts);
+                    // The last tier in memory: what it evicts is forgotten (freed here,
+                    // outside the lock).
+                    stats::add(&self.stats.compressed_evictions, evicted.len() as u64);
+                }
+                Err(_) => stats::inc(&self.stats.compressed_refusals),
+            }
+        }
     }
 
     fn gauges(&self, st: &State) {
-        self.used.store(st.order.weight(), Ordering::Relaxed);
+        self.used.held.store(st.order.weight(), Ordering::Relaxed);
         stats::set(&self.stats.compressed_bytes, st.order.weight());
         stats::set(&self.stats.compressed_blocks, st.order.len() as u64);
         stats::set(&self.stats.compressed_raw_bytes, st.raw);
     }
+
+    fn remove_where(&self, f: impl Fn(&BlockKey) -> bool, keys: impl Iterator<Item = BlockKey>) {
+        {
+            let mut p = self.pending.lock();
+            p.drop_where(&f);
+            self.used.queued.store(p.bytes, Ordering::Relaxed);
+        }
+        let mut st = self.state.lock();
+        for k in keys {
+            st.take(&k);
+        }
+        self.gauges(&st);
+    }
+}
+
+/// Compresses a block, or says it does not compress well enough to keep.
+fn pack(data: &[u8]) -> Result<Packed, Refusal> {
+    let packed = lz4_flex::block::compress_prepend_size(data);
+    if packed.len() * 100 > data.len() * KEEP_RATIO_PCT {
+        return Err(Refusal::Incompressible);
+    }
+    Ok(Packed {
+        data: packed.into_boxed_slice(),
+    })
 }
 
 impl Tier for CompressedTier {
@@ -152,94 +311,90 @@ impl Tier for CompressedTier {
     }
 
     fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        let s = &self.shared;
         let packed = {
-            let mut st = self.state.lock();
-            let p = st.take(key)?;
-            self.gauges(&st);
+            let mut st = s.state.lock();
+            let p = st.take(key);
+            if p.is_some() {
+                s.gauges(&st);
+            }
             p
         };
-        match lz4_flex::block::decompress_size_prepended(&packed.data) {
-            Ok(v) => {
-                stats::inc(&self.stats.compressed_hits);
-                stats::add(&self.stats.compressed_hit_bytes, v.len() as u64);
-                Some(Bytes::from(v))
+        let got = match packed {
+            Some(p) => lz4_flex::block::decompress_size_prepended(&p.data)
+                .ok()
+                .map(Bytes::from),
+            // Still waiting to be compressed: served from the queue.
+            None => {
+                let mut p = s.pending.lock();
+                let b = p.drop_where(|k| k == key);
+                s.used.queued.store(p.bytes, Ordering::Relaxed);
+                b
             }
-            // Only memory damage could cause this: a miss, never other bytes.
-            Err(_) => None,
-        }
+        };
+        // A failed decompression could only be memory damage: a miss, never other
+        // bytes.
+        let b = got?;
+        stats::inc(&s.stats.compressed_hits);
+        stats::add(&s.stats.compressed_hit_bytes, b.len() as u64);
+        Some(b)
     }
 
     fn contains(&self, key: &BlockKey) -> bool {
-        self.state.lock().order.contains(key)
+        let s = &self.shared;
+        s.state.lock().order.contains(key) || s.pending.lock().queue.iter().any(|(k, _)| k == key)
     }
 
     fn put(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
-        // Compressed outside the lock, unless its object's blocks keep failing to.
-        let packed = if self.streaks.skip(key.obj) {
-            Err(Refusal::Incompressible)
-        } else {
-            let p = Self::pack(&data);
-            self.streaks.note(key.obj, p.is_err());
-            p
-        };
-        let mut st = self.state.lock();
+        let s = &self.shared;
         // An older copy of the key must not outlive this put, taken or not.
-        st.take(&key);
-        let r = match packed {
-            Ok(p) => st
-                .order
-                .insert(key, p)
-                .map_err(|(Refused::TooLarge, _)| Refusal::TooLarge),
-            Err(r) => Err(r),
+        self.remove(&key);
+        let refused = |r| {
+            stats::inc(&s.stats.compressed_refusals);
+            Err(r)
         };
-        let evicted = match r {
-            Ok(evicted) => {
-                st.raw += data.len() as u64;
-                for (_, p) in &evicted {
-                    st.raw -= raw_len(p);
-                }
-                Ok(evicted)
-            }
-            Err(r) => Err(r),
-        };
-        self.gauges(&st);
-        drop(st);
-        match evicted {
-            Ok(evicted) => {
-                stats::inc(&self.stats.compressed_puts);
-                stats::add(&self.stats.compressed_evictions, evicted.len() as u64);
-                // The last tier in memory: what it evicts is forgotten (freed here,
-                // outside the lock).
-                Ok(Vec::new())
-            }
-            Err(r) => {
-                stats::inc(&self.stats.compressed_refusals);
-                Err(r)
-            }
+        if s.streaks.skip(key.obj) {
+            return refused(Refusal::Incompressible);
         }
+        let mut p = s.pending.lock();
+        if p.closed || p.bytes + data.len() as u64 > s.max_pending {
+            drop(p);
+            return refused(Refusal::Busy);
+        }
+        p.bytes += data.len() as u64;
+        s.used.queued.store(p.bytes, Ordering::Relaxed);
+        p.queue.push_back((key, data));
+        drop(p);
+        s.wake.notify_all();
+        Ok(Vec::new())
     }
 
     fn remove(&self, key: &BlockKey) {
-        let mut st = self.state.lock();
-        if st.take(key).is_some() {
-            self.gauges(&st);
-        }
+        self.shared
+            .remove_where(|k| k == key, std::iter::once(*key));
     }
 
     fn remove_range(&self, obj: u64, first: u64, end: u64) {
-        let mut st = self.state.lock();
-        for blk in first..end {
-            st.take(&BlockKey { obj, blk });
-        }
-        self.gauges(&st);
+        self.shared.remove_where(
+            |k| k.obj == obj && (first..end).contains(&k.blk),
+            (first..end).map(|blk| BlockKey { obj, blk }),
+        );
     }
 
     fn bytes(&self) -> u64 {
-        self.state.lock().order.weight()
+        self.shared.state.lock().order.weight()
     }
 
     fn exclusive(&self) -> bool {
         true
+    }
+
+    fn settle(&self) {
+        let s = &self.shared;
+        let mut p = s.pending.lock();
+        while !p.closed && (!p.queue.is_empty() || p.working.is_some()) {
+            p = s.wake.wait(p);
+        }
     }
 }
 

@@ -21,6 +21,21 @@ pub struct BlockKey {
     pub blk: u64,
 }
 
+/// What a tier below RAM takes of a shared budget, as it goes: bytes held (as
+/// weighed) and bytes queued for it, kept by that tier and read by the RAM tier.
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub held: std::sync::atomic::AtomicU64,
+    pub queued: std::sync::atomic::AtomicU64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.held.load(Relaxed) + self.queued.load(Relaxed)
+    }
+}
+
 /// Why a tier did not take a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -28,6 +43,8 @@ pub enum Refusal {
     TooLarge,
     /// Would not shrink enough to be worth keeping compressed.
     Incompressible,
+    /// Too much is waiting already (a tier that works in the background).
+    Busy,
 }
 
 /// A place that holds blocks: RAM, compressed RAM, and later other machines' memory
@@ -64,4 +81,7 @@ pub trait Tier: Send + Sync {
     fn exclusive(&self) -> bool {
         false
     }
+    /// Waits until puts taken so far are in place (a tier that works in the
+    /// background); for tests and benchmarks.
+    fn settle(&self) {}
 }

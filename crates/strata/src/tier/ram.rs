@@ -5,11 +5,10 @@
 //! configured limit bounds the memory really used.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{BlockKey, Refusal, Tier};
+use super::{BlockKey, Refusal, Tier, Usage};
 use crate::policy::{Refused, S3Fifo};
 use crate::stats::{self, Stats};
 use crate::sync::RwLock;
@@ -35,7 +34,7 @@ pub struct RamTier {
 /// costs RAM no room.
 struct Shared {
     total: u64,
-    used_below: Arc<AtomicU64>,
+    used_below: Arc<Usage>,
 }
 
 impl RamTier {
@@ -49,7 +48,7 @@ impl RamTier {
 
     /// A RAM tier whose budget `total` is shared with a tier below that reports the
     /// bytes it holds in `used_below`: RAM holds at most `total` less those.
-    pub fn sharing(total: u64, used_below: Arc<AtomicU64>, stats: Arc<Stats>) -> Self {
+    pub fn sharing(total: u64, used_below: Arc<Usage>, stats: Arc<Stats>) -> Self {
         let mut t = Self::new(total, stats);
         t.shared = Some(Shared { total, used_below });
         t
@@ -81,7 +80,7 @@ impl RamTier {
         // What the tier below took since the last put comes off RAM's share.
         let mut shrunk = Vec::new();
         if let Some(s) = &self.shared {
-            let cap = s.total.saturating_sub(s.used_below.load(Ordering::Relaxed));
+            let cap = s.total.saturating_sub(s.used_below.total());
             if cap != o.capacity() {
                 shrunk = o.set_capacity(cap);
             }
