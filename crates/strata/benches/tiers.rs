@@ -202,7 +202,7 @@ fn churn(blocks: &[Bytes], budget: u64, share: u64) -> f64 {
 }
 
 /// Reads `name` through an engine (RAM budget `budget`, `share` % of it compressed,
-/// a disk tier below) twice; returns the second pass's MiB/s and its memory hits.
+/// a disk tier below) three times; returns the third pass's MiB/s and its memory hits.
 fn engine_second_pass(dir: &Path, name: &str, budget: u64, share: u64) -> (f64, u64) {
     let cache = dir.join(format!("cache-{name}-{share}"));
     std::fs::create_dir_all(&cache).unwrap();
@@ -237,6 +237,9 @@ fn engine_second_pass(dir: &Path, name: &str, budget: u64, share: u64) -> (f64, 
     };
     read(&e);
     e.wait_fills(std::time::Duration::from_secs(120));
+    // A second pass reads the blocks again (the ones worth keeping below); the third
+    // is measured.
+    read(&e);
     let before = e.stats();
     let t0 = Instant::now();
     let n = read(&e);
@@ -298,8 +301,8 @@ fn main() {
         rate / 1e9,
         lat * 1e6
     );
-    // Through the engine: a file 1.5 × the budget, read twice (the second pass from
-    // memory and the disk tier), random bytes and the real corpus.
+    // Through the engine: a file 1.5 × the budget, read three times (the later passes
+    // from memory and the disk tier), random bytes and the real corpus.
     let dir = tempfile_dir();
     std::fs::create_dir_all(dir.join("origin")).unwrap();
     let n = (3 * budget as usize / 2) / BS;
@@ -317,7 +320,7 @@ fn main() {
             runs.sort_by(|a, b| a.0.total_cmp(&b.0));
             let (rate, hits) = runs[1];
             println!(
-                "engine_{name}_second_pass_{share}pct = {rate:.0} MiB/s (median of 3), {hits} memory hits of {n} blocks"
+                "engine_{name}_third_pass_{share}pct = {rate:.0} MiB/s (median of 3), {hits} memory hits of {n} blocks"
             );
         }
     }

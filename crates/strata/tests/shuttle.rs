@@ -254,3 +254,69 @@ fn tiny_ram_tier_still_correct() {
         3,
     );
 }
+
+/// Promotion (a hit in compressed RAM moves the block up to RAM) and demotion (what
+/// RAM evicts goes down) racing with the drop of a version: once the drop and the
+/// moves are done, no tier holds any block of the dropped version, and every block
+/// served is the bytes that were put.
+#[test]
+fn tier_moves_racing_a_version_drop() {
+    use bytes::Bytes;
+    use strata::stats::Stats;
+    use strata::tier::chain::MemoryChain;
+    use strata::tier::compressed::CompressedTier;
+    use strata::tier::ram::RamTier;
+    use strata::tier::BlockKey;
+    let block = |obj: u64, blk: u64| Bytes::from(vec![(obj * 16 + blk) as u8; 1024]);
+    let key = |obj: u64, blk: u64| BlockKey { obj, blk };
+    shuttle::check_pct(
+        move || {
+            let stats = std::sync::Arc::new(Stats::default());
+            let below = CompressedTier::inline(8 << 10, stats.clone());
+            let top = RamTier::sharing(3 * 1152 + (8 << 10), below.used(), stats);
+            let chain = Arc::new(MemoryChain::of(vec![Box::new(top), Box::new(below)]));
+            // Blocks of version 1, each read again (so RAM hands them down when it
+            // needs room), then enough of version 3 to push most of them down.
+            for obj in [1, 3] {
+                for blk in 0..8 {
+                    chain.put(key(obj, blk), block(obj, blk));
+                    chain.get(&key(obj, blk));
+                }
+            }
+            let mover = {
+                let chain = chain.clone();
+                thread::spawn(move || {
+                    for blk in 0..4 {
+                        // Promotions of version 1, demotions of version 3.
+                        if let Some(b) = chain.get(&key(1, blk)) {
+                            assert_eq!(b, block(1, blk));
+                        }
+                        chain.put(key(2, blk), block(2, blk));
+                        chain.get(&key(2, blk));
+                    }
+                })
+            };
+            let dropper = {
+                let chain = chain.clone();
+                thread::spawn(move || chain.remove_range(1, 0, 8))
+            };
+            mover.join().unwrap();
+            dropper.join().unwrap();
+            for blk in 0..8 {
+                assert!(
+                    !chain.contains(&key(1, blk)),
+                    "block {blk} of the dropped version is still held"
+                );
+            }
+            for obj in [2, 3] {
+                for blk in 0..8 {
+                    if let Some(b) = chain.get(&key(obj, blk)) {
+                        assert_eq!(b, block(obj, blk));
+                    }
+                }
+            }
+        },
+        2000,
+        3,
+    );
+}

@@ -14,6 +14,7 @@
 //! and a new version has a new id).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -24,6 +25,11 @@ use crate::stats::Stats;
 
 pub struct MemoryChain {
     tiers: Vec<Box<dyn Tier>>,
+    /// Bumped before and after each removal (odd while one is under way), so a move
+    /// between tiers that raced with a removal can tell, and undo itself: a block
+    /// taken from below just before a version drop reached that tier must not land
+    /// in RAM after the drop went by there.
+    drops: AtomicU64,
 }
 
 impl MemoryChain {
@@ -42,18 +48,37 @@ impl MemoryChain {
     /// A chain of the given tiers, fastest first.
     pub fn of(tiers: Vec<Box<dyn Tier>>) -> Self {
         assert!(!tiers.is_empty(), "a chain needs a tier");
-        Self { tiers }
+        Self {
+            tiers,
+            drops: AtomicU64::new(0),
+        }
+    }
+
+    /// Undoes the moves of an operation that began at removal epoch `start` if a
+    /// removal ran meanwhile: the blocks it moved are dropped everywhere (a tier may
+    /// always forget; a removal may have meant them).
+    fn settle_moves(&self, start: u64, moved: &[BlockKey]) {
+        if start & 1 == 1 || self.drops.load(Ordering::SeqCst) != start {
+            for k in moved {
+                for t in &self.tiers {
+                    t.remove(k);
+                }
+            }
+        }
     }
 
     /// The block from the first tier that holds it; from below the top, it moves up.
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        let start = self.drops.load(Ordering::SeqCst);
         for (i, t) in self.tiers.iter().enumerate() {
             if let Some(b) = t.get(key) {
                 if i > 0 {
                     if !t.exclusive() {
                         t.remove(key);
                     }
-                    self.offer(0, *key, b.clone(), true);
+                    let mut moved = vec![*key];
+                    self.offer(0, *key, b.clone(), true, &mut moved);
+                    self.settle_moves(start, &moved);
                 }
                 return Some(b);
             }
@@ -67,17 +92,31 @@ impl MemoryChain {
 
     /// Puts a block at the top. False when no tier took it.
     pub fn put(&self, key: BlockKey, data: Bytes) -> bool {
+        let start = self.drops.load(Ordering::SeqCst);
         // Held in one place: a copy further down goes.
         for t in &self.tiers[1..] {
             t.remove(&key);
         }
-        self.offer(0, key, data, false)
+        let mut moved = Vec::new();
+        let taken = self.offer(0, key, data, false, &mut moved);
+        if !moved.is_empty() {
+            self.settle_moves(start, &moved);
+        }
+        taken
     }
 
     /// Offers a block to tier `from`, then down the chain until one takes it; what
     /// the taker evicts is offered further down. False when none took it. `hot`: a
     /// block coming back up (see [`Tier::put_hot`]).
-    fn offer(&self, from: usize, key: BlockKey, data: Bytes, hot: bool) -> bool {
+    /// Blocks moved down are added to `moved`.
+    fn offer(
+        &self,
+        from: usize,
+        key: BlockKey,
+        data: Bytes,
+        hot: bool,
+        moved: &mut Vec<BlockKey>,
+    ) -> bool {
         for i in from..self.tiers.len() {
             let t = &self.tiers[i];
             let r = if hot {
@@ -87,7 +126,8 @@ impl MemoryChain {
             };
             if let Ok(evicted) = r {
                 for (k, b) in evicted {
-                    self.offer(i + 1, k, b, false);
+                    moved.push(k);
+                    self.offer(i + 1, k, b, false, moved);
                 }
                 return true;
             }
@@ -96,16 +136,20 @@ impl MemoryChain {
     }
 
     pub fn remove(&self, key: &BlockKey) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
         for t in &self.tiers {
             t.remove(key);
         }
+        self.drops.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Removes the blocks `first..end` of one object version from every tier.
     pub fn remove_range(&self, obj: u64, first: u64, end: u64) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
         for t in &self.tiers {
             t.remove_range(obj, first, end);
         }
+        self.drops.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Bytes the tiers hold, as each weighs them.

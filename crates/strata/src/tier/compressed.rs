@@ -118,6 +118,8 @@ struct Shared {
 pub struct CompressedTier {
     shared: Arc<Shared>,
     worker: Option<std::thread::JoinHandle<()>>,
+    /// Compresses on the caller's thread (no worker): for model checking.
+    inline: bool,
 }
 
 /// Refusal streaks by object, in a small table indexed by the object's id (a hint:
@@ -166,18 +168,7 @@ impl Streaks {
 
 impl CompressedTier {
     pub fn new(capacity: u64, stats: Arc<Stats>) -> Self {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                order: S3Fifo::new(capacity, weigh as fn(&Packed) -> u64),
-                raw: 0,
-            }),
-            pending: Mutex::new(Pending::default()),
-            wake: Condvar::new(),
-            stats,
-            max_pending: PENDING_BYTES.min(capacity / 8),
-            used: Arc::new(Usage::default()),
-            streaks: Streaks::new(),
-        });
+        let shared = Self::shared(capacity, stats);
         let s = shared.clone();
         let worker = std::thread::Builder::new()
             .name("strata-compress".into())
@@ -188,7 +179,36 @@ impl CompressedTier {
                 shared.pending.lock().closed = true;
             })
             .ok();
-        Self { shared, worker }
+        Self {
+            shared,
+            worker,
+            inline: false,
+        }
+    }
+
+    /// A tier that compresses on the caller's thread (for model checking, where
+    /// threads are the checker's).
+    pub fn inline(capacity: u64, stats: Arc<Stats>) -> Self {
+        Self {
+            shared: Self::shared(capacity, stats),
+            worker: None,
+            inline: true,
+        }
+    }
+
+    fn shared(capacity: u64, stats: Arc<Stats>) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                order: S3Fifo::new(capacity, weigh as fn(&Packed) -> u64),
+                raw: 0,
+            }),
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            stats,
+            max_pending: PENDING_BYTES.min(capacity / 8),
+            used: Arc::new(Usage::default()),
+            streaks: Streaks::new(),
+        })
     }
 
     /// The bytes held and queued, kept up to date.
@@ -226,11 +246,19 @@ impl Shared {
                     p = self.wake.wait(p);
                 }
             };
-            let packed = pack(&data);
-            self.streaks.note(key.obj, packed.is_err());
-            // Held from before the "removed meanwhile?" check to after the insert, so
-            // a removal either marks it dead first or removes it after.
-            let mut st = self.state.lock();
+            self.place(key, data, true);
+        }
+    }
+
+    /// Compresses a block and keeps it (or refuses it). `queued`: it came from the
+    /// queue, and is dropped if a removal marked it meanwhile.
+    fn place(&self, key: BlockKey, data: Bytes, queued: bool) {
+        let packed = pack(&data);
+        self.streaks.note(key.obj, packed.is_err());
+        // Held from before the "removed meanwhile?" check to after the insert, so
+        // a removal either marks it dead first or removes it after.
+        let mut st = self.state.lock();
+        if queued {
             let dead = {
                 let mut p = self.pending.lock();
                 let dead = p.working.take().is_some_and(|(_, dead)| dead);
@@ -240,36 +268,36 @@ impl Shared {
                 dead
             };
             if dead {
-                continue;
+                return;
             }
-            let r = match packed {
-                Ok(p) => st
-                    .order
-                    .insert(key, p)
-                    .map_err(|(Refused::TooLarge, _)| Refusal::TooLarge),
-                Err(r) => Err(r),
-            };
-            let r = match r {
-                Ok(evicted) => {
-                    st.raw += data.len() as u64;
-                    for (_, p) in &evicted {
-                        st.raw -= raw_len(p);
-                    }
-                    Ok(evicted)
+        }
+        let r = match packed {
+            Ok(p) => st
+                .order
+                .insert(key, p)
+                .map_err(|(Refused::TooLarge, _)| Refusal::TooLarge),
+            Err(r) => Err(r),
+        };
+        let r = match r {
+            Ok(evicted) => {
+                st.raw += data.len() as u64;
+                for (_, p) in &evicted {
+                    st.raw -= raw_len(p);
                 }
-                Err(r) => Err(r),
-            };
-            self.gauges(&st);
-            drop(st);
-            match r {
-                Ok(evicted) => {
-                    stats::inc(&self.stats.compressed_puts);
-                    // The last tier in memory: what it evicts is forgotten (freed here,
-                    // outside the lock).
-                    stats::add(&self.stats.compressed_evictions, evicted.len() as u64);
-                }
-                Err(_) => stats::inc(&self.stats.compressed_refusals),
+                Ok(evicted)
             }
+            Err(r) => Err(r),
+        };
+        self.gauges(&st);
+        drop(st);
+        match r {
+            Ok(evicted) => {
+                stats::inc(&self.stats.compressed_puts);
+                // The last tier in memory: what it evicts is forgotten (freed here,
+                // outside the lock).
+                stats::add(&self.stats.compressed_evictions, evicted.len() as u64);
+            }
+            Err(_) => stats::inc(&self.stats.compressed_refusals),
         }
     }
 
@@ -355,6 +383,10 @@ impl Tier for CompressedTier {
         };
         if s.streaks.skip(key.obj) {
             return refused(Refusal::Incompressible);
+        }
+        if self.inline {
+            s.place(key, data, false);
+            return Ok(Vec::new());
         }
         let mut p = s.pending.lock();
         if p.closed || p.bytes + data.len() as u64 > s.max_pending {
