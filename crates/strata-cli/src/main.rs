@@ -303,6 +303,9 @@ fn print_stats(r: &control::StatsReply) {
                 t.blocks,
                 human(t.bytes)
             );
+            if let Some(shared) = t.shared_bytes.filter(|&b| b > 0) {
+                line += &format!("  ({} more held in shared buffers)", human(shared));
+            }
             if let Some(raw) = t.raw_bytes
                 && t.bytes > 0
             {

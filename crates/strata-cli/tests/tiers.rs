@@ -123,3 +123,27 @@ fn a_compressed_tier_larger_than_ram_is_refused_at_mount() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("compressed RAM"), "{err}");
 }
+
+/// Copies of one file read through the mount share their RAM: each distinct block is
+/// held once, and every copy still reads byte for byte.
+#[test]
+fn identical_blocks_share_ram() {
+    let mut t = Mount::new();
+    let one = text(5, 256 * 1024);
+    for i in 0..20 {
+        fs::write(t.o(format!("copy{i}")), &one).unwrap();
+    }
+    t.mount(&["--ram-size", "64M"]);
+    for i in 0..20 {
+        assert!(fs::read(t.m(format!("copy{i}"))).unwrap() == one, "copy{i}");
+    }
+    let s = t.stats();
+    let shared = s["ram_shared_bytes"].as_u64().unwrap();
+    // 19 of the 20 copies cost no block bytes (allow for blocks RAM let go).
+    assert!(shared >= 15 * one.len() as u64, "{s}");
+    assert!(
+        s["ram_bytes"].as_u64().unwrap() < 3 * one.len() as u64,
+        "{s}"
+    );
+    t.umount();
+}

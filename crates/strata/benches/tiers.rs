@@ -253,6 +253,20 @@ fn engine_second_pass(dir: &Path, name: &str, budget: u64, share: u64) -> (f64, 
     )
 }
 
+/// Bytes a RAM tier large enough for the whole tree does not hold twice.
+fn dedup_saving(root: &Path) -> (u64, u64, u64) {
+    let blocks = corpus(&[root.to_path_buf()], u64::MAX);
+    let total: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+    let stats = Arc::new(Stats::default());
+    let t = strata::tier::ram::RamTier::new(total * 2 + (1 << 30), stats.clone());
+    let t0 = Instant::now();
+    for (i, b) in blocks.iter().enumerate() {
+        t.put(key(i), b.clone());
+    }
+    let ns = t0.elapsed().as_nanos() as u64 / blocks.len().max(1) as u64;
+    (total, stats.snapshot().ram_shared_bytes, ns)
+}
+
 fn main() {
     let roots: Vec<PathBuf> = std::env::args()
         .skip(1)
@@ -325,6 +339,16 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let dedup_dirs = std::env::var("STRATA_BENCH_DEDUP_DIRS").unwrap_or_else(|_| "/usr/lib".into());
+    for d in dedup_dirs.split(':').filter(|d| !d.is_empty()) {
+        let (total, saved, ns) = dedup_saving(Path::new(d));
+        println!(
+            "dedup {d} = {} of {} MiB shared ({:.1}%), {ns} ns per put",
+            saved >> 20,
+            total >> 20,
+            100.0 * saved as f64 / total.max(1) as f64
+        );
+    }
     let w = &random[..random.len().min(2 * budget as usize / BS)];
     let plain = churn(w, budget / 2, 0);
     let with = churn(w, budget / 2, 50);

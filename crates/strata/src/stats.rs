@@ -91,6 +91,7 @@ stats! {
     scrubbed_bytes: "bytes of stray cache data reclaimed by the scrubber",
     #[gauge] ram_bytes: "bytes held by the RAM tier",
     #[gauge] ram_blocks: "blocks held by the RAM tier",
+    #[gauge] ram_shared_bytes: "bytes the RAM tier does not hold twice because blocks with the same contents share one buffer",
     #[gauge] compressed_bytes: "bytes held by the compressed RAM tier (compressed, with its per-block overhead)",
     #[gauge] compressed_blocks: "blocks held by the compressed RAM tier",
     #[gauge] compressed_raw_bytes: "bytes the compressed RAM tier's blocks hold uncompressed",
@@ -144,6 +145,9 @@ pub struct TierRow {
     /// Compressed RAM only: what its blocks hold uncompressed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_bytes: Option<u64>,
+    /// RAM only: bytes not held twice because identical blocks share a buffer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_bytes: Option<u64>,
 }
 
 impl StatsSnapshot {
@@ -160,6 +164,7 @@ impl StatsSnapshot {
             blocks: self.ram_blocks,
             bytes: self.ram_bytes,
             raw_bytes: None,
+            shared_bytes: Some(self.ram_shared_bytes),
         }];
         if compressed {
             rows.push(TierRow {
@@ -172,6 +177,7 @@ impl StatsSnapshot {
                 blocks: self.compressed_blocks,
                 bytes: self.compressed_bytes,
                 raw_bytes: Some(self.compressed_raw_bytes),
+                shared_bytes: None,
             });
         }
         rows.push(TierRow {
@@ -184,6 +190,7 @@ impl StatsSnapshot {
             blocks: self.disk_blocks,
             bytes: self.disk_bytes,
             raw_bytes: None,
+            shared_bytes: None,
         });
         rows
     }

@@ -263,10 +263,10 @@ fn tiny_ram_tier_still_correct() {
 fn tier_moves_racing_a_version_drop() {
     use bytes::Bytes;
     use strata::stats::Stats;
+    use strata::tier::BlockKey;
     use strata::tier::chain::MemoryChain;
     use strata::tier::compressed::CompressedTier;
     use strata::tier::ram::RamTier;
-    use strata::tier::BlockKey;
     let block = |obj: u64, blk: u64| Bytes::from(vec![(obj * 16 + blk) as u8; 1024]);
     let key = |obj: u64, blk: u64| BlockKey { obj, blk };
     shuttle::check_pct(

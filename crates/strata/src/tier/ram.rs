@@ -3,13 +3,23 @@
 //! A hit takes the shared lock and bumps an atomic counter, so concurrent hits do not
 //! serialize. Each entry is charged its length plus a fixed per-entry overhead, so the
 //! configured limit bounds the memory really used.
+//!
+//! **Deduplication**: blocks with the same contents (identical files, zero-filled
+//! runs, shared headers) share one buffer. A put looks a hash of a sample of its
+//! bytes up in a content index and compares the whole bytes of any match (a hash
+//! match alone never shares: a collision only costs the comparison, and the block is
+//! then held apart). Each entry is still weighed whole by the
+//! order; the bytes shared are added to its capacity, so what the tier really holds
+//! (weight less shared bytes) stays within the limit, and sharing buys room for
+//! more blocks.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use super::{BlockKey, Refusal, Tier, Usage};
-use crate::policy::{Refused, S3Fifo};
+use crate::policy::{Refused, S3Fifo, Tagged};
 use crate::stats::{self, Stats};
 use crate::sync::RwLock;
 
@@ -17,15 +27,133 @@ use crate::sync::RwLock;
 /// buffer's header, rounded up.
 pub const ENTRY_OVERHEAD: u64 = 128;
 
-fn weigh(b: &Bytes) -> u64 {
-    b.len() as u64 + ENTRY_OVERHEAD
+/// Words sampled across a block for its content hash.
+const SAMPLES: usize = 64;
+
+/// A hash of a block's length and of 64 words spread evenly across it: 50 times
+/// cheaper than hashing 16 KiB, and blocks that agree on all of them but differ
+/// elsewhere are told apart by the comparison that follows.
+fn sample_hash(b: &[u8]) -> u32 {
+    let mut h = (b.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let words = b.len() / 8;
+    let step = (words / SAMPLES).max(1);
+    let mut i = 0;
+    while i < words {
+        let w = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        h = (h.rotate_left(5) ^ w).wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
+        i += step;
+    }
+    for &x in &b[words * 8..] {
+        h = (h.rotate_left(5) ^ x as u64).wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
+    }
+    (h >> 32) as u32
 }
 
-type Order = S3Fifo<BlockKey, Bytes, fn(&Bytes) -> u64>;
+/// One block as held: its bytes (perhaps shared) and its content hash.
+#[derive(Clone, Default)]
+struct Held {
+    data: Bytes,
+    hash: u32,
+    /// In the content index (false: another block with this hash but other bytes
+    /// was there first).
+    indexed: bool,
+}
+
+fn weigh(h: &Held) -> u64 {
+    h.data.len() as u64 + ENTRY_OVERHEAD
+}
+
+type Order = S3Fifo<BlockKey, Held, fn(&Held) -> u64>;
+
+/// The content index: one buffer per distinct contents, and how many entries use it.
+#[derive(Default)]
+struct Contents {
+    by_hash: FxHashMap<u32, (Bytes, u32)>,
+    /// Bytes not held twice thanks to sharing: the sum over buffers of (users - 1)
+    /// times their length.
+    saved: u64,
+}
+
+impl Contents {
+    /// The buffer to hold `data` in: a shared one with the same bytes, or its own.
+    fn share(&mut self, hash: u32, data: Bytes) -> Held {
+        match self.by_hash.get_mut(&hash) {
+            Some((b, users)) if *b == data => {
+                *users += 1;
+                self.saved += b.len() as u64;
+                Held {
+                    data: b.clone(),
+                    hash,
+                    indexed: true,
+                }
+            }
+            Some(_) => Held {
+                data,
+                hash,
+                indexed: false,
+            },
+            None => {
+                self.by_hash.insert(hash, (data.clone(), 1));
+                Held {
+                    data,
+                    hash,
+                    indexed: true,
+                }
+            }
+        }
+    }
+
+    /// An entry that used `h` is gone.
+    fn release(&mut self, h: &Held) {
+        if !h.indexed {
+            return;
+        }
+        if let Some((b, users)) = self.by_hash.get_mut(&h.hash) {
+            if *users > 1 {
+                *users -= 1;
+                self.saved -= b.len() as u64;
+            } else {
+                self.by_hash.remove(&h.hash);
+            }
+        }
+    }
+}
+
+struct State {
+    order: Order,
+    contents: Contents,
+}
+
+impl State {
+    /// Brings the order's capacity to `base` plus the bytes shared, evicting as
+    /// needed (each eviction may end a sharing, so this repeats until it holds).
+    fn fit(&mut self, base: u64, evicted: &mut Vec<Tagged<BlockKey, Held>>) {
+        loop {
+            let cap = base + self.contents.saved;
+            if cap == self.order.capacity() && self.order.weight() <= cap {
+                return;
+            }
+            let out = self.order.set_capacity(cap);
+            if out.is_empty() {
+                return;
+            }
+            for e in &out {
+                self.contents.release(&e.1);
+            }
+            evicted.extend(out);
+        }
+    }
+
+    /// The bytes really held: every entry's weight less the bytes shared.
+    fn held(&self) -> u64 {
+        self.order.weight() - self.contents.saved
+    }
+}
 
 pub struct RamTier {
-    order: RwLock<Order>,
+    state: RwLock<State>,
     stats: Arc<Stats>,
+    capacity: u64,
     shared: Option<Shared>,
 }
 
@@ -33,15 +161,18 @@ pub struct RamTier {
 /// it that tier does not, so a tier that refuses everything (incompressible data)
 /// costs RAM no room.
 struct Shared {
-    total: u64,
     used_below: Arc<Usage>,
 }
 
 impl RamTier {
     pub fn new(capacity: u64, stats: Arc<Stats>) -> Self {
         Self {
-            order: RwLock::new(S3Fifo::new(capacity, weigh as fn(&Bytes) -> u64)),
+            state: RwLock::new(State {
+                order: S3Fifo::new(capacity, weigh as fn(&Held) -> u64),
+                contents: Contents::default(),
+            }),
             stats,
+            capacity,
             shared: None,
         }
     }
@@ -50,16 +181,24 @@ impl RamTier {
     /// bytes it holds in `used_below`: RAM holds at most `total` less those.
     pub fn sharing(total: u64, used_below: Arc<Usage>, stats: Arc<Stats>) -> Self {
         let mut t = Self::new(total, stats);
-        t.shared = Some(Shared { total, used_below });
+        t.shared = Some(Shared { used_below });
         t
     }
 
+    /// RAM's own share of its budget now.
+    fn base(&self) -> u64 {
+        match &self.shared {
+            Some(s) => self.capacity.saturating_sub(s.used_below.total()),
+            None => self.capacity,
+        }
+    }
+
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
-        self.order.read().get(key).cloned()
+        self.state.read().order.get(key).map(|h| h.data.clone())
     }
 
     pub fn contains(&self, key: &BlockKey) -> bool {
-        self.order.read().contains(key)
+        self.state.read().order.contains(key)
     }
 
     /// Offers a block. Returns false when refused (larger than the whole tier).
@@ -76,22 +215,36 @@ impl RamTier {
         data: Bytes,
         hot: bool,
     ) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
-        let mut o = self.order.write();
-        // What the tier below took since the last put comes off RAM's share.
-        let mut shrunk = Vec::new();
-        if let Some(s) = &self.shared {
-            let cap = s.total.saturating_sub(s.used_below.total());
-            if cap != o.capacity() {
-                shrunk = o.set_capacity(cap);
+        if data.len() as u64 + ENTRY_OVERHEAD > self.capacity {
+            stats::inc(&self.stats.ram_refusals);
+            return Err(Refusal::TooLarge);
+        }
+        let hash = sample_hash(&data);
+        let base = self.base();
+        let mut st = self.state.write();
+        // A new version of the key replaces the old one (its sharing ends).
+        if let Some(old) = st.order.remove(&key) {
+            st.contents.release(&old);
+        }
+        let held = st.contents.share(hash, data);
+        let mut evicted = Vec::new();
+        // What the tier below took since the last put comes off RAM's room first.
+        st.fit(base, &mut evicted);
+        let r = st.order.insert_tagged(key, held, hot);
+        if let Ok(out) = &r {
+            for e in out {
+                st.contents.release(&e.1);
             }
         }
-        let r = o.insert_tagged(key, data, hot);
-        let (w, n) = (o.weight(), o.len());
-        drop(o);
-        self.gauges(w, n);
+        let r = r.map(|out| {
+            evicted.extend(out);
+            // Sharings that evictions ended shrink the room again.
+            st.fit(base, &mut evicted);
+        });
+        self.gauges(&st);
+        drop(st);
         match r {
-            Ok(mut evicted) => {
-                evicted.append(&mut shrunk);
+            Ok(()) => {
                 stats::inc(&self.stats.ram_puts);
                 stats::add(&self.stats.ram_evictions, evicted.len() as u64);
                 // Only blocks read again since they came in are worth keeping below:
@@ -99,10 +252,12 @@ impl RamTier {
                 Ok(evicted
                     .into_iter()
                     .filter(|e| e.2)
-                    .map(|(k, v, _)| (k, v))
+                    .map(|(k, h, _)| (k, h.data))
                     .collect())
             }
-            Err((Refused::TooLarge, _)) => {
+            Err((Refused::TooLarge, h)) => {
+                // Only reached if the budget shrank to nothing meanwhile.
+                self.state.write().contents.release(&h);
                 stats::inc(&self.stats.ram_refusals);
                 Err(Refusal::TooLarge)
             }
@@ -110,36 +265,40 @@ impl RamTier {
     }
 
     pub fn remove(&self, key: &BlockKey) {
-        let mut o = self.order.write();
-        let v = o.remove(key);
-        let (w, n) = (o.weight(), o.len());
-        drop(o);
+        let mut st = self.state.write();
+        let v = st.order.remove(key);
+        if let Some(h) = &v {
+            st.contents.release(h);
+        }
+        self.gauges(&st);
+        drop(st);
         drop(v);
-        self.gauges(w, n);
     }
 
     /// Removes the blocks `first..end` of one object version.
     pub fn remove_range(&self, obj: u64, first: u64, end: u64) {
         let mut removed = Vec::new();
-        let mut o = self.order.write();
+        let mut st = self.state.write();
         for blk in first..end {
-            if let Some(v) = o.remove(&BlockKey { obj, blk }) {
-                removed.push(v);
+            if let Some(h) = st.order.remove(&BlockKey { obj, blk }) {
+                st.contents.release(&h);
+                removed.push(h);
             }
         }
-        let (w, n) = (o.weight(), o.len());
-        drop(o);
+        self.gauges(&st);
+        drop(st);
         drop(removed);
-        self.gauges(w, n);
     }
 
+    /// The bytes really held (shared buffers counted once).
     pub fn bytes(&self) -> u64 {
-        self.order.read().weight()
+        self.state.read().held()
     }
 
-    fn gauges(&self, weight: u64, len: usize) {
-        stats::set(&self.stats.ram_bytes, weight);
-        stats::set(&self.stats.ram_blocks, len as u64);
+    fn gauges(&self, st: &State) {
+        stats::set(&self.stats.ram_bytes, st.held());
+        stats::set(&self.stats.ram_blocks, st.order.len() as u64);
+        stats::set(&self.stats.ram_shared_bytes, st.contents.saved);
     }
 }
 
@@ -204,5 +363,52 @@ mod tests {
                 prop_assert!(t.bytes() <= 16_384);
             }
         }
+    }
+
+    #[test]
+    fn identical_blocks_share_one_buffer_and_make_room() {
+        let stats = Arc::new(Stats::default());
+        // Room for about ten 16 KiB blocks held apart.
+        let t = RamTier::new(10 * (16384 + ENTRY_OVERHEAD), stats.clone());
+        let zero = Bytes::from(vec![0u8; 16384]);
+        for blk in 0..100 {
+            assert!(t.put(BlockKey { obj: 1, blk }, Bytes::from(vec![0u8; 16384])));
+        }
+        for blk in 0..100 {
+            assert_eq!(
+                t.get(&BlockKey { obj: 1, blk }).as_ref(),
+                Some(&zero),
+                "{blk}"
+            );
+        }
+        let s = stats.snapshot();
+        assert_eq!(s.ram_blocks, 100);
+        assert_eq!(s.ram_shared_bytes, 99 * 16384);
+        assert_eq!(t.bytes(), 16384 + 100 * ENTRY_OVERHEAD);
+        // Distinct blocks push them out, and the sharing ends with them.
+        for blk in 0..40 {
+            t.put(
+                BlockKey { obj: 2, blk },
+                Bytes::from(vec![blk as u8 + 1; 16384]),
+            );
+            assert!(t.bytes() <= 10 * (16384 + ENTRY_OVERHEAD));
+        }
+        t.remove_range(1, 0, 100);
+        t.remove_range(2, 0, 40);
+        assert_eq!(t.bytes(), 0);
+        assert_eq!(stats.snapshot().ram_shared_bytes, 0);
+    }
+
+    #[test]
+    fn a_hash_match_with_other_bytes_is_never_shared() {
+        let mut c = Contents::default();
+        let a = c.share(7, Bytes::from_static(b"aaaa"));
+        let b = c.share(7, Bytes::from_static(b"bbbb"));
+        assert_eq!(&b.data[..], b"bbbb");
+        assert!(a.indexed && !b.indexed);
+        assert_eq!(c.saved, 0);
+        c.release(&b);
+        c.release(&a);
+        assert!(c.by_hash.is_empty());
     }
 }
