@@ -1,0 +1,166 @@
+//! The version table: the object version cached for each path, made from the
+//! attributes the origin confirmed (with the blocks the disk tier still holds of it),
+//! and invalidated everywhere (RAM tiers, disk, the kernel's page cache) when the
+//! origin's token changes.
+
+use super::*;
+
+impl Inner {
+    /// Invalidates what is cached for `path` if it is not of version `token`.
+    pub(super) fn check_token(&self, path: &Path, token: &Token) {
+        let stale = {
+            let mut objs = self.objects.lock();
+            match objs.get(path) {
+                Some(o) if &o.token != token => objs.remove(path),
+                _ => None,
+            }
+        };
+        if let Some(o) = stale {
+            self.invalidate(&o);
+        } else if let Some(d) = &self.disk {
+            // Not active: a cached version on disk that is no longer current goes.
+            if let Some((id, t)) = d.lookup(path.as_os_str().as_encoded_bytes())
+                && &t != token
+            {
+                d.drop_object(id);
+                stats::inc(&self.stats.invalidations);
+            }
+        }
+    }
+
+    /// The path no longer names a regular file at the origin.
+    pub(super) fn forget_object(&self, path: &Path) {
+        let gone = self.objects.lock().remove(path);
+        if let Some(o) = gone {
+            self.invalidate(&o);
+        } else if let Some(d) = &self.disk
+            && d.lookup(path.as_os_str().as_encoded_bytes()).is_some()
+        {
+            d.drop_path(path.as_os_str().as_encoded_bytes());
+            stats::inc(&self.stats.invalidations);
+        }
+    }
+
+    /// Kills an object version: its blocks leave every tier. Reads in progress on it
+    /// finish with the bytes of that version.
+    pub(super) fn invalidate(&self, o: &Arc<Object>) {
+        if o.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        stats::inc(&self.stats.invalidations);
+        let ram_runs: Vec<Range<u64>> = {
+            let st = o.lock();
+            st.tree
+                .iter()
+                .filter(|(_, b)| b & bits::RAM != 0)
+                .map(|(r, _)| r)
+                .collect()
+        };
+        for r in ram_runs {
+            self.ram
+                .remove_range(o.id, r.start / o.bs, r.end.div_ceil(o.bs));
+        }
+        if let Some(d) = &self.disk {
+            d.drop_object(o.id);
+        }
+        *o.file.lock() = None;
+        self.notify(&o.path);
+    }
+
+    /// A file's attributes as confirmed within the TTL, or as the origin says now, and
+    /// when the origin gave them (ns since the engine started).
+    pub(super) fn confirmed_attr(&self, path: &Path) -> io::Result<(Attr, u64)> {
+        let now = self.now_ns();
+        match self.attrs.peek(path) {
+            Some((Ok(a), wall, age)) if age < self.trust(wall, Some(last_change(&a))) => {
+                Ok((a, now.saturating_sub(age.as_nanos() as u64)))
+            }
+            _ => Ok((self.stat_origin(path)?, now)),
+        }
+    }
+
+    /// A new object version, with the blocks the disk tier holds of it.
+    pub(super) fn new_object(
+        &self,
+        path: &Path,
+        id: u64,
+        token: Token,
+        on_disk: Vec<Range<u64>>,
+        validated_ns: u64,
+    ) -> Arc<Object> {
+        let o = Arc::new(Object::new(
+            path.to_path_buf(),
+            id,
+            token,
+            self.cfg.block_size as u64,
+            validated_ns,
+        ));
+        {
+            let mut st = o.lock();
+            for r in on_disk {
+                st.tree.set(o.bytes_of(r), bits::DISK);
+            }
+        }
+        o
+    }
+
+    /// The live object version for `path` with the token in `attr`, creating it (and
+    /// invalidating an older one) if needed.
+    ///
+    /// `confirmed` is when the origin gave `attr` (ns since the engine started): the
+    /// version's TTL runs from then, not from now.
+    pub(super) fn object_for(
+        &self,
+        path: &Path,
+        attr: &Attr,
+        confirmed: u64,
+    ) -> io::Result<Arc<Object>> {
+        match attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(io::Error::from_raw_os_error(21)), // EISDIR
+            _ => return Err(io::Error::from_raw_os_error(22)),             // EINVAL
+        }
+        let now = confirmed.max(1);
+        let mut objs = self.objects.lock();
+        if let Some(o) = objs.get(path) {
+            if o.token == attr.token && !o.is_dead() {
+                // 0 (a fetch saw the file change) stays 0: the origin is asked again.
+                let _ = o
+                    .validated_ns
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                        (v != 0).then_some(v.max(now))
+                    });
+                return Ok(o.clone());
+            }
+            let old = objs.remove(path).expect("present");
+            drop(objs);
+            self.invalidate(&old);
+            objs = self.objects.lock();
+            if let Some(o) = objs.get(path) {
+                // Someone else made the new version meanwhile.
+                if o.token == attr.token && !o.is_dead() {
+                    return Ok(o.clone());
+                }
+            }
+        }
+        let key = path.as_os_str().as_encoded_bytes();
+        let (id, on_disk) = match &self.disk {
+            Some(d) => match d.lookup(key) {
+                Some((id, t)) if t == attr.token => (id, d.present(id)),
+                _ => {
+                    let id = d.allocate_id();
+                    d.register(id, key, attr.token.clone());
+                    (id, Vec::new())
+                }
+            },
+            None => (self.ids.fetch_add(1, Ordering::Relaxed), Vec::new()),
+        };
+        let o = self.new_object(path, id, attr.token.clone(), on_disk, now);
+        if objs.len() >= MAX_ACTIVE {
+            // Forget idle versions nobody holds; their blocks stay in the tiers.
+            objs.retain(|_, o| Arc::strong_count(o) > 1);
+        }
+        objs.insert(path.to_path_buf(), o.clone());
+        Ok(o)
+    }
+}
