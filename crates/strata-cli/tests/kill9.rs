@@ -7,7 +7,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -123,15 +122,7 @@ fn kill_9_under_load_loses_no_byte_and_keeps_the_cache() {
         let w = wrong.load(Ordering::Relaxed);
         assert_eq!(w, 0, "kill {k}: wrong bytes served under load");
         wrong_total += w;
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Command::new("umount")
-            .arg("-l")
-            .arg(&t.mnt)
-            .status()
-            .unwrap();
-        t.mounted = false;
+        t.clear_dead(pid);
     }
     // A last recovery and check.
     let t0 = Instant::now();
@@ -276,17 +267,7 @@ fn kill_9_keeps_only_metadata_the_origin_gave() {
             }
             std::thread::sleep(Duration::from_millis(rnd(15)));
         }
-        let pid = t.daemon_pid();
-        kill(pid, "-9");
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Command::new("umount")
-            .arg("-l")
-            .arg(&t.mnt)
-            .status()
-            .unwrap();
-        t.mounted = false;
+        t.kill_9();
     }
     t.mount(&["--attr-ttl", "1h"]);
     check(&t, &history, &listings, kills());

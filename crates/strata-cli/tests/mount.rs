@@ -370,18 +370,7 @@ fn fstab_style_invocation_and_kill_9_recovery() {
         > 0));
     std::thread::sleep(Duration::from_millis(300)); // let the commit land
     // kill -9 the daemon, clear the dead mount, mount again: it recovers by itself.
-    let pid = t.daemon_pid();
-    kill(pid, "-9");
-    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
-        "/proc/{pid}"
-    ))
-    .exists()));
-    Command::new("umount")
-        .arg("-l")
-        .arg(&t.mnt)
-        .status()
-        .unwrap();
-    t.mounted = false;
+    t.kill_9();
     t.mount(&[]);
     drop_page_cache();
     assert_eq!(fs::read(t.m("data")).unwrap(), pattern(11, 2_000_000));

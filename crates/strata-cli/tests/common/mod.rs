@@ -127,6 +127,31 @@ impl Mount {
         self.stats()[name].as_u64().unwrap()
     }
 
+    /// kill -9 the daemon, then clear the dead mount (see [`Mount::clear_dead`]).
+    pub fn kill_9(&mut self) {
+        let pid = self.daemon_pid();
+        kill(pid, "-9");
+        self.clear_dead(pid);
+    }
+
+    /// Waits for a killed daemon `pid` to be gone and clears its dead mount with
+    /// `umount -l`, so that strata can be mounted there again.
+    pub fn clear_dead(&mut self, pid: i32) {
+        assert!(
+            eventually(Duration::from_secs(10), || !Path::new(&format!(
+                "/proc/{pid}"
+            ))
+            .exists()),
+            "the daemon {pid} outlived kill -9"
+        );
+        Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        self.mounted = false;
+    }
+
     /// The pid of the mount's daemon, from the cache directory's lock file.
     pub fn daemon_pid(&self) -> i32 {
         std::fs::read_to_string(self.cache.join("lock"))
