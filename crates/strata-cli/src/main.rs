@@ -253,10 +253,13 @@ fn print_stats(r: &control::StatsReply) {
         0 => format!("{} ms", r.attr_ttl_ms),
         max => format!("{} ms to {} ms, adaptive", r.attr_ttl_ms, max),
     };
+    let ram = match r.compressed_ram_capacity {
+        0 => human(r.ram_capacity),
+        c => format!("{} (compressed up to {})", human(r.ram_capacity), human(c)),
+    };
     out!(
-        "block size  {}   RAM tier {}   disk tier {}   attribute TTL {ttl}",
+        "block size  {}   RAM tier {ram}   disk tier {}   attribute TTL {ttl}",
         human(r.block_size),
-        human(r.ram_capacity),
         human(r.disk_capacity),
     );
     out!(
