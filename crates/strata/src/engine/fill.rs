@@ -1,8 +1,10 @@
-//! The disk fill path: blocks read from the origin queued for the disk tier, group
-//! commits by the one writer thread, fills dropped (never waited for) when the queue
-//! is full and offered again once it is idle, and the metadata journal's upkeep.
+//! The engine's side of the disk fill path (the queue and the writer are the disk
+//! tier's, `tier/disk/writer.rs`): what a fill means to an object's extent bits,
+//! fills dropped (never waited for) when the queue is full and offered again once
+//! the writer is idle, and the metadata journal's upkeep.
 
 use super::*;
+use crate::tier::disk::writer::FillListener;
 
 /// A run of blocks whose fill was dropped, remembered by the object version it
 /// belongs to rather than by the object itself: holding each object would keep every
@@ -39,7 +41,7 @@ impl Inner {
                 match runs.last_mut() {
                     Some(j) if j.first + j.blocks.len() as u64 == blk => j.blocks.push(b),
                     _ => runs.push(FillJob {
-                        obj: obj.clone(),
+                        id: obj.id,
                         first: blk,
                         blocks: vec![b],
                     }),
@@ -47,60 +49,59 @@ impl Inner {
             }
         }
         for job in runs {
-            self.queue_fill(job);
+            self.queue_fill(obj, job);
         }
     }
 
-    pub(super) fn queue_fill(&self, job: FillJob) {
-        let bytes = job.bytes();
+    /// Queues a fill of `obj`'s blocks (marked FILLING by the caller); a fill the
+    /// queue cannot take is remembered, to be offered again once the writer is idle.
+    pub(super) fn queue_fill(&self, obj: &Arc<Object>, job: FillJob) {
         let n = job.blocks.len() as u64;
-        let inflight = &self.stats.inflight_fill_bytes;
-        let tx = self.fill_tx.read().clone();
-        let queued = match tx {
-            Some(tx) if inflight.load(Ordering::Relaxed) + bytes <= self.cfg.fill_queue_bytes => {
-                let now = inflight.fetch_add(bytes, Ordering::Relaxed) + bytes;
-                self.stats
-                    .inflight_fill_peak
-                    .fetch_max(now, Ordering::Relaxed);
-                match tx.send(job) {
-                    Ok(()) => None,
-                    Err(e) => {
-                        inflight.fetch_sub(bytes, Ordering::Relaxed);
-                        Some(e.into_inner())
-                    }
-                }
-            }
-            _ => Some(job),
+        // Known before the writer can finish it.
+        self.filling_objs
+            .lock()
+            .entry(obj.id)
+            .or_insert_with(|| (Arc::downgrade(obj), 0))
+            .1 += 1;
+        let Err(job) = self.fills.queue(job) else {
+            return;
         };
-        match queued {
-            None => stats::add(&self.stats.fills_queued, n),
-            Some(job) => {
-                stats::add(&self.stats.fills_dropped, n);
-                self.fill_finished(&job, &vec![false; job.blocks.len()]);
-                let mut d = self.dropped.lock();
-                if d.len() >= MAX_DROPPED_RUNS
-                    && let Some(old) = d.pop_front()
-                {
-                    self.stats
-                        .dropped_fill_blocks
-                        .fetch_sub(old.blocks.end - old.blocks.start, Ordering::Relaxed);
-                }
-                let o = &job.obj;
-                match d.back_mut() {
-                    // The next run of the same version: one record.
-                    Some(last) if last.id == o.id && last.blocks.end == job.first => {
-                        last.blocks.end = job.first + n;
-                    }
-                    _ => d.push_back(Dropped {
-                        path: o.path.clone(),
-                        token: o.token.clone(),
-                        id: o.id,
-                        blocks: job.first..job.first + n,
-                    }),
-                }
-                stats::add(&self.stats.dropped_fill_blocks, n);
-            }
+        self.unfilling(obj.id);
+        self.fill_finished(obj, &job, &vec![false; job.blocks.len()]);
+        let mut d = self.dropped.lock();
+        if d.len() >= MAX_DROPPED_RUNS
+            && let Some(old) = d.pop_front()
+        {
+            self.stats
+                .dropped_fill_blocks
+                .fetch_sub(old.blocks.end - old.blocks.start, Ordering::Relaxed);
         }
+        match d.back_mut() {
+            // The next run of the same version: one record.
+            Some(last) if last.id == obj.id && last.blocks.end == job.first => {
+                last.blocks.end = job.first + n;
+            }
+            _ => d.push_back(Dropped {
+                path: obj.path.clone(),
+                token: obj.token.clone(),
+                id: obj.id,
+                blocks: job.first..job.first + n,
+            }),
+        }
+        stats::add(&self.stats.dropped_fill_blocks, n);
+    }
+
+    /// One job of `id` is done: the object, while it still exists, and whether other
+    /// jobs of it are still queued.
+    fn unfilling(&self, id: u64) -> Option<Arc<Object>> {
+        let mut m = self.filling_objs.lock();
+        let e = m.get_mut(&id)?;
+        e.1 -= 1;
+        let obj = e.0.upgrade();
+        if e.1 == 0 {
+            m.remove(&id);
+        }
+        obj
     }
 
     /// Bytes the fill queue can still take; unbounded without a disk tier.
@@ -108,13 +109,11 @@ impl Inner {
         if self.disk.is_none() {
             return u64::MAX;
         }
-        let inflight = self.stats.inflight_fill_bytes.load(Ordering::Relaxed);
-        self.cfg.fill_queue_bytes.saturating_sub(inflight)
+        self.fills.room()
     }
 
     /// Clears the FILLING state of a job's blocks; marks those stored as on disk.
-    pub(super) fn fill_finished(&self, job: &FillJob, done: &[bool]) {
-        let o = &job.obj;
+    pub(super) fn fill_finished(&self, o: &Object, job: &FillJob, done: &[bool]) {
         let mut st = o.lock();
         for (j, ok) in done.iter().enumerate() {
             let blk = job.first + j as u64;
@@ -124,46 +123,6 @@ impl Inner {
             if *ok {
                 // Written by us from bytes checked against the origin's token.
                 st.tree.set(r, bits::DISK | bits::VERIFIED);
-            }
-        }
-    }
-
-    /// The disk writer: batches queued fills into group commits; when idle, lets the
-    /// disk tier do its upkeep.
-    pub(super) fn fill_loop(&self, disk: &DiskTier, rx: Receiver<FillJob>) {
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(job) => {
-                    let deadline = Instant::now() + self.cfg.commit_interval;
-                    let mut batch = vec![job];
-                    let mut bytes = batch[0].bytes();
-                    let mut closed = false;
-                    while bytes < FILL_BATCH_BYTES {
-                        let wait = deadline.saturating_duration_since(Instant::now());
-                        match rx.recv_timeout(wait) {
-                            Ok(j) => {
-                                bytes += j.bytes();
-                                batch.push(j);
-                            }
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => {
-                                closed = true;
-                                break;
-                            }
-                        }
-                    }
-                    self.commit(disk, batch);
-                    self.keep_meta(false);
-                    if closed {
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.keep_meta(false);
-                    self.retry_dropped();
-                    while disk.maintain() && rx.is_empty() {}
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
     }
@@ -231,7 +190,7 @@ impl Inner {
         // be taken again in the same pass.
         let runs = self.dropped.lock().len();
         for _ in 0..runs {
-            if self.fill_tx.read().is_none() {
+            if !self.fills.is_open() {
                 return; // shutting down: nothing more can be queued
             }
             let Some(run) = self.dropped.lock().pop_front() else {
@@ -326,36 +285,19 @@ impl Inner {
         }
         None
     }
+}
 
-    pub(super) fn commit(&self, disk: &DiskTier, batch: Vec<FillJob>) {
-        let mut fills = Vec::new();
-        for job in &batch {
-            if job.obj.is_dead() {
-                continue;
-            }
-            for (j, b) in job.blocks.iter().enumerate() {
-                fills.push(FillBlock {
-                    key: BlockKey {
-                        obj: job.obj.id,
-                        blk: job.first + j as u64,
-                    },
-                    data: b.clone(),
-                });
-            }
+impl FillListener for Inner {
+    fn filled(&self, job: &FillJob, done: &[bool]) {
+        if let Some(obj) = self.unfilling(job.id) {
+            self.fill_finished(&obj, job, done);
         }
-        let done = disk.write_batch(&fills);
-        let mut k = 0;
-        for job in &batch {
-            let n = job.blocks.len();
-            if job.obj.is_dead() {
-                self.fill_finished(job, &vec![false; n]);
-            } else {
-                self.fill_finished(job, &done[k..k + n]);
-                k += n;
-            }
-            self.stats
-                .inflight_fill_bytes
-                .fetch_sub(job.bytes(), Ordering::Relaxed);
+    }
+
+    fn tick(&self, idle: bool) {
+        self.keep_meta(false);
+        if idle {
+            self.retry_dropped();
         }
     }
 }

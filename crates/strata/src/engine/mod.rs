@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustc_hash::FxHashMap;
 
 use crate::config::Config;
@@ -50,7 +50,8 @@ use crate::storage::Storage;
 use crate::sync::{Arc, Mutex, RwLock};
 use crate::tier::BlockKey;
 use crate::tier::chain::MemoryChain;
-use crate::tier::disk::{DiskConfig, DiskError, DiskTier, FillBlock, LONG_RUN};
+use crate::tier::disk::writer::{FillJob, FillQueue};
+use crate::tier::disk::{DiskConfig, DiskError, DiskTier, LONG_RUN};
 use fill::Dropped;
 use guard::{OriginGuard, stale_ok, unreachable};
 use meta::TtlMap;
@@ -62,8 +63,6 @@ use object::{Claim, Claimed};
 const MAX_READ: usize = 64 << 20;
 /// How far from where a sequential reader got to its next read may start.
 const SEQ_SLACK: u64 = 2 << 20;
-/// Largest disk commit batch.
-const FILL_BATCH_BYTES: u64 = 8 << 20;
 /// Dropped fill runs remembered for a retry; older ones are forgotten.
 const MAX_DROPPED_RUNS: usize = crate::config::MAX_DROPPED_RUNS;
 /// Active objects kept before idle ones are forgotten.
@@ -192,18 +191,6 @@ struct Fetched {
     cached: bool,
 }
 
-struct FillJob {
-    obj: Arc<Object>,
-    first: u64,
-    blocks: Vec<Bytes>,
-}
-
-impl FillJob {
-    fn bytes(&self) -> u64 {
-        self.blocks.iter().map(|b| b.len() as u64).sum()
-    }
-}
-
 /// Work for the prefetch threads.
 enum Prefetch {
     /// Read-ahead: claimed blocks of an object.
@@ -261,7 +248,11 @@ struct Inner {
     objects: Mutex<FxHashMap<PathBuf, Arc<Object>>>,
     ids: AtomicU64,
     epoch: Instant,
-    fill_tx: RwLock<Option<Sender<FillJob>>>,
+    /// Fills on their way to the disk tier.
+    fills: FillQueue,
+    /// The objects whose fills are queued, by id, with how many jobs: the writer
+    /// knows ids only.
+    filling_objs: Mutex<FxHashMap<u64, (std::sync::Weak<Object>, u32)>>,
     /// Runs whose fill was dropped (queue full), offered again from RAM once the
     /// writer is idle: a block read once over a busy machine still gets to disk.
     dropped: Mutex<std::collections::VecDeque<Dropped>>,
@@ -328,11 +319,12 @@ impl Engine {
             ram: MemoryChain::new(cfg.ram_capacity, cfg.compressed_ram_capacity, stats.clone()),
             origin,
             disk,
+            fills: FillQueue::new(cfg.fill_queue_bytes, cfg.commit_interval, stats.clone()),
             stats,
             objects: Mutex::new(FxHashMap::default()),
             ids: AtomicU64::new(1),
             epoch: Instant::now(),
-            fill_tx: RwLock::new(None),
+            filling_objs: Mutex::new(FxHashMap::default()),
             dropped: Mutex::new(Default::default()),
             prefetch_tx: RwLock::new(None),
             dir_scans: Mutex::new(FxHashMap::default()),
@@ -360,13 +352,12 @@ impl Engine {
     fn start_threads(&self) -> io::Result<()> {
         let mut threads = self.inner.threads.lock();
         if let Some(disk) = self.inner.disk.clone() {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            *self.inner.fill_tx.write() = Some(tx);
+            let rx = self.inner.fills.open();
             let inner = self.inner.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("strata-fill".into())
-                    .spawn(move || inner.fill_loop(&disk, rx))?,
+                    .spawn(move || inner.fills.run(&disk, rx, &*inner))?,
             );
         }
         if self.inner.cfg.prefetch_threads == 0 {
@@ -608,7 +599,7 @@ impl Engine {
     /// process may open it right away). Also done on drop.
     pub fn shutdown(&self) {
         self.inner.prefetch_tx.write().take();
-        self.inner.fill_tx.write().take();
+        self.inner.fills.close();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.threads.lock());
         for t in threads {
             let _ = t.join();

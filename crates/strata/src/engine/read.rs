@@ -415,11 +415,14 @@ impl Inner {
             }
         }
         if fill {
-            self.queue_fill(FillJob {
-                obj: obj.clone(),
-                first: blocks.start,
-                blocks: data.clone(),
-            });
+            self.queue_fill(
+                obj,
+                FillJob {
+                    id: obj.id,
+                    first: blocks.start,
+                    blocks: data.clone(),
+                },
+            );
         }
         // Waiters wake now and find the blocks in RAM or among those filling.
         drop(claim);

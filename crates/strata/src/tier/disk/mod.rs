@@ -30,6 +30,7 @@ mod replay;
 mod scrub;
 mod space;
 mod write;
+pub mod writer;
 
 use index::*;
 use replay::push_removals;
