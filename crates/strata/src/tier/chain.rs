@@ -36,6 +36,8 @@ impl MemoryChain {
     /// The memory tiers within `budget` bytes: RAM, then (if `compressed` is not
     /// zero) compressed RAM holding up to `compressed` of them. RAM uses whatever
     /// the compressed tier does not, so data that does not compress costs no room.
+    /// A block on its way down (evicted from RAM, not yet queued below) is counted
+    /// on neither side for that moment: the two may be over by a block per thread.
     pub fn new(budget: u64, compressed: u64, stats: Arc<Stats>) -> Self {
         if compressed == 0 {
             return Self::of(vec![Box::new(RamTier::new(budget, stats))]);
