@@ -300,3 +300,33 @@ fn read_ahead_waits_while_the_disk_writer_is_behind() {
     assert!(e.stats().readahead_requests > before, "{:?}", e.stats());
     assert_eq!(read_all(&e, "b"), want);
 }
+
+#[test]
+fn blocks_on_their_way_to_disk_are_served_after_ram_lets_them_go() {
+    // A disk whose syncs take long and a RAM tier of a few blocks: a file read
+    // twice in a row finds most of its blocks neither in RAM nor on disk yet, but
+    // on their way there, and they are served from the writer's queue.
+    let s = setup();
+    let len = 2 << 20;
+    std::fs::write(s.origin.join("f"), pattern(21, len)).unwrap();
+    let mut c = config(&s.cache, Duration::from_secs(60));
+    c.ram_capacity = 4 * (BS as u64 + 128);
+    c.fill_queue_bytes = 8 << 20;
+    c.prefetch_threads = 0;
+    let sim = SimStorage::new();
+    sim.set_sync_delay(Duration::from_millis(300));
+    if let Some(d) = &mut c.disk {
+        d.storage = Arc::new(sim);
+    }
+    let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(&s.origin).unwrap());
+    let e = Engine::new(c, origin).unwrap();
+    assert_eq!(read_all(&e, "f"), pattern(21, len));
+    let before = e.stats().origin_requests;
+    assert_eq!(read_all(&e, "f"), pattern(21, len));
+    let st = e.stats();
+    assert!(st.inflight_hits > 0, "{st:?}");
+    assert_eq!(
+        st.origin_requests, before,
+        "served without the origin: {st:?}"
+    );
+}

@@ -37,7 +37,6 @@ impl Inner {
                     continue;
                 }
                 st.tree.set(r, bits::FILLING);
-                st.filling.insert(blk, b.clone());
                 match runs.last_mut() {
                     Some(j) if j.first + j.blocks.len() as u64 == blk => j.blocks.push(b),
                     _ => runs.push(FillJob {
@@ -117,7 +116,6 @@ impl Inner {
         let mut st = o.lock();
         for (j, ok) in done.iter().enumerate() {
             let blk = job.first + j as u64;
-            st.filling.remove(&blk);
             let r = o.bytes_of(blk..blk + 1);
             st.tree.clear(r.clone(), bits::FILLING);
             if *ok {

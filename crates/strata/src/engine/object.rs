@@ -1,13 +1,10 @@
 //! One object version as the engine tracks it: its identity, its coherency token, and
 //! the extent state tree that coordinates fetches and fills on it.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-
-use bytes::Bytes;
 
 use crate::extent::{ExtentTree, bits};
 use crate::origin::{OriginFile, Token};
@@ -15,9 +12,8 @@ use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub(crate) struct ObjState {
     /// Byte ranges (block aligned) with RAM / DISK hints and FETCHING / FILLING state.
+    /// (The blocks on their way to disk are the disk writer's: `FillQueue::on_way`.)
     pub tree: ExtentTree,
-    /// Blocks handed to the disk writer and not yet committed, served meanwhile.
-    pub filling: BTreeMap<u64, Bytes>,
 }
 
 /// An object version: `id` is its generation, never reused, so a fill started for
@@ -50,7 +46,6 @@ impl Object {
             dead: AtomicBool::new(false),
             st: Mutex::new(ObjState {
                 tree: ExtentTree::new(),
-                filling: BTreeMap::new(),
             }),
             cond: Condvar::new(),
             file: Mutex::new(None),
@@ -139,7 +134,7 @@ impl Object {
         self: &Arc<Self>,
         st: &mut ObjState,
         blocks: &[u64],
-        in_ram: impl Fn(u64) -> bool,
+        cached: impl Fn(u64) -> bool,
     ) -> Claimed {
         let mut mine: Vec<Range<u64>> = Vec::new();
         let mut theirs = Vec::new();
@@ -150,7 +145,7 @@ impl Object {
                 theirs.push(b);
                 continue;
             }
-            if st.filling.contains_key(&b) || st.tree.test_any(r, bits::DISK) || in_ram(b) {
+            if st.tree.test_any(r, bits::DISK) || cached(b) {
                 arrived.push(b);
                 continue;
             }

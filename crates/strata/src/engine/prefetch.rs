@@ -97,7 +97,10 @@ impl Inner {
         if todo.is_empty() {
             return Vec::new();
         }
-        obj.claim(&mut st, &todo, |_| false).mine
+        obj.claim(&mut st, &todo, |blk| {
+            self.fills.holds(&BlockKey { obj: obj.id, blk })
+        })
+        .mine
     }
 
     /// Directory prefetch: a reader that opens a directory's files one after another

@@ -214,14 +214,15 @@ impl Inner {
                 return Ok(Gathered::Complete);
             }
             // Blocks on their way to disk.
+            for &blk in &ram_missed {
+                if let Some(b) = self.fills.on_way(&BlockKey { obj: obj.id, blk }) {
+                    stats::inc(&self.stats.inflight_hits);
+                    got[(blk - b0) as usize] = Some(b);
+                }
+            }
             {
                 let mut st = obj.lock();
                 for &blk in &ram_missed {
-                    let i = (blk - b0) as usize;
-                    if let Some(b) = st.filling.get(&blk) {
-                        stats::inc(&self.stats.inflight_hits);
-                        got[i] = Some(b.clone());
-                    }
                     // The RAM hint was stale (evicted).
                     st.tree.clear(obj.bytes_of(blk..blk + 1), bits::RAM);
                 }
@@ -306,7 +307,8 @@ impl Inner {
             } else {
                 let mut st = obj.lock();
                 obj.claim(&mut st, &missing, |blk| {
-                    self.ram.contains(&BlockKey { obj: obj.id, blk })
+                    let key = BlockKey { obj: obj.id, blk };
+                    self.ram.contains(&key) || self.fills.holds(&key)
                 })
             };
             for claim in claims {
@@ -408,9 +410,6 @@ impl Inner {
                 st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
             }
             if fill {
-                for (j, b) in data.iter().enumerate() {
-                    st.filling.insert(blocks.start + j as u64, b.clone());
-                }
                 st.tree.set(obj.bytes_of(blocks.clone()), bits::FILLING);
             }
         }
@@ -424,7 +423,7 @@ impl Inner {
                 },
             );
         }
-        // Waiters wake now and find the blocks in RAM or among those filling.
+        // Waiters wake now and find the blocks in RAM or on their way to disk.
         drop(claim);
         Ok(Fetched { data, cached })
     }

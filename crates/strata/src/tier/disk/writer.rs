@@ -12,7 +12,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{DiskTier, FillBlock};
 use crate::stats::{self, Stats};
-use crate::sync::RwLock;
+use rustc_hash::FxHashMap;
+
+use crate::sync::{Mutex, RwLock};
 use crate::tier::BlockKey;
 
 /// Most bytes one group commit gathers.
@@ -43,6 +45,9 @@ pub trait FillListener: Send + Sync {
 
 pub struct FillQueue {
     tx: RwLock<Option<Sender<FillJob>>>,
+    /// Blocks queued and not yet committed, served meanwhile (RAM may have let
+    /// them go).
+    on_way: Mutex<FxHashMap<BlockKey, Bytes>>,
     max_bytes: u64,
     commit_interval: Duration,
     stats: Arc<Stats>,
@@ -54,6 +59,7 @@ impl FillQueue {
     pub fn new(max_bytes: u64, commit_interval: Duration, stats: Arc<Stats>) -> Self {
         Self {
             tx: RwLock::new(None),
+            on_way: Mutex::new(FxHashMap::default()),
             max_bytes,
             commit_interval,
             stats,
@@ -92,9 +98,12 @@ impl FillQueue {
                 self.stats
                     .inflight_fill_peak
                     .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                self.hold(&job, true);
                 tx.send(job).map_err(|e| {
+                    let job = e.into_inner();
+                    self.hold(&job, false);
                     inflight.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
-                    e.into_inner()
+                    job
                 })
             }
             _ => Err(job),
@@ -104,6 +113,32 @@ impl FillQueue {
             Err(_) => stats::add(&self.stats.fills_dropped, n),
         }
         r
+    }
+
+    /// Marks a job's blocks as on their way (or no longer).
+    fn hold(&self, job: &FillJob, on: bool) {
+        let mut m = self.on_way.lock();
+        for (j, b) in job.blocks.iter().enumerate() {
+            let key = BlockKey {
+                obj: job.id,
+                blk: job.first + j as u64,
+            };
+            if on {
+                m.insert(key, b.clone());
+            } else {
+                m.remove(&key);
+            }
+        }
+    }
+
+    /// A block queued for the disk and not yet committed.
+    pub fn on_way(&self, key: &BlockKey) -> Option<Bytes> {
+        self.on_way.lock().get(key).cloned()
+    }
+
+    /// True while a block is queued for the disk and not yet committed.
+    pub fn holds(&self, key: &BlockKey) -> bool {
+        self.on_way.lock().contains_key(key)
     }
 
     /// Bytes the queue can still take.
@@ -173,7 +208,9 @@ impl FillQueue {
         let mut k = 0;
         for job in &batch {
             let n = job.blocks.len();
+            // The owner marks them on disk first, so they are never in neither place.
             l.filled(job, &done[k..k + n]);
+            self.hold(job, false);
             k += n;
             self.stats
                 .inflight_fill_bytes
