@@ -292,7 +292,7 @@ fn main() {
     for (name, blocks) in [("real", &real), ("random", &random)] {
         let alone = held_per_mib(blocks, budget, 0);
         println!("{name}_blocks_per_mib_ram_alone = {alone:.1}");
-        for share in [25, 50, 75] {
+        for share in [25, 50, 75, 90] {
             let both = held_per_mib(blocks, budget, share);
             println!(
                 "{name}_blocks_per_mib_compressed_{share}pct = {both:.1} ({:.2}x)",
