@@ -257,7 +257,7 @@ impl Inner {
         let Some(tx) = self.prefetch_tx.read().clone() else {
             return None; // no read-ahead threads: left to the next reader
         };
-        let mut room = self.fill_room() / obj.bs;
+        let mut room = self.readahead_room(obj.bs);
         let claims = self.claim_uncached(obj, blocks);
         // Dropping a claim (the one refused, and the rest) releases its blocks.
         for mut c in claims.into_iter().flat_map(|c| self.split(c)) {

@@ -16,6 +16,7 @@
 //! fetch is checked against the token of the open origin file after it completes, so
 //! bytes read while the file changed are returned but never cached.
 
+mod admission;
 mod fill;
 mod guard;
 mod meta;

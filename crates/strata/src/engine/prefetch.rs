@@ -47,10 +47,8 @@ impl Inner {
         // reader's pattern): asking for it with WILLNEED halved warm sequential reads,
         // as that reads into one-page folios and out of step with the reader.
         let mut claims = self.claim_uncached(obj, blocks);
-        // Fetching ahead of a disk writer that is behind would only see the fills
-        // dropped, and the blocks lost once RAM evicts them: fetch as much as the fill
-        // queue has room for; the reader's own fetches still go out.
-        let mut room = self.fill_room() / obj.bs;
+        // As much as admission allows (see `admission`).
+        let mut room = self.readahead_room(obj.bs);
         let mut held = 0;
         for c in &mut claims {
             let keep = (c.blocks.end - c.blocks.start).min(room);
@@ -116,8 +114,8 @@ impl Inner {
         else {
             return;
         };
-        if self.fill_room() < self.cfg.fill_queue_bytes / 2 {
-            // The disk writer is behind (see `start_readahead`).
+        if !self.dir_prefetch_admitted() {
+            // The disk writer is behind (see `admission`).
             stats::add(&self.stats.readahead_held, ahead.len() as u64);
             return;
         }

@@ -244,10 +244,7 @@ impl Inner {
                     if start == 0 && i == got.len() {
                         *whole = one;
                     }
-                    // A long run is left to the kernel's page cache, not promoted:
-                    // its blocks are slices of one buffer, which the RAM tier would
-                    // keep alive whole.
-                    let promote = i - start <= LONG_RUN;
+                    let promote = admission::promotes(i - start);
                     let mut promoted = Vec::new();
                     let mut absent = Vec::new();
                     for (j, b) in res.into_iter().enumerate() {
