@@ -62,7 +62,7 @@ impl Inner {
             .entry(obj.id)
             .or_insert_with(|| (Arc::downgrade(obj), 0))
             .1 += 1;
-        let Err(job) = self.fills.queue(job) else {
+        let Err(job) = self.tiers.fills.queue(job) else {
             return;
         };
         self.unfilling(obj.id);
@@ -105,10 +105,10 @@ impl Inner {
 
     /// Bytes the fill queue can still take; unbounded without a disk tier.
     pub(super) fn fill_room(&self) -> u64 {
-        if self.disk.is_none() {
+        if self.tiers.disk.is_none() {
             return u64::MAX;
         }
-        self.fills.room()
+        self.tiers.fills.room()
     }
 
     /// Clears the FILLING state of a job's blocks; marks those stored as on disk.
@@ -161,7 +161,7 @@ impl Inner {
         if let Some(o) = objs.get(&run.path) {
             return (o.id == run.id && !o.is_dead()).then(|| o.clone());
         }
-        let d = self.disk.as_ref()?;
+        let d = self.tiers.disk.as_ref()?;
         let key = run.path.as_os_str().as_encoded_bytes();
         match d.lookup(key) {
             Some((id, t)) if id == run.id && t == run.token => {}
@@ -188,7 +188,7 @@ impl Inner {
         // be taken again in the same pass.
         let runs = self.dropped.lock().len();
         for _ in 0..runs {
-            if !self.fills.is_open() {
+            if !self.tiers.fills.is_open() {
                 return; // shutting down: nothing more can be queued
             }
             let Some(run) = self.dropped.lock().pop_front() else {
@@ -222,7 +222,7 @@ impl Inner {
             let hits: Vec<(u64, Bytes)> = blocks
                 .filter_map(|blk| {
                     let key = BlockKey { obj: obj.id, blk };
-                    self.ram.get(&key).map(|b| (blk, b))
+                    self.tiers.memory.get(&key).map(|b| (blk, b))
                 })
                 .collect();
             for part in hits.chunks(per as usize) {

@@ -1,13 +1,14 @@
 //! The engine: the read path, coherency, and the background fill and read-ahead work.
 //!
 //! # Read path
-//! A read of (object, offset, length) is split into blocks. Each block is looked up in
-//! the RAM tier, then among the blocks still being written to disk, then in the disk
-//! tier (one vectored read per run). What is left is claimed in the object's extent
+//! A read of (object, offset, length) is split into blocks. Each block is looked up
+//! through the tier chain (`tier::tiers::TierChain`): the memory tiers (RAM, then
+//! compressed RAM), then among the blocks still being written to disk, then in the
+//! disk tier (one vectored read per run). What is left is claimed in the object's extent
 //! tree (FETCHING) and fetched from the origin as contiguous runs, one request per run;
 //! blocks another reader already fetches are waited for (single flight). The reader
-//! gets its bytes as soon as the origin answers; the copies into RAM happen at once and
-//! the disk fill is queued, bounded, and dropped rather than waited for.
+//! gets its bytes as soon as the origin answers; the copies into memory happen at once
+//! and the disk fill is queued, bounded, and dropped rather than waited for.
 //!
 //! # Coherency
 //! An object version is (path, token, id). Its token is checked against the origin on
@@ -53,6 +54,7 @@ use crate::tier::BlockKey;
 use crate::tier::chain::MemoryChain;
 use crate::tier::disk::writer::{FillJob, FillQueue};
 use crate::tier::disk::{DiskConfig, DiskError, DiskTier, LONG_RUN};
+use crate::tier::tiers::TierChain;
 use fill::Dropped;
 use guard::{OriginGuard, stale_ok, unreachable};
 use meta::TtlMap;
@@ -242,15 +244,13 @@ type XattrKey = (PathBuf, OsString);
 struct Inner {
     cfg: Config,
     origin: Arc<dyn Origin>,
-    /// The memory tiers: RAM, then compressed RAM if configured.
-    ram: MemoryChain,
-    disk: Option<Arc<DiskTier>>,
+    /// Every tier in lookup order: memory (RAM, compressed RAM), the blocks on
+    /// their way to disk (and the queue they wait in), the disk.
+    tiers: TierChain,
     stats: Arc<Stats>,
     objects: Mutex<FxHashMap<PathBuf, Arc<Object>>>,
     ids: AtomicU64,
     epoch: Instant,
-    /// Fills on their way to the disk tier.
-    fills: FillQueue,
     /// The objects whose fills are queued, by id, with how many jobs: the writer
     /// knows ids only.
     filling_objs: Mutex<FxHashMap<u64, (std::sync::Weak<Object>, u32)>>,
@@ -317,10 +317,13 @@ impl Engine {
             None => None,
         };
         let inner = Arc::new(Inner {
-            ram: MemoryChain::new(cfg.ram_capacity, cfg.compressed_ram_capacity, stats.clone()),
+            tiers: TierChain::new(
+                MemoryChain::new(cfg.ram_capacity, cfg.compressed_ram_capacity, stats.clone()),
+                FillQueue::new(cfg.fill_queue_bytes, cfg.commit_interval, stats.clone()),
+                disk,
+                stats.clone(),
+            ),
             origin,
-            disk,
-            fills: FillQueue::new(cfg.fill_queue_bytes, cfg.commit_interval, stats.clone()),
             stats,
             objects: Mutex::new(FxHashMap::default()),
             ids: AtomicU64::new(1),
@@ -352,13 +355,13 @@ impl Engine {
 
     fn start_threads(&self) -> io::Result<()> {
         let mut threads = self.inner.threads.lock();
-        if let Some(disk) = self.inner.disk.clone() {
-            let rx = self.inner.fills.open();
+        if let Some(disk) = self.inner.tiers.disk.clone() {
+            let rx = self.inner.tiers.fills.open();
             let inner = self.inner.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("strata-fill".into())
-                    .spawn(move || inner.fills.run(&disk, rx, &*inner))?,
+                    .spawn(move || inner.tiers.fills.run(&disk, rx, &*inner))?,
             );
         }
         if self.inner.cfg.prefetch_threads == 0 {
@@ -429,7 +432,7 @@ impl Engine {
     }
 
     pub fn disk(&self) -> Option<&DiskTier> {
-        self.inner.disk.as_deref()
+        self.inner.tiers.disk.as_deref()
     }
 
     /// Opens a regular file, at the version the origin confirmed within the TTL (a
@@ -456,7 +459,7 @@ impl Engine {
     /// keeps the file whole while it is open. The version is the handle's current one
     /// (checked within the TTL); it stays what the kernel reads until the pin is gone.
     pub fn passthrough(&self, h: &Handle) -> Option<Passthrough> {
-        let disk = self.inner.disk.as_ref()?;
+        let disk = self.inner.tiers.disk.as_ref()?;
         let obj = self.inner.current(h).ok()?;
         let size = obj.size();
         if size == 0 || size < self.inner.cfg.passthrough_min_size || obj.is_dead() {
@@ -600,13 +603,13 @@ impl Engine {
     /// process may open it right away). Also done on drop.
     pub fn shutdown(&self) {
         self.inner.prefetch_tx.write().take();
-        self.inner.fills.close();
+        self.inner.tiers.fills.close();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.threads.lock());
         for t in threads {
             let _ = t.join();
         }
         self.inner.keep_meta(true);
-        if let Some(d) = &self.inner.disk
+        if let Some(d) = &self.inner.tiers.disk
             && let Err(e) = d.close()
         {
             tracing::warn!(error = %e, "could not commit the cache index at shutdown");

@@ -43,6 +43,7 @@ impl Engine {
     ) -> io::Result<PinProgress> {
         let disk = self
             .inner
+            .tiers
             .disk
             .clone()
             .ok_or_else(|| other("this cache has no disk tier to pin files in".into()))?;
@@ -106,6 +107,7 @@ impl Engine {
     pub fn unpin(&self, path: &Path) -> io::Result<bool> {
         let disk = self
             .inner
+            .tiers
             .disk
             .as_ref()
             .ok_or_else(|| other("this cache has no disk tier".into()))?;
@@ -114,7 +116,7 @@ impl Engine {
 
     /// The pins, each with the bytes of cached blocks it keeps.
     pub fn pins(&self) -> Vec<(PathBuf, u64)> {
-        let Some(disk) = self.inner.disk.as_ref() else {
+        let Some(disk) = self.inner.tiers.disk.as_ref() else {
             return Vec::new();
         };
         disk.pins()

@@ -84,7 +84,7 @@ impl Inner {
         for b in blocks {
             let r = obj.bytes_of(b..b + 1);
             if !st.tree.test_any(r, busy)
-                && !self.ram.contains(&BlockKey {
+                && !self.tiers.memory.contains(&BlockKey {
                     obj: obj.id,
                     blk: b,
                 })
@@ -96,7 +96,7 @@ impl Inner {
             return Vec::new();
         }
         obj.claim(&mut st, &todo, |blk| {
-            self.fills.holds(&BlockKey { obj: obj.id, blk })
+            self.tiers.fills.holds(&BlockKey { obj: obj.id, blk })
         })
         .mine
     }

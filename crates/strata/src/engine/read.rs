@@ -185,98 +185,32 @@ impl Inner {
         let mut round = 0;
         loop {
             round += 1;
-            let key = |i: usize| BlockKey {
-                obj: obj.id,
-                blk: b0 + i as u64,
-            };
-            // RAM.
-            let mut ram_missed: Vec<u64> = Vec::new();
-            let mut ram_hit: Vec<(u64, Bytes)> = Vec::new();
-            for (i, slot) in got.iter_mut().enumerate() {
-                if slot.is_none() {
-                    match self.ram.get(&key(i)) {
-                        Some(b) => {
-                            stats::inc(&self.stats.ram_hits);
-                            stats::add(&self.stats.ram_hit_bytes, b.len() as u64);
-                            if self.disk.is_some() {
-                                ram_hit.push((b0 + i as u64, b.clone()));
-                            }
-                            *slot = Some(b);
-                        }
-                        None => ram_missed.push(b0 + i as u64),
-                    }
-                }
+            // Memory, blocks on their way to disk, the disk.
+            let found = self.tiers.lookup(obj.id, b0, got, admission::promotes);
+            if self.tiers.disk.is_some() && !found.memory.is_empty() {
+                self.refill(obj, found.memory);
             }
-            if !ram_hit.is_empty() {
-                self.refill(obj, ram_hit);
-            }
-            if ram_missed.is_empty() {
+            if found.memory_missed.is_empty() {
                 return Ok(Gathered::Complete);
             }
-            // Blocks on their way to disk.
-            for &blk in &ram_missed {
-                if let Some(b) = self.fills.on_way(&BlockKey { obj: obj.id, blk }) {
-                    stats::inc(&self.stats.inflight_hits);
-                    got[(blk - b0) as usize] = Some(b);
-                }
+            if found.whole.is_some() {
+                *whole = found.whole;
             }
             {
                 let mut st = obj.lock();
-                for &blk in &ram_missed {
-                    // The RAM hint was stale (evicted).
+                for &blk in &found.memory_missed {
+                    // The memory hint was stale (evicted).
                     st.tree.clear(obj.bytes_of(blk..blk + 1), bits::RAM);
                 }
-            }
-            // Disk, one read per run of missing blocks.
-            if let Some(disk) = &self.disk {
-                let mut i = 0;
-                while i < got.len() {
-                    if got[i].is_some() {
-                        i += 1;
-                        continue;
-                    }
-                    let start = i;
-                    while i < got.len() && got[i].is_none() {
-                        i += 1;
-                    }
-                    let first = b0 + start as u64;
-                    let (res, one) = disk.read_whole(obj.id, first, (i - start) as u64);
-                    if start == 0 && i == got.len() {
-                        *whole = one;
-                    }
-                    let promote = admission::promotes(i - start);
-                    let mut promoted = Vec::new();
-                    let mut absent = Vec::new();
-                    for (j, b) in res.into_iter().enumerate() {
-                        let blk = first + j as u64;
-                        match b {
-                            Some(b) => {
-                                stats::inc(&self.stats.disk_hits);
-                                stats::add(&self.stats.disk_hit_bytes, b.len() as u64);
-                                if promote && self.ram.put(BlockKey { obj: obj.id, blk }, b.clone())
-                                {
-                                    stats::inc(&self.stats.promotions);
-                                    promoted.push(blk);
-                                }
-                                got[start + j] = Some(b);
-                            }
-                            None => absent.push(blk),
-                        }
-                    }
-                    let mut st = obj.lock();
-                    for blk in promoted {
-                        st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
-                    }
-                    for (j, b) in got[start..i].iter().enumerate() {
-                        if b.is_some() {
-                            let blk = first + j as u64;
-                            st.tree
-                                .set(obj.bytes_of(blk..blk + 1), bits::DISK | bits::VERIFIED);
-                        }
-                    }
-                    for blk in absent {
-                        st.tree.clear(obj.bytes_of(blk..blk + 1), bits::DISK);
-                    }
+                for &blk in &found.promoted {
+                    st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
+                }
+                for &blk in &found.disk {
+                    st.tree
+                        .set(obj.bytes_of(blk..blk + 1), bits::DISK | bits::VERIFIED);
+                }
+                for &blk in &found.disk_absent {
+                    st.tree.clear(obj.bytes_of(blk..blk + 1), bits::DISK);
                 }
             }
             let missing: Vec<u64> = got
@@ -305,7 +239,7 @@ impl Inner {
                 let mut st = obj.lock();
                 obj.claim(&mut st, &missing, |blk| {
                     let key = BlockKey { obj: obj.id, blk };
-                    self.ram.contains(&key) || self.fills.holds(&key)
+                    self.tiers.memory.contains(&key) || self.tiers.fills.holds(&key)
                 })
             };
             for claim in claims {
@@ -396,11 +330,15 @@ impl Inner {
         let mut in_ram = Vec::new();
         for (j, b) in data.iter().enumerate() {
             let blk = blocks.start + j as u64;
-            if self.ram.put(BlockKey { obj: obj.id, blk }, b.clone()) {
+            if self
+                .tiers
+                .memory
+                .put(BlockKey { obj: obj.id, blk }, b.clone())
+            {
                 in_ram.push(blk);
             }
         }
-        let fill = self.disk.is_some() && !obj.is_dead();
+        let fill = self.tiers.disk.is_some() && !obj.is_dead();
         {
             let mut st = obj.lock();
             for &blk in &in_ram {

@@ -17,7 +17,7 @@ impl Inner {
         };
         if let Some(o) = stale {
             self.invalidate(&o);
-        } else if let Some(d) = &self.disk {
+        } else if let Some(d) = &self.tiers.disk {
             // Not active: a cached version on disk that is no longer current goes.
             if let Some((id, t)) = d.lookup(path.as_os_str().as_encoded_bytes())
                 && &t != token
@@ -33,7 +33,7 @@ impl Inner {
         let gone = self.objects.lock().remove(path);
         if let Some(o) = gone {
             self.invalidate(&o);
-        } else if let Some(d) = &self.disk
+        } else if let Some(d) = &self.tiers.disk
             && d.lookup(path.as_os_str().as_encoded_bytes()).is_some()
         {
             d.drop_path(path.as_os_str().as_encoded_bytes());
@@ -57,10 +57,11 @@ impl Inner {
                 .collect()
         };
         for r in ram_runs {
-            self.ram
+            self.tiers
+                .memory
                 .remove_range(o.id, r.start / o.bs, r.end.div_ceil(o.bs));
         }
-        if let Some(d) = &self.disk {
+        if let Some(d) = &self.tiers.disk {
             d.drop_object(o.id);
         }
         *o.file.lock() = None;
@@ -144,7 +145,7 @@ impl Inner {
             }
         }
         let key = path.as_os_str().as_encoded_bytes();
-        let (id, on_disk) = match &self.disk {
+        let (id, on_disk) = match &self.tiers.disk {
             Some(d) => match d.lookup(key) {
                 Some((id, t)) if t == attr.token => (id, d.present(id)),
                 _ => {

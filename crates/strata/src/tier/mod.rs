@@ -11,6 +11,7 @@ pub mod chain;
 pub mod compressed;
 pub mod disk;
 pub mod ram;
+pub mod tiers;
 
 /// One block of one object version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
