@@ -59,6 +59,17 @@ pub fn ready_fd() -> Option<i32> {
     Some(fd)
 }
 
+/// The adaptive trust's ceiling from the options: `--attr-ttl` given alone is the
+/// strict knob (fixed trust, None); otherwise trust adapts, up to `--attr-ttl-max`
+/// or 60 s.
+fn trust_ceiling(ttl: Option<Duration>, max: Option<Duration>) -> Option<Duration> {
+    match (ttl, max) {
+        (_, Some(max)) => Some(max),
+        (Some(_), None) => None,
+        (None, None) => Some(Duration::from_secs(60)),
+    }
+}
+
 pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, String> {
     o.merge_o()?;
     let wait = match o.origin_timeout {
@@ -128,12 +139,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
             thresholds,
         }),
         attr_ttl: o.attr_ttl.unwrap_or(Duration::from_secs(1)),
-        // --attr-ttl alone is the strict knob; otherwise trust adapts, up to 60 s.
-        attr_ttl_max: match (o.attr_ttl, o.attr_ttl_max) {
-            (_, Some(max)) => Some(max),
-            (Some(_), None) => None,
-            (None, None) => Some(Duration::from_secs(60)),
-        },
+        attr_ttl_max: trust_ceiling(o.attr_ttl, o.attr_ttl_max),
         commit_interval: o.commit_interval.unwrap_or(Duration::ZERO),
         passthrough_min_age: o.passthrough_min_age.unwrap_or(Duration::from_secs(60)),
         dir_prefetch_files: o.dir_prefetch.unwrap_or(32),
@@ -678,4 +684,22 @@ fn note_origin(cache: &RealStorage, origin: &Path) {
     let _ = f
         .set_len(0)
         .and_then(|()| f.write_all_at(now.as_bytes(), 0));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attr_ttl_alone_fixes_the_trust_and_otherwise_it_adapts() {
+        let s = Duration::from_secs;
+        assert_eq!(trust_ceiling(None, None), Some(s(60)), "the default adapts");
+        assert_eq!(
+            trust_ceiling(Some(s(2)), None),
+            None,
+            "--attr-ttl alone: fixed"
+        );
+        assert_eq!(trust_ceiling(Some(s(2)), Some(s(30))), Some(s(30)));
+        assert_eq!(trust_ceiling(None, Some(s(10))), Some(s(10)));
+    }
 }

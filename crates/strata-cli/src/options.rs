@@ -353,7 +353,10 @@ mod tests {
             ..Default::default()
         };
         m.o.push("dir_prefetch=0,commit_interval=250ms".into());
+        m.o.push("compressed_ram_size=64M,attr_ttl_max=30s".into());
         m.merge_o().unwrap();
+        assert_eq!(m.compressed_ram_size, Some(64 << 20));
+        assert_eq!(m.attr_ttl_max, Some(Duration::from_secs(30)));
         assert_eq!(m.cache_size, Some(2 << 30));
         assert_eq!(m.commit_interval, Some(Duration::from_millis(250)));
         assert_eq!(m.dir_prefetch, Some(0));
