@@ -464,3 +464,46 @@ fn a_walk_after_a_remount_asks_nothing_within_the_trust_and_once_per_entry_past_
     );
     t.umount();
 }
+
+/// A program that stats a directory's entries again once their trust ran out (git
+/// status, make) pays a round trip per batch of siblings, not per file: the first
+/// revalidation takes the next expired siblings along, in parallel.
+#[test]
+fn expired_siblings_are_revalidated_together() {
+    use std::time::Instant;
+    let mut t = Mount::new();
+    fs::create_dir(t.o("d")).unwrap();
+    const N: usize = 100;
+    for i in 0..N {
+        fs::write(t.o(format!("d/f{i:03}")), b"x").unwrap();
+    }
+    t.mount(&["--attr-ttl", "300ms", "--origin-latency", "10ms"]);
+    let stat_all = |t: &Mount| {
+        let mut names: Vec<_> = fs::read_dir(t.m("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in &names {
+            fs::symlink_metadata(t.m("d").join(n)).unwrap();
+        }
+        names.len()
+    };
+    assert_eq!(stat_all(&t), N);
+    std::thread::sleep(Duration::from_millis(400));
+    let before = t.stat_u64("revalidations");
+    // Each one alone after the listing: one at a time that is at least N round trips
+    // of 10 ms.
+    let t0 = Instant::now();
+    for i in 0..N {
+        fs::symlink_metadata(t.m(format!("d/f{i:03}"))).unwrap();
+    }
+    let took = t0.elapsed();
+    let asked = t.stat_u64("revalidations") - before;
+    assert!(asked >= N as u64, "every file asked again: {asked}");
+    assert!(
+        took < Duration::from_millis(700),
+        "{N} stats took {took:?}: one round trip each"
+    );
+    t.umount();
+}
