@@ -288,47 +288,6 @@ impl Inner {
         }
     }
 
-    /// Asks the origin for the attributes of `path` whose trust ran out, and in the
-    /// same parallel batch for those of the next siblings (in listing order) that the
-    /// cache knew and no longer trusts: a program that stat'ed a directory's entries
-    /// before (git status, make, an interpreter) does it again, one at a time, and
-    /// would otherwise pay one round trip each.
-    pub(super) fn revalidate(&self, path: &Path) -> io::Result<Attr> {
-        let siblings = self.expired_siblings(path);
-        if siblings.is_empty() {
-            return self.stat_origin(path);
-        }
-        let mut asked: Vec<&Path> = vec![path];
-        asked.extend(siblings.iter().map(PathBuf::as_path));
-        self.stat_origin_many(&asked, LISTING_WIDTH)
-            .into_iter()
-            .next()
-            .expect("an answer per path")
-    }
-
-    /// The siblings after `path` in its directory's cached listing whose attributes
-    /// are cached but no longer trusted.
-    fn expired_siblings(&self, path: &Path) -> Vec<PathBuf> {
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Vec::new();
-        };
-        let Some((Ok(list), _, _)) = self.dirs.peek(dir) else {
-            return Vec::new();
-        };
-        let at = list
-            .iter()
-            .position(|e| e.name == name)
-            .map_or(0, |i| i + 1);
-        list[at..]
-            .iter()
-            .chain(&list[..at])
-            .take(SIBLINGS_SCANNED)
-            .map(|e| dir.join(&e.name))
-            .filter(|p| p != path && self.attrs.peek(p).is_some() && self.cached_attr(p).is_none())
-            .take(SIBLINGS_AHEAD)
-            .collect()
-    }
-
     /// Asks the origin for attributes, refreshes the cache, and invalidates the active
     /// object if its token changed.
     pub(super) fn stat_origin(&self, path: &Path) -> io::Result<Attr> {

@@ -73,11 +73,6 @@ const MAX_ACTIVE: usize = crate::config::MAX_ACTIVE_OBJECTS;
 const ENOENT: i32 = 2;
 /// Origin requests in flight at once when a listing's entries are asked about.
 const LISTING_WIDTH: usize = 16;
-/// Siblings whose trust ran out asked for along with an entry being revalidated, at
-/// most (see `Inner::revalidate`).
-const SIBLINGS_AHEAD: usize = 63;
-/// Entries of a listing looked at for them, at most.
-const SIBLINGS_SCANNED: usize = 512;
 const ESTALE: i32 = 116;
 
 /// Why the engine could not start.
@@ -511,7 +506,7 @@ impl Engine {
     /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
     pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
         self.inner.cached_attr(path).unwrap_or_else(|| {
-            let r = self.inner.revalidate(path);
+            let r = self.inner.stat_origin(path);
             let trust = self.inner.fresh_trust(path, &r);
             (r, trust)
         })
