@@ -146,12 +146,13 @@ impl Inner {
         }
     }
 
-    /// How long an attribute answer for `path` given now may be trusted. A name that
-    /// does not exist is trusted by its directory: creating it changes that.
-    pub(super) fn attr_trust(&self, path: &Path, r: &Result<Attr, i32>, wall: u64) -> Duration {
-        let changed = match r {
-            Ok(a) => Some(last_change(a)),
-            Err(_) => path.parent().and_then(|d| self.changed_at(d)),
+    /// How long an attribute answer for `path` given at `wall` may be trusted: `attr`
+    /// is the answer, None for "no such file", which is trusted by its directory
+    /// (creating the name changes that).
+    pub(super) fn attr_trust(&self, path: &Path, attr: Option<&Attr>, wall: u64) -> Duration {
+        let changed = match attr {
+            Some(a) => Some(last_change(a)),
+            None => path.parent().and_then(|d| self.changed_at(d)),
         };
         self.trust(wall, changed)
     }
@@ -159,18 +160,14 @@ impl Inner {
     /// Attributes (or the error) cached and still trusted, with how much longer.
     pub(super) fn cached_attr(&self, path: &Path) -> Option<(io::Result<Attr>, Duration)> {
         let (r, wall, age) = self.attrs.peek(path)?;
-        let trust = self.attr_trust(path, &r, wall);
+        let trust = self.attr_trust(path, r.as_ref().ok(), wall);
         let left = trust.checked_sub(age).filter(|d| !d.is_zero())?;
         Some((r.map_err(io::Error::from_raw_os_error), left))
     }
 
     /// How long an attribute answer the origin gave just now may be trusted.
     pub(super) fn fresh_trust(&self, path: &Path, r: &io::Result<Attr>) -> Duration {
-        let r = match r {
-            Ok(a) => Ok(a.clone()),
-            Err(e) => Err(e.raw_os_error().unwrap_or(0)),
-        };
-        self.attr_trust(path, &r, meta_log::wall_ns())
+        self.attr_trust(path, r.as_ref().ok(), meta_log::wall_ns())
     }
 
     /// A cached answer (other than attributes) while it is trusted.

@@ -25,6 +25,9 @@ pub struct Object {
     pub(crate) bs: u64,
     /// When the token was last confirmed with the origin (ns since engine start).
     pub(crate) validated_ns: AtomicU64,
+    /// How long that confirmation is trusted (ns), worked out when it is made, so a
+    /// read only compares.
+    pub(crate) trust_ns: AtomicU64,
     /// Set when a newer version replaced this one or the file vanished.
     pub(crate) dead: AtomicBool,
     pub(crate) st: Mutex<ObjState>,
@@ -43,6 +46,7 @@ impl Object {
             token,
             bs,
             validated_ns: AtomicU64::new(now_ns),
+            trust_ns: AtomicU64::new(0),
             dead: AtomicBool::new(false),
             st: Mutex::new(ObjState {
                 tree: ExtentTree::new(),

@@ -12,8 +12,7 @@ impl Inner {
         // 0 means "ask the origin now" (a fetch saw the file change).
         let validated = obj.validated_ns.load(Ordering::Acquire);
         let age = self.now_ns().saturating_sub(validated);
-        if !obj.is_dead() && validated != 0 && age < self.object_trust(&obj, age).as_nanos() as u64
-        {
+        if !obj.is_dead() && validated != 0 && age < obj.trust_ns.load(Ordering::Acquire) {
             return Ok(obj);
         }
         let attr = match self.stat_origin(&obj.path) {
@@ -29,20 +28,6 @@ impl Inner {
         let fresh = self.object_for(&obj.path, &attr, self.now_ns())?;
         h.switch(fresh.clone());
         Ok(fresh)
-    }
-
-    /// How long a version confirmed `age_ns` ago may be trusted.
-    fn object_trust(&self, obj: &Object, age_ns: u64) -> Duration {
-        if self.cfg.attr_ttl_max.is_none() {
-            return self.cfg.attr_ttl;
-        }
-        let changed = match &obj.token {
-            Token::Stat {
-                mtime_ns, ctime_ns, ..
-            } => Some(*mtime_ns.max(ctime_ns)),
-            Token::Etag { .. } => self.changed_at(&obj.path),
-        };
-        self.trust(meta_log::wall_ns().saturating_sub(age_ns), changed)
     }
 
     pub(super) fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
@@ -187,7 +172,7 @@ impl Inner {
             round += 1;
             // Memory, blocks on their way to disk, the disk.
             let found = self.tiers.lookup(obj.id, b0, got, admission::promotes);
-            if self.tiers.disk.is_some() && !found.memory.is_empty() {
+            if !found.memory.is_empty() {
                 self.refill(obj, found.memory);
             }
             if found.memory_missed.is_empty() {

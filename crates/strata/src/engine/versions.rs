@@ -73,7 +73,7 @@ impl Inner {
     pub(super) fn confirmed_attr(&self, path: &Path) -> io::Result<(Attr, u64)> {
         let now = self.now_ns();
         match self.attrs.peek(path) {
-            Some((Ok(a), wall, age)) if age < self.trust(wall, Some(last_change(&a))) => {
+            Some((Ok(a), wall, age)) if age < self.attr_trust(path, Some(&a), wall) => {
                 Ok((a, now.saturating_sub(age.as_nanos() as u64)))
             }
             _ => Ok((self.stat_origin(path)?, now)),
@@ -122,6 +122,11 @@ impl Inner {
             _ => return Err(io::Error::from_raw_os_error(22)),             // EINVAL
         }
         let now = confirmed.max(1);
+        // The trust of this confirmation. A later one of the same version is trusted
+        // at least as long (the file was unchanged longer), so the larger is kept; a
+        // reader that sees the new time with the old trust is only more careful.
+        let wall = meta_log::wall_ns().saturating_sub(self.now_ns().saturating_sub(now));
+        let trust = self.trust(wall, Some(last_change(attr))).as_nanos() as u64;
         let mut objs = self.objects.lock();
         if let Some(o) = objs.get(path) {
             if o.token == attr.token && !o.is_dead() {
@@ -131,6 +136,7 @@ impl Inner {
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                         (v != 0).then_some(v.max(now))
                     });
+                o.trust_ns.fetch_max(trust, Ordering::AcqRel);
                 return Ok(o.clone());
             }
             let old = objs.remove(path).expect("present");
@@ -157,6 +163,7 @@ impl Inner {
             None => (self.ids.fetch_add(1, Ordering::Relaxed), Vec::new()),
         };
         let o = self.new_object(path, id, attr.token.clone(), on_disk, now);
+        o.trust_ns.store(trust, Ordering::Release);
         if objs.len() >= MAX_ACTIVE {
             // Forget idle versions nobody holds; their blocks stay in the tiers.
             objs.retain(|_, o| Arc::strong_count(o) > 1);

@@ -154,14 +154,10 @@ pub struct RamTier {
     state: RwLock<State>,
     stats: Arc<Stats>,
     capacity: u64,
-    shared: Option<Shared>,
-}
-
-/// A budget shared with the tier below (compressed RAM): RAM may use whatever part of
-/// it that tier does not, so a tier that refuses everything (incompressible data)
-/// costs RAM no room.
-struct Shared {
-    used_below: Arc<Usage>,
+    /// A budget shared with the tier below (compressed RAM), which reports what it
+    /// takes of it here: RAM may use whatever part that tier does not, so a tier
+    /// that refuses everything (incompressible data) costs RAM no room.
+    used_below: Option<Arc<Usage>>,
 }
 
 impl RamTier {
@@ -173,7 +169,7 @@ impl RamTier {
             }),
             stats,
             capacity,
-            shared: None,
+            used_below: None,
         }
     }
 
@@ -181,16 +177,14 @@ impl RamTier {
     /// bytes it holds in `used_below`: RAM holds at most `total` less those.
     pub fn sharing(total: u64, used_below: Arc<Usage>, stats: Arc<Stats>) -> Self {
         let mut t = Self::new(total, stats);
-        t.shared = Some(Shared { used_below });
+        t.used_below = Some(used_below);
         t
     }
 
     /// RAM's own share of its budget now.
     fn base(&self) -> u64 {
-        match &self.shared {
-            Some(s) => self.capacity.saturating_sub(s.used_below.total()),
-            None => self.capacity,
-        }
+        let below = self.used_below.as_ref().map_or(0, |u| u.total());
+        self.capacity.saturating_sub(below)
     }
 
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {

@@ -25,7 +25,8 @@ pub struct TierChain {
 /// Where the blocks of a lookup came from (block numbers), beyond the slots filled.
 #[derive(Default)]
 pub struct Found {
-    /// From memory.
+    /// From memory (with a disk tier only: the caller offers them to it again if it
+    /// lacks them).
     pub memory: Vec<(u64, Bytes)>,
     /// Not in memory (found elsewhere or not at all).
     pub memory_missed: Vec<u64>,
@@ -75,7 +76,9 @@ impl TierChain {
                     Some(b) => {
                         stats::inc(&self.stats.ram_hits);
                         stats::add(&self.stats.ram_hit_bytes, b.len() as u64);
-                        found.memory.push((b0 + i as u64, b.clone()));
+                        if self.disk.is_some() {
+                            found.memory.push((b0 + i as u64, b.clone()));
+                        }
                         *slot = Some(b);
                     }
                     None => found.memory_missed.push(b0 + i as u64),
@@ -85,15 +88,16 @@ impl TierChain {
         if found.memory_missed.is_empty() {
             return found;
         }
+        // Without a disk tier nothing is on its way there.
+        let Some(disk) = &self.disk else {
+            return found;
+        };
         for &blk in &found.memory_missed {
             if let Some(b) = self.fills.on_way(&BlockKey { obj, blk }) {
                 stats::inc(&self.stats.inflight_hits);
                 got[(blk - b0) as usize] = Some(b);
             }
         }
-        let Some(disk) = &self.disk else {
-            return found;
-        };
         // One read per run of missing blocks.
         let mut i = 0;
         while i < got.len() {

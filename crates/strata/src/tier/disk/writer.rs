@@ -5,6 +5,7 @@
 //! fill means to the owner (its extent bits) it learns through [`FillListener`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -90,19 +91,14 @@ impl FillQueue {
         let inflight = &self.stats.inflight_fill_bytes;
         let tx = self.tx.read().clone();
         let r = match tx {
-            Some(tx)
-                if inflight.load(std::sync::atomic::Ordering::Relaxed) + bytes
-                    <= self.max_bytes =>
-            {
-                let now = inflight.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
-                self.stats
-                    .inflight_fill_peak
-                    .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+            Some(tx) if inflight.load(Relaxed) + bytes <= self.max_bytes => {
+                let now = inflight.fetch_add(bytes, Relaxed) + bytes;
+                self.stats.inflight_fill_peak.fetch_max(now, Relaxed);
                 self.hold(&job, true);
                 tx.send(job).map_err(|e| {
                     let job = e.into_inner();
                     self.hold(&job, false);
-                    inflight.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+                    inflight.fetch_sub(bytes, Relaxed);
                     job
                 })
             }
@@ -143,10 +139,7 @@ impl FillQueue {
 
     /// Bytes the queue can still take.
     pub fn room(&self) -> u64 {
-        let inflight = self
-            .stats
-            .inflight_fill_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let inflight = self.stats.inflight_fill_bytes.load(Relaxed);
         self.max_bytes.saturating_sub(inflight)
     }
 
@@ -214,7 +207,7 @@ impl FillQueue {
             k += n;
             self.stats
                 .inflight_fill_bytes
-                .fetch_sub(job.bytes(), std::sync::atomic::Ordering::Relaxed);
+                .fetch_sub(job.bytes(), Relaxed);
         }
     }
 }
