@@ -279,6 +279,10 @@ fn main() {
         roots
     };
     let budget = env_mb("STRATA_BENCH_BUDGET_MB", 64);
+    if std::env::var("STRATA_BENCH_ONLY").as_deref() == Ok("refusals") {
+        refusal_cost(budget);
+        return;
+    }
     let limit = env_mb("STRATA_BENCH_CORPUS_MB", 768);
     let real = corpus(&roots, limit);
     let bytes: u64 = real.iter().map(|b| b.len() as u64).sum();
@@ -356,6 +360,53 @@ fn main() {
         "random_churn = ram alone {plain:.0} blocks/s, with compressed tier {with:.0} blocks/s ({:.2}x)",
         with / plain
     );
+}
+
+/// The cost of refusals, measured as quietly as this machine allows: the engine's
+/// third pass over random bytes with 0, 25 and 50 % of the budget compressed,
+/// interleaved round by round in turn (STRATA_BENCH_ROUNDS, default 15) so that drift in the
+/// machine's speed falls on every share alike.
+fn refusal_cost(budget: u64) {
+    let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let dir = tempfile_dir();
+    std::fs::create_dir_all(dir.join("origin")).unwrap();
+    let n = (3 * budget as usize / 2) / BS;
+    let data: Vec<u8> = random_blocks(n).iter().flat_map(|b| b.to_vec()).collect();
+    std::fs::write(dir.join("origin").join("random"), &data).unwrap();
+    let shares = [0u64, 25, 50];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); shares.len()];
+    for r in 0..rounds {
+        // Each share goes first in turn: no share always follows the same one.
+        let mut row = [0.0; 3];
+        for i in 0..shares.len() {
+            let k = (r + i) % shares.len();
+            row[k] = engine_second_pass(&dir, "random", budget, shares[k]).0;
+        }
+        for (k, v) in row.into_iter().enumerate() {
+            rates[k].push(v);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (k, &share) in shares.iter().enumerate() {
+        let v = &rates[k];
+        // Each round's rate against RAM alone in the same round, then the median.
+        let ratio = median(v.iter().zip(&rates[0]).map(|(a, b)| a / b).collect());
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        println!(
+            "refusals_random_third_pass_{share}pct = {:.0} MiB/s (median of {rounds}, \
+             range {lo:.0}..{hi:.0}), {ratio:.3}x of RAM alone (median of per-round ratios)",
+            median(v.clone()),
+        );
+    }
 }
 
 fn tempfile_dir() -> PathBuf {
