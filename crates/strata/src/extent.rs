@@ -17,10 +17,10 @@ pub type Bits = u32;
 /// The state bits the engine uses.
 pub mod bits {
     use super::Bits;
-    /// The range is held by the RAM tier (a hint: the tier may have evicted it since).
-    pub const RAM: Bits = 1 << 0;
-    /// The range is held by the disk tier (a hint: the tier is authoritative).
-    pub const DISK: Bits = 1 << 1;
+    /// Some tier may hold the range (a hint, set when a tier takes a block and cleared
+    /// when a lookup finds it nowhere): it bounds what an invalidation flushes. The
+    /// tiers themselves are the record of what they hold.
+    pub const CACHED: Bits = 1 << 0;
     /// An origin fetch covering the range is in flight; others wait for it.
     pub const FETCHING: Bits = 1 << 2;
     /// A fill of the range into the disk tier is queued or running.
@@ -29,8 +29,9 @@ pub mod bits {
     pub const DIRTY: Bits = 1 << 4;
     /// Reserved for write-back caching: the range is being written to the origin.
     pub const WRITEBACK: Bits = 1 << 5;
-    /// The range's disk copy was checked against its checksums (or written by this
-    /// process) since the engine started: it may be served without the engine.
+    /// The range is on disk, and its disk copy was checked against its checksums (or
+    /// written by this process) since the engine started: it may be served without
+    /// the engine (passthrough). Cleared when the disk tier is found not to hold it.
     pub const VERIFIED: Bits = 1 << 6;
 }
 
@@ -359,23 +360,23 @@ mod tests {
     #[test]
     fn merges_neighbours() {
         let mut t = ExtentTree::new();
-        t.set(0..10, bits::DISK);
-        t.set(10..20, bits::DISK);
+        t.set(0..10, bits::CACHED);
+        t.set(10..20, bits::CACHED);
         assert_eq!(t.extent_count(), 1);
         t.set(5..15, bits::FETCHING);
         assert_eq!(t.extent_count(), 3);
         t.clear(0..100, bits::FETCHING);
         assert_eq!(t.extent_count(), 1);
-        assert!(t.test_all(0..20, bits::DISK));
-        assert!(!t.test_all(0..21, bits::DISK));
+        assert!(t.test_all(0..20, bits::CACHED));
+        assert!(!t.test_all(0..21, bits::CACHED));
     }
 
     #[test]
     fn huge_ranges() {
         let mut t = ExtentTree::new();
-        t.set(u64::MAX - 10..u64::MAX, bits::RAM);
-        assert_eq!(t.bits_at(u64::MAX - 1), bits::RAM);
-        t.clear_all(bits::RAM);
+        t.set(u64::MAX - 10..u64::MAX, bits::VERIFIED);
+        assert_eq!(t.bits_at(u64::MAX - 1), bits::VERIFIED);
+        t.clear_all(bits::VERIFIED);
         assert!(t.is_empty());
     }
 }

@@ -33,7 +33,9 @@ impl Inner {
             let mut st = obj.lock();
             for (blk, b) in hits {
                 let r = obj.bytes_of(blk..blk + 1);
-                if st.tree.test_any(r.clone(), bits::DISK | bits::FILLING) {
+                // On disk (a block from an older run, not yet VERIFIED, is kept by
+                // the writer as it is).
+                if st.tree.test_any(r.clone(), bits::VERIFIED | bits::FILLING) {
                     continue;
                 }
                 st.tree.set(r, bits::FILLING);
@@ -120,7 +122,7 @@ impl Inner {
             st.tree.clear(r.clone(), bits::FILLING);
             if *ok {
                 // Written by us from bytes checked against the origin's token.
-                st.tree.set(r, bits::DISK | bits::VERIFIED);
+                st.tree.set(r, bits::CACHED | bits::VERIFIED);
             }
         }
     }

@@ -474,10 +474,7 @@ impl Engine {
                 return None;
             }
         }
-        let whole = obj
-            .lock()
-            .tree
-            .test_all(0..size, bits::DISK | bits::VERIFIED);
+        let whole = obj.lock().tree.test_all(0..size, bits::VERIFIED);
         if !whole {
             return None;
         }

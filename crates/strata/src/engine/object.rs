@@ -149,7 +149,7 @@ impl Object {
                 theirs.push(b);
                 continue;
             }
-            if st.tree.test_any(r, bits::DISK) || cached(b) {
+            if st.tree.test_any(r, bits::VERIFIED) || cached(b) {
                 arrived.push(b);
                 continue;
             }

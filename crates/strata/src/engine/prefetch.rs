@@ -75,28 +75,40 @@ impl Inner {
         }
     }
 
-    /// Claims the blocks of a range that no tier holds and nobody fetches, under one
-    /// lock of the object.
+    /// Claims the blocks of a range that no tier holds and nobody fetches. Only the
+    /// blocks the hint marks cached are asked of the tiers (outside the object's
+    /// lock); the claim itself is made under one lock of the object.
     pub(super) fn claim_uncached(&self, obj: &Arc<Object>, blocks: Range<u64>) -> Vec<Claim> {
-        let mut st = obj.lock();
-        let busy = bits::FETCHING | bits::FILLING | bits::DISK;
+        let mut maybe: Vec<u64> = Vec::new();
         let mut todo: Vec<u64> = Vec::new();
-        for b in blocks {
-            let r = obj.bytes_of(b..b + 1);
-            if !st.tree.test_any(r, busy)
-                && !self.tiers.memory.contains(&BlockKey {
-                    obj: obj.id,
-                    blk: b,
-                })
-            {
+        {
+            let st = obj.lock();
+            for b in blocks {
+                let r = obj.bytes_of(b..b + 1);
+                let bits = st.tree.bits_at(r.start);
+                if bits & (bits::FETCHING | bits::FILLING | bits::VERIFIED) != 0 {
+                    continue;
+                }
+                if bits & bits::CACHED != 0 {
+                    maybe.push(b);
+                } else {
+                    todo.push(b);
+                }
+            }
+        }
+        for b in maybe {
+            if !self.tiers.held(obj.id, b..b + 1)[0] {
                 todo.push(b);
             }
         }
         if todo.is_empty() {
             return Vec::new();
         }
+        todo.sort_unstable();
+        let mut st = obj.lock();
         obj.claim(&mut st, &todo, |blk| {
-            self.tiers.fills.holds(&BlockKey { obj: obj.id, blk })
+            let key = BlockKey { obj: obj.id, blk };
+            self.tiers.memory.contains(&key) || self.tiers.fills.holds(&key)
         })
         .mine
     }

@@ -181,21 +181,16 @@ impl Inner {
             if found.whole.is_some() {
                 *whole = found.whole;
             }
-            {
+            if !found.below.is_empty() || !found.durable_absent.is_empty() {
                 let mut st = obj.lock();
-                for &blk in &found.memory_missed {
-                    // The memory hint was stale (evicted).
-                    st.tree.clear(obj.bytes_of(blk..blk + 1), bits::RAM);
+                for &blk in &found.below {
+                    st.tree.set(obj.bytes_of(blk..blk + 1), bits::CACHED);
                 }
-                for &blk in &found.promoted {
-                    st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
+                for &blk in &found.durable {
+                    st.tree.set(obj.bytes_of(blk..blk + 1), bits::VERIFIED);
                 }
-                for &blk in &found.disk {
-                    st.tree
-                        .set(obj.bytes_of(blk..blk + 1), bits::DISK | bits::VERIFIED);
-                }
-                for &blk in &found.disk_absent {
-                    st.tree.clear(obj.bytes_of(blk..blk + 1), bits::DISK);
+                for &blk in &found.durable_absent {
+                    st.tree.clear(obj.bytes_of(blk..blk + 1), bits::VERIFIED);
                 }
             }
             let missing: Vec<u64> = got
@@ -312,7 +307,7 @@ impl Inner {
         if !cached {
             return Ok(Fetched { data, cached });
         }
-        let mut in_ram = Vec::new();
+        let mut in_memory = Vec::new();
         for (j, b) in data.iter().enumerate() {
             let blk = blocks.start + j as u64;
             if self
@@ -320,17 +315,19 @@ impl Inner {
                 .memory
                 .put(BlockKey { obj: obj.id, blk }, b.clone())
             {
-                in_ram.push(blk);
+                in_memory.push(blk);
             }
         }
         let fill = self.tiers.disk.is_some() && !obj.is_dead();
         {
             let mut st = obj.lock();
-            for &blk in &in_ram {
-                st.tree.set(obj.bytes_of(blk..blk + 1), bits::RAM);
-            }
             if fill {
-                st.tree.set(obj.bytes_of(blocks.clone()), bits::FILLING);
+                st.tree
+                    .set(obj.bytes_of(blocks.clone()), bits::FILLING | bits::CACHED);
+            } else {
+                for &blk in &in_memory {
+                    st.tree.set(obj.bytes_of(blk..blk + 1), bits::CACHED);
+                }
             }
         }
         if fill {

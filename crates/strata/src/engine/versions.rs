@@ -48,22 +48,15 @@ impl Inner {
             return;
         }
         stats::inc(&self.stats.invalidations);
-        let ram_runs: Vec<Range<u64>> = {
+        let cached: Vec<Range<u64>> = {
             let st = o.lock();
             st.tree
                 .iter()
-                .filter(|(_, b)| b & bits::RAM != 0)
-                .map(|(r, _)| r)
+                .filter(|(_, b)| b & bits::CACHED != 0)
+                .map(|(r, _)| r.start / o.bs..r.end.div_ceil(o.bs))
                 .collect()
         };
-        for r in ram_runs {
-            self.tiers
-                .memory
-                .remove_range(o.id, r.start / o.bs, r.end.div_ceil(o.bs));
-        }
-        if let Some(d) = &self.tiers.disk {
-            d.drop_object(o.id);
-        }
+        self.tiers.drop_version(o.id, &cached);
         *o.file.lock() = None;
         self.notify(&o.path);
     }
@@ -80,7 +73,8 @@ impl Inner {
         }
     }
 
-    /// A new object version, with the blocks the disk tier holds of it.
+    /// A new object version, with the blocks the disk tier holds of it marked as
+    /// cached (not verified: they are checked when first read).
     pub(super) fn new_object(
         &self,
         path: &Path,
@@ -99,7 +93,7 @@ impl Inner {
         {
             let mut st = o.lock();
             for r in on_disk {
-                st.tree.set(o.bytes_of(r), bits::DISK);
+                st.tree.set(o.bytes_of(r), bits::CACHED);
             }
         }
         o

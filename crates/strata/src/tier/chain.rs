@@ -176,49 +176,9 @@ impl MemoryChain {
 mod tests {
     use super::*;
     use crate::sync::Mutex;
-    use crate::tier::Refusal;
+    use crate::tier::testing::Refusing;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
-
-    /// A tier that refuses whatever its script says, over a real tier.
-    struct Refusing<T> {
-        inner: T,
-        refuse: Mutex<Vec<bool>>,
-    }
-
-    impl<T: Tier> Tier for Refusing<T> {
-        fn name(&self) -> &'static str {
-            self.inner.name()
-        }
-        fn get(&self, key: &BlockKey) -> Option<Bytes> {
-            self.inner.get(key)
-        }
-        fn contains(&self, key: &BlockKey) -> bool {
-            self.inner.contains(key)
-        }
-        fn put(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
-            if self.refuse.lock().pop().unwrap_or(false) {
-                self.inner.remove(&key);
-                return Err(Refusal::TooLarge);
-            }
-            self.inner.put(key, data)
-        }
-        fn remove(&self, key: &BlockKey) {
-            self.inner.remove(key)
-        }
-        fn remove_range(&self, obj: u64, first: u64, end: u64) {
-            self.inner.remove_range(obj, first, end)
-        }
-        fn bytes(&self) -> u64 {
-            self.inner.bytes()
-        }
-        fn exclusive(&self) -> bool {
-            self.inner.exclusive()
-        }
-        fn settle(&self) {
-            self.inner.settle()
-        }
-    }
 
     /// Bytes that compress (runs) or not (noise), by seed.
     fn block(seed: u64, len: usize, noisy: bool) -> Bytes {

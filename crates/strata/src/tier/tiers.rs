@@ -1,23 +1,30 @@
 //! Every tier in lookup order, as the read path sees them: the memory tiers (RAM,
-//! compressed RAM: [`MemoryChain`]), the blocks on their way to disk
-//! ([`FillQueue::on_way`]), then the disk tier, read one run at a time. A lookup
-//! fills what it finds, promotes short disk runs into memory (`promote`), counts a
-//! hit where each block came from, and tells the caller where each came from, for
-//! its hints.
+//! compressed RAM: [`MemoryChain`]), then the tiers below memory, fastest first (the
+//! disk, and before it the blocks on their way to it: [`FillQueue::on_way`]), each
+//! asked a run of missing blocks at a time. A lookup fills what it finds, promotes
+//! short runs from below into memory (`promote`), and tells the caller where blocks
+//! came from, for its hints. Invalidation goes to every tier from here.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::BlockKey;
 use super::chain::MemoryChain;
 use super::disk::DiskTier;
 use super::disk::writer::FillQueue;
+use super::{BlockKey, Tier};
 use crate::stats::{self, Stats};
 
 pub struct TierChain {
     pub memory: MemoryChain,
+    /// Below memory, fastest first. A tier on other machines goes here, before the
+    /// disk or after it, as its speed says.
+    below: Vec<Arc<dyn Tier>>,
+    /// The disk tier's writer queue (its background puts).
     pub fills: FillQueue,
+    /// The disk tier (also in `below`), for what only it does: versions registered
+    /// with it, pins, passthrough, its writer.
     pub disk: Option<Arc<DiskTier>>,
     stats: Arc<Stats>,
 }
@@ -25,18 +32,18 @@ pub struct TierChain {
 /// Where the blocks of a lookup came from (block numbers), beyond the slots filled.
 #[derive(Default)]
 pub struct Found {
-    /// From memory (with a disk tier only: the caller offers them to it again if it
-    /// lacks them).
+    /// From memory (with a tier below only: the caller offers them to the disk
+    /// again if it lacks them).
     pub memory: Vec<(u64, Bytes)>,
-    /// Not in memory (found elsewhere or not at all).
+    /// Not in memory (found below or not at all).
     pub memory_missed: Vec<u64>,
-    /// Read from the disk tier (checked against their checksums).
-    pub disk: Vec<u64>,
-    /// Read from the disk tier and put into memory.
-    pub promoted: Vec<u64>,
-    /// Asked of the disk tier, which does not hold them.
-    pub disk_absent: Vec<u64>,
-    /// Every slot, as one buffer, when one disk read supplied them all.
+    /// From a tier below memory.
+    pub below: Vec<u64>,
+    /// From a durable tier, checked against their checksums (see [`Tier::durable`]).
+    pub durable: Vec<u64>,
+    /// Asked of a durable tier, which does not hold them.
+    pub durable_absent: Vec<u64>,
+    /// Every slot, as one buffer, when one read below supplied them all.
     pub whole: Option<Bytes>,
 }
 
@@ -47,8 +54,10 @@ impl TierChain {
         disk: Option<Arc<DiskTier>>,
         stats: Arc<Stats>,
     ) -> Self {
+        let below = disk.iter().map(|d| d.clone() as Arc<dyn Tier>).collect();
         Self {
             memory,
+            below,
             fills,
             disk,
             stats,
@@ -56,8 +65,8 @@ impl TierChain {
     }
 
     /// Fills the empty slots of `got` (blocks `b0..` of object `obj`) from the tiers,
-    /// fastest first. A disk run of blocks is promoted into memory when `promote`
-    /// says so of its length.
+    /// fastest first. A run of blocks from below is promoted into memory when
+    /// `promote` says so of its length.
     pub fn lookup(
         &self,
         obj: u64,
@@ -66,72 +75,233 @@ impl TierChain {
         promote: impl Fn(usize) -> bool,
     ) -> Found {
         let mut found = Found::default();
-        let key = |i: usize| BlockKey {
-            obj,
-            blk: b0 + i as u64,
-        };
+        let below = !self.below.is_empty();
         for (i, slot) in got.iter_mut().enumerate() {
             if slot.is_none() {
-                match self.memory.get(&key(i)) {
+                let key = BlockKey {
+                    obj,
+                    blk: b0 + i as u64,
+                };
+                match self.memory.get(&key) {
                     Some(b) => {
                         stats::inc(&self.stats.ram_hits);
                         stats::add(&self.stats.ram_hit_bytes, b.len() as u64);
-                        if self.disk.is_some() {
-                            found.memory.push((b0 + i as u64, b.clone()));
+                        if below {
+                            found.memory.push((key.blk, b.clone()));
                         }
                         *slot = Some(b);
                     }
-                    None => found.memory_missed.push(b0 + i as u64),
+                    None => found.memory_missed.push(key.blk),
                 }
             }
         }
-        if found.memory_missed.is_empty() {
+        if found.memory_missed.is_empty() || !below {
             return found;
         }
-        // Without a disk tier nothing is on its way there.
-        let Some(disk) = &self.disk else {
-            return found;
-        };
-        for &blk in &found.memory_missed {
-            if let Some(b) = self.fills.on_way(&BlockKey { obj, blk }) {
-                stats::inc(&self.stats.inflight_hits);
-                got[(blk - b0) as usize] = Some(b);
+        if self.disk.is_some() {
+            for &blk in &found.memory_missed {
+                if let Some(b) = self.fills.on_way(&BlockKey { obj, blk }) {
+                    stats::inc(&self.stats.inflight_hits);
+                    got[(blk - b0) as usize] = Some(b);
+                }
             }
         }
-        // One read per run of missing blocks.
-        let mut i = 0;
-        while i < got.len() {
-            if got[i].is_some() {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < got.len() && got[i].is_none() {
-                i += 1;
-            }
-            let first = b0 + start as u64;
-            let (res, one) = disk.read_whole(obj, first, (i - start) as u64);
-            if start == 0 && i == got.len() {
-                found.whole = one;
-            }
-            let promote = promote(i - start);
-            for (j, b) in res.into_iter().enumerate() {
-                let blk = first + j as u64;
-                match b {
-                    Some(b) => {
-                        stats::inc(&self.stats.disk_hits);
-                        stats::add(&self.stats.disk_hit_bytes, b.len() as u64);
-                        if promote && self.memory.put(BlockKey { obj, blk }, b.clone()) {
-                            stats::inc(&self.stats.promotions);
-                            found.promoted.push(blk);
+        for tier in &self.below {
+            // One read per run of missing blocks.
+            let mut i = 0;
+            while i < got.len() {
+                if got[i].is_some() {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < got.len() && got[i].is_none() {
+                    i += 1;
+                }
+                let first = b0 + start as u64;
+                let (res, one) = tier.get_run(obj, first, i - start);
+                if start == 0 && i == got.len() {
+                    found.whole = one;
+                }
+                let promote = promote(i - start);
+                for (j, b) in res.into_iter().enumerate() {
+                    let blk = first + j as u64;
+                    match b {
+                        Some(b) => {
+                            if promote && self.memory.put(BlockKey { obj, blk }, b.clone()) {
+                                stats::inc(&self.stats.promotions);
+                            }
+                            found.below.push(blk);
+                            if tier.durable() {
+                                found.durable.push(blk);
+                            }
+                            got[start + j] = Some(b);
                         }
-                        found.disk.push(blk);
-                        got[start + j] = Some(b);
+                        None if tier.durable() => found.durable_absent.push(blk),
+                        None => {}
                     }
-                    None => found.disk_absent.push(blk),
                 }
             }
         }
         found
+    }
+
+    /// For each of `blocks` of `obj`, true when some tier holds it (memory, on its
+    /// way to disk, or below): for blocks the caller's hint says may be cached.
+    pub fn held(&self, obj: u64, blocks: Range<u64>) -> Vec<bool> {
+        blocks
+            .map(|blk| {
+                let key = BlockKey { obj, blk };
+                self.memory.contains(&key)
+                    || self.fills.holds(&key)
+                    || self.below.iter().any(|t| t.contains(&key))
+            })
+            .collect()
+    }
+
+    /// An object version died: every tier lets go of its blocks. `cached` are the
+    /// block ranges the engine's hint says some tier may hold.
+    pub fn drop_version(&self, obj: u64, cached: &[Range<u64>]) {
+        for r in cached {
+            self.memory.remove_range(obj, r.start, r.end);
+        }
+        for t in &self.below {
+            t.drop_version(obj, cached);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::Token;
+    use crate::storage::{SimStorage, Storage};
+    use crate::sync::Mutex;
+    use crate::tier::compressed::CompressedTier;
+    use crate::tier::disk::{DiskConfig, Thresholds};
+    use crate::tier::ram::RamTier;
+    use crate::tier::testing::Refusing;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    const BS: u64 = 4096;
+    const BLOCKS: u64 = 6;
+
+    fn token(id: u64) -> Token {
+        Token::Stat {
+            size: BLOCKS * BS,
+            mtime_ns: id as i64,
+            ctime_ns: 0,
+            ino: id,
+        }
+    }
+
+    fn block(seed: u64, noisy: bool) -> Bytes {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..BS as usize)
+            .map(|i| {
+                if noisy {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                } else {
+                    (seed as u8).wrapping_add((i / 64) as u8)
+                }
+            })
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The whole chain (RAM, compressed RAM, a real disk tier on a simulated
+        /// medium) against a model, with refusals injected at every tier: a lookup
+        /// returns the latest put of each block or a miss, never older data; after a
+        /// version drop no tier returns any of its blocks.
+        #[test]
+        fn lookups_return_the_latest_put_or_a_miss(
+            ops in proptest::collection::vec((0usize..3, 0u64..BLOCKS, 0u8..7, any::<bool>()), 1..200),
+            r0 in proptest::collection::vec(any::<bool>(), 0..200),
+            r1 in proptest::collection::vec(any::<bool>(), 0..200),
+            r2 in proptest::collection::vec(any::<bool>(), 0..200),
+        ) {
+            let stats = Arc::new(Stats::default());
+            let memory = MemoryChain::of(vec![
+                Box::new(Refusing { inner: RamTier::new(3 * BS, stats.clone()), refuse: Mutex::new(r0) }),
+                Box::new(Refusing { inner: CompressedTier::inline(2 * BS, stats.clone()), refuse: Mutex::new(r1) }),
+            ]);
+            let storage: Arc<dyn Storage> = Arc::new(SimStorage::new());
+            let cfg = DiskConfig {
+                capacity: 8 * BS,
+                block_size: BS as u32,
+                thresholds: Thresholds::OFF,
+                compact_min_bytes: 1 << 20,
+            };
+            let disk = DiskTier::open(storage, cfg, stats.clone()).unwrap();
+            // Each file's current version; a dropped version's id is never used again.
+            let mut ids = [0u64; 3];
+            for (f, id) in ids.iter_mut().enumerate() {
+                *id = disk.allocate_id();
+                disk.register(*id, format!("f{f}").as_bytes(), token(*id));
+            }
+            let disk = Arc::new(Refusing { inner: disk, refuse: Mutex::new(r2) });
+            let chain = TierChain {
+                memory,
+                below: vec![disk.clone() as Arc<dyn Tier>],
+                fills: FillQueue::new(0, Duration::ZERO, stats.clone()),
+                disk: None,
+                stats,
+            };
+            let mut latest: BTreeMap<BlockKey, Bytes> = BTreeMap::new();
+            for (n, (f, blk, op, noisy)) in ops.into_iter().enumerate() {
+                let key = BlockKey { obj: ids[f], blk };
+                match op {
+                    0 | 1 => {
+                        let data = block(n as u64, noisy);
+                        let up = chain.memory.put(key, data.clone());
+                        let down = disk.put(key, data.clone()).is_ok();
+                        if up || down {
+                            latest.insert(key, data);
+                        } else {
+                            latest.remove(&key);
+                        }
+                    }
+                    2 => {
+                        chain.memory.remove(&key);
+                        disk.remove(&key);
+                        latest.remove(&key);
+                    }
+                    3 => {
+                        let old = ids[f];
+                        chain.drop_version(old, std::slice::from_ref(&(0..BLOCKS)));
+                        latest.retain(|k, _| k.obj != old);
+                        let mut got = vec![None; BLOCKS as usize];
+                        chain.lookup(old, 0, &mut got, |_| true);
+                        prop_assert!(got.iter().all(Option::is_none), "a dropped version served");
+                        // A new version of the same file.
+                        ids[f] = disk.inner.allocate_id();
+                        disk.inner.register(ids[f], format!("f{f}").as_bytes(), token(ids[f]));
+                    }
+                    _ => {
+                        let len = (BLOCKS - blk).min(1 + n as u64 % 3) as usize;
+                        let mut got = vec![None; len];
+                        let found = chain.lookup(ids[f], blk, &mut got, |run| run <= 2);
+                        for (i, g) in got.iter().enumerate() {
+                            let k = BlockKey { obj: ids[f], blk: blk + i as u64 };
+                            if let Some(g) = g {
+                                prop_assert_eq!(Some(g), latest.get(&k), "block {:?}", k);
+                            }
+                        }
+                        for b in &found.durable {
+                            prop_assert!(got[(b - blk) as usize].is_some());
+                        }
+                    }
+                }
+                prop_assert!(chain.memory.bytes() <= 5 * BS);
+                prop_assert!(disk.bytes() <= 8 * BS);
+            }
+        }
     }
 }

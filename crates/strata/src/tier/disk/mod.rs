@@ -29,6 +29,7 @@ pub(crate) mod record;
 mod replay;
 mod scrub;
 mod space;
+mod tier;
 mod write;
 pub mod writer;
 
