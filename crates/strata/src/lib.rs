@@ -5,6 +5,7 @@
 //! ([`tier::disk`]). See `docs/ARCHITECTURE.md` for the map of the code and the
 //! invariants every change keeps.
 
+pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod extent;

@@ -164,10 +164,8 @@ impl Inner {
             return (o.id == run.id && !o.is_dead()).then(|| o.clone());
         }
         let d = self.tiers.disk.as_ref()?;
-        let key = run.path.as_os_str().as_encoded_bytes();
-        match d.lookup(key) {
-            Some((id, t)) if id == run.id && t == run.token => {}
-            _ => return None,
+        if !self.catalog.holds(&run.path, run.id, &run.token) {
+            return None;
         }
         // validated 0: whoever opens it asks the origin first.
         let o = self.new_object(&run.path, run.id, run.token.clone(), d.present(run.id), 0);

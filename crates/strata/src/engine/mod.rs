@@ -44,6 +44,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustc_hash::FxHashMap;
 
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::extent::bits;
 use crate::origin::{Attr, DirEntry, FileKind, FsStats, Origin, Token};
@@ -249,7 +250,8 @@ struct Inner {
     tiers: TierChain,
     stats: Arc<Stats>,
     objects: Mutex<FxHashMap<PathBuf, Arc<Object>>>,
-    ids: AtomicU64,
+    /// Which version the cache holds for each path (persisted with the disk tier).
+    catalog: Catalog,
     epoch: Instant,
     /// The objects whose fills are queued, by id, with how many jobs: the writer
     /// knows ids only.
@@ -316,6 +318,7 @@ impl Engine {
             Some(d) => maps.open_journal(d.storage.clone(), &origin.describe()),
             None => None,
         };
+        let catalog = Catalog::new(disk.clone());
         let inner = Arc::new(Inner {
             tiers: TierChain::new(
                 MemoryChain::new(cfg.ram_capacity, cfg.compressed_ram_capacity, stats.clone()),
@@ -326,7 +329,7 @@ impl Engine {
             origin,
             stats,
             objects: Mutex::new(FxHashMap::default()),
-            ids: AtomicU64::new(1),
+            catalog,
             epoch: Instant::now(),
             filling_objs: Mutex::new(FxHashMap::default()),
             dropped: Mutex::new(Default::default()),

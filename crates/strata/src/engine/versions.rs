@@ -17,14 +17,9 @@ impl Inner {
         };
         if let Some(o) = stale {
             self.invalidate(&o);
-        } else if let Some(d) = &self.tiers.disk {
-            // Not active: a cached version on disk that is no longer current goes.
-            if let Some((id, t)) = d.lookup(path.as_os_str().as_encoded_bytes())
-                && &t != token
-            {
-                d.drop_object(id);
-                stats::inc(&self.stats.invalidations);
-            }
+        } else if self.catalog.drop_unless(path, token).is_some() {
+            // Not active: a cached version that is no longer current goes.
+            stats::inc(&self.stats.invalidations);
         }
     }
 
@@ -33,10 +28,7 @@ impl Inner {
         let gone = self.objects.lock().remove(path);
         if let Some(o) = gone {
             self.invalidate(&o);
-        } else if let Some(d) = &self.tiers.disk
-            && d.lookup(path.as_os_str().as_encoded_bytes()).is_some()
-        {
-            d.drop_path(path.as_os_str().as_encoded_bytes());
+        } else if self.catalog.forget(path).is_some() {
             stats::inc(&self.stats.invalidations);
         }
     }
@@ -144,17 +136,10 @@ impl Inner {
                 }
             }
         }
-        let key = path.as_os_str().as_encoded_bytes();
-        let (id, on_disk) = match &self.tiers.disk {
-            Some(d) => match d.lookup(key) {
-                Some((id, t)) if t == attr.token => (id, d.present(id)),
-                _ => {
-                    let id = d.allocate_id();
-                    d.register(id, key, attr.token.clone());
-                    (id, Vec::new())
-                }
-            },
-            None => (self.ids.fetch_add(1, Ordering::Relaxed), Vec::new()),
+        let (id, known) = self.catalog.version(path, &attr.token);
+        let on_disk = match &self.tiers.disk {
+            Some(d) if known => d.present(id),
+            _ => Vec::new(),
         };
         let o = self.new_object(path, id, attr.token.clone(), on_disk, now);
         o.trust_ns.store(trust, Ordering::Release);
