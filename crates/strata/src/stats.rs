@@ -92,6 +92,7 @@ stats! {
     #[gauge] ram_bytes: "bytes held by the RAM tier",
     #[gauge] ram_blocks: "blocks held by the RAM tier",
     #[gauge] ram_shared_bytes: "bytes the RAM tier does not hold twice because blocks with the same contents share one buffer",
+    #[gauge] compressed_shared_bytes: "bytes the compressed RAM tier does not hold twice because blocks with the same contents share their compressed bytes",
     #[gauge] compressed_bytes: "bytes held by the compressed RAM tier (compressed, with its per-block overhead)",
     #[gauge] compressed_blocks: "blocks held by the compressed RAM tier",
     #[gauge] compressed_raw_bytes: "bytes the compressed RAM tier's blocks hold uncompressed",
@@ -145,7 +146,7 @@ pub struct TierRow {
     /// Compressed RAM only: what its blocks hold uncompressed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_bytes: Option<u64>,
-    /// RAM only: bytes not held twice because identical blocks share a buffer.
+    /// The memory tiers: bytes not held twice because identical blocks share a buffer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_bytes: Option<u64>,
 }
@@ -177,7 +178,7 @@ impl StatsSnapshot {
                 blocks: self.compressed_blocks,
                 bytes: self.compressed_bytes,
                 raw_bytes: Some(self.compressed_raw_bytes),
-                shared_bytes: None,
+                shared_bytes: Some(self.compressed_shared_bytes),
             });
         }
         rows.push(TierRow {

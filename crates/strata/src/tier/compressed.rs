@@ -7,6 +7,7 @@
 //! tier: a hit removes the block here and the chain puts it in RAM, so the two hold
 //! each block once and together hold more distinct blocks than RAM alone.
 //! Bounded by compressed bytes plus [`ENTRY_OVERHEAD`] per block, under S3-FIFO.
+//! Blocks of the same contents share their compressed bytes (see [`contents`]).
 //!
 //! Blocks are compressed on a thread of the tier's own, not on the reader's: a put
 //! queues the block (up to [`PENDING_BYTES`]; past that the tier is busy and refuses)
@@ -19,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use super::contents::{self, Contents};
 use super::{BlockKey, Refusal, Tier, Usage};
-use crate::policy::{Refused, S3Fifo};
+use crate::policy::{Refused, S3Fifo, Tagged};
 use crate::stats::{self, Stats};
 use crate::sync::{Condvar, Mutex};
 
@@ -39,11 +41,9 @@ pub const KEEP_RATIO_PCT: usize = 75;
 /// (busy).
 pub const PENDING_BYTES: u64 = 2 << 20;
 
-/// One block, compressed.
-#[derive(Default)]
-struct Packed {
-    data: Box<[u8]>,
-}
+/// One block, compressed (LZ4 with its length first), perhaps shared with blocks of
+/// the same contents.
+type Packed = contents::Held<Bytes>;
 
 fn weigh(p: &Packed) -> u64 {
     p.data.len() as u64 + ENTRY_OVERHEAD
@@ -53,6 +53,10 @@ type Order = S3Fifo<BlockKey, Packed, fn(&Packed) -> u64>;
 
 struct State {
     order: Order,
+    /// Blocks of the same contents compress to the same bytes: they share them.
+    contents: Contents<Bytes>,
+    /// The tier's size; the order's capacity is this plus the bytes shared.
+    base: u64,
     /// What the held blocks weigh uncompressed (for the ratio).
     raw: u64,
 }
@@ -60,8 +64,40 @@ struct State {
 impl State {
     fn take(&mut self, key: &BlockKey) -> Option<Packed> {
         let p = self.order.remove(key)?;
+        self.contents.release(&p);
         self.raw -= raw_len(&p);
         Some(p)
+    }
+
+    /// Keeps `p`, evicting to make room; returns what it evicted.
+    fn keep(&mut self, key: BlockKey, p: Bytes) -> Result<Vec<Tagged<BlockKey, Packed>>, Refusal> {
+        let raw = raw_len_of(&p);
+        let held = self.contents.share(p);
+        let mut evicted = Vec::new();
+        match self.order.insert_tagged(key, held, false) {
+            Ok(out) => {
+                for e in &out {
+                    self.contents.release(&e.1);
+                }
+                evicted.extend(out);
+            }
+            Err((Refused::TooLarge, h)) => {
+                self.contents.release(&h);
+                return Err(Refusal::TooLarge);
+            }
+        }
+        // Sharings begun or ended move the room.
+        contents::fit(&mut self.order, &mut self.contents, self.base, &mut evicted);
+        self.raw += raw;
+        for e in &evicted {
+            self.raw -= raw_len(&e.1);
+        }
+        Ok(evicted)
+    }
+
+    /// The bytes really held: every entry's weight less the bytes shared.
+    fn held(&self) -> u64 {
+        self.order.weight() - self.contents.saved
     }
 }
 
@@ -200,6 +236,8 @@ impl CompressedTier {
         Arc::new(Shared {
             state: Mutex::new(State {
                 order: S3Fifo::new(capacity, weigh as fn(&Packed) -> u64),
+                contents: Contents::default(),
+                base: capacity,
                 raw: 0,
             }),
             pending: Mutex::new(Pending::default()),
@@ -271,23 +309,7 @@ impl Shared {
                 return;
             }
         }
-        let r = match packed {
-            Ok(p) => st
-                .order
-                .insert(key, p)
-                .map_err(|(Refused::TooLarge, _)| Refusal::TooLarge),
-            Err(r) => Err(r),
-        };
-        let r = match r {
-            Ok(evicted) => {
-                st.raw += data.len() as u64;
-                for (_, p) in &evicted {
-                    st.raw -= raw_len(p);
-                }
-                Ok(evicted)
-            }
-            Err(r) => Err(r),
-        };
+        let r = packed.and_then(|p| st.keep(key, p));
         self.gauges(&st);
         drop(st);
         match r {
@@ -302,8 +324,9 @@ impl Shared {
     }
 
     fn gauges(&self, st: &State) {
-        self.used.held.store(st.order.weight(), Ordering::Relaxed);
-        stats::set(&self.stats.compressed_bytes, st.order.weight());
+        self.used.held.store(st.held(), Ordering::Relaxed);
+        stats::set(&self.stats.compressed_bytes, st.held());
+        stats::set(&self.stats.compressed_shared_bytes, st.contents.saved);
         stats::set(&self.stats.compressed_blocks, st.order.len() as u64);
         stats::set(&self.stats.compressed_raw_bytes, st.raw);
     }
@@ -323,14 +346,12 @@ impl Shared {
 }
 
 /// Compresses a block, or says it does not compress well enough to keep.
-fn pack(data: &[u8]) -> Result<Packed, Refusal> {
+fn pack(data: &[u8]) -> Result<Bytes, Refusal> {
     let packed = lz4_flex::block::compress_prepend_size(data);
     if packed.len() * 100 > data.len() * KEEP_RATIO_PCT {
         return Err(Refusal::Incompressible);
     }
-    Ok(Packed {
-        data: packed.into_boxed_slice(),
-    })
+    Ok(Bytes::from(packed))
 }
 
 impl Tier for CompressedTier {
@@ -414,7 +435,7 @@ impl Tier for CompressedTier {
     }
 
     fn bytes(&self) -> u64 {
-        self.shared.state.lock().order.weight()
+        self.shared.state.lock().held()
     }
 
     fn exclusive(&self) -> bool {
@@ -432,7 +453,51 @@ impl Tier for CompressedTier {
 
 /// The uncompressed length LZ4's size prefix records.
 fn raw_len(p: &Packed) -> u64 {
-    p.data
-        .get(..4)
+    raw_len_of(&p.data)
+}
+
+fn raw_len_of(data: &[u8]) -> u64 {
+    data.get(..4)
         .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(seed: u8) -> Bytes {
+        (0..16384u32)
+            .map(|i| seed.wrapping_add((i / 100) as u8))
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[test]
+    fn identical_blocks_share_their_compressed_bytes() {
+        let stats = Arc::new(Stats::default());
+        let t = CompressedTier::inline(1 << 20, stats.clone());
+        let (a, b) = (text(1), text(2));
+        for i in 0..10 {
+            t.put(BlockKey { obj: i, blk: 0 }, a.clone()).unwrap();
+        }
+        t.put(BlockKey { obj: 99, blk: 0 }, b.clone()).unwrap();
+        let one = t.shared.state.lock().order.weight() / 11;
+        let s = stats.snapshot();
+        assert!(s.compressed_shared_bytes > 0);
+        // Ten copies of `a` cost about one.
+        assert!(
+            t.bytes() < 3 * one + 2 * ENTRY_OVERHEAD * 10,
+            "{}",
+            t.bytes()
+        );
+        assert_eq!(s.compressed_raw_bytes, 11 * 16384);
+        assert_eq!(t.get(&BlockKey { obj: 99, blk: 0 }), Some(b));
+        for i in 0..10 {
+            assert_eq!(t.get(&BlockKey { obj: i, blk: 0 }), Some(a.clone()));
+        }
+        // Every sharing ended with its users.
+        let s = stats.snapshot();
+        assert_eq!((s.compressed_shared_bytes, s.compressed_bytes), (0, 0));
+        assert_eq!(s.compressed_blocks, 0);
+    }
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 pub mod chain;
 pub mod compressed;
+pub mod contents;
 pub mod disk;
 pub mod ram;
 pub mod tiers;

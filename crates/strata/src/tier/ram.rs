@@ -4,20 +4,14 @@
 //! serialize. Each entry is charged its length plus a fixed per-entry overhead, so the
 //! configured limit bounds the memory really used.
 //!
-//! **Deduplication**: blocks with the same contents (identical files, zero-filled
-//! runs, shared headers) share one buffer. A put looks a hash of a sample of its
-//! bytes up in a content index and compares the whole bytes of any match (a hash
-//! match alone never shares: a collision only costs the comparison, and the block is
-//! then held apart). Each entry is still weighed whole by the
-//! order; the bytes shared are added to its capacity, so what the tier really holds
-//! (weight less shared bytes) stays within the limit, and sharing buys room for
-//! more blocks.
+//! **Deduplication**: blocks with the same contents share one buffer (see
+//! [`contents`]).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 
+use super::contents::{self, Contents};
 use super::{BlockKey, Refusal, Tier, Usage};
 use crate::policy::{Refused, S3Fifo, Tagged};
 use crate::stats::{self, Stats};
@@ -27,121 +21,21 @@ use crate::sync::RwLock;
 /// buffer's header, rounded up.
 pub const ENTRY_OVERHEAD: u64 = 128;
 
-/// Words sampled across a block for its content hash.
-const SAMPLES: usize = 64;
-
-/// A hash of a block's length and of 64 words spread evenly across it: 50 times
-/// cheaper than hashing 16 KiB, and blocks that agree on all of them but differ
-/// elsewhere are told apart by the comparison that follows.
-fn sample_hash(b: &[u8]) -> u32 {
-    let mut h = (b.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let words = b.len() / 8;
-    let step = (words / SAMPLES).max(1);
-    let mut i = 0;
-    while i < words {
-        let w = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        h = (h.rotate_left(5) ^ w).wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
-        i += step;
-    }
-    for &x in &b[words * 8..] {
-        h = (h.rotate_left(5) ^ x as u64).wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
-    }
-    (h >> 32) as u32
-}
-
-/// One block as held: its bytes (perhaps shared) and its content hash.
-#[derive(Clone, Default)]
-struct Held {
-    data: Bytes,
-    hash: u32,
-    /// In the content index (false: another block with this hash but other bytes
-    /// was there first).
-    indexed: bool,
-}
-
 fn weigh(h: &Held) -> u64 {
     h.data.len() as u64 + ENTRY_OVERHEAD
 }
 
+type Held = contents::Held<Bytes>;
 type Order = S3Fifo<BlockKey, Held, fn(&Held) -> u64>;
-
-/// The content index: one buffer per distinct contents, and how many entries use it.
-#[derive(Default)]
-struct Contents {
-    by_hash: FxHashMap<u32, (Bytes, u32)>,
-    /// Bytes not held twice thanks to sharing: the sum over buffers of (users - 1)
-    /// times their length.
-    saved: u64,
-}
-
-impl Contents {
-    /// The buffer to hold `data` in: a shared one with the same bytes, or its own.
-    fn share(&mut self, hash: u32, data: Bytes) -> Held {
-        match self.by_hash.get_mut(&hash) {
-            Some((b, users)) if *b == data => {
-                *users += 1;
-                self.saved += b.len() as u64;
-                Held {
-                    data: b.clone(),
-                    hash,
-                    indexed: true,
-                }
-            }
-            Some(_) => Held {
-                data,
-                hash,
-                indexed: false,
-            },
-            None => {
-                self.by_hash.insert(hash, (data.clone(), 1));
-                Held {
-                    data,
-                    hash,
-                    indexed: true,
-                }
-            }
-        }
-    }
-
-    /// An entry that used `h` is gone.
-    fn release(&mut self, h: &Held) {
-        if !h.indexed {
-            return;
-        }
-        if let Some((b, users)) = self.by_hash.get_mut(&h.hash) {
-            if *users > 1 {
-                *users -= 1;
-                self.saved -= b.len() as u64;
-            } else {
-                self.by_hash.remove(&h.hash);
-            }
-        }
-    }
-}
 
 struct State {
     order: Order,
-    contents: Contents,
+    contents: Contents<Bytes>,
 }
 
 impl State {
-    /// Brings the order's capacity to `base` plus the bytes shared, evicting as
-    /// needed (each eviction may end a sharing, so this repeats until it holds).
     fn fit(&mut self, base: u64, evicted: &mut Vec<Tagged<BlockKey, Held>>) {
-        loop {
-            let cap = base + self.contents.saved;
-            if cap == self.order.capacity() && self.order.weight() <= cap {
-                return;
-            }
-            let out = self.order.set_capacity(cap);
-            if out.is_empty() {
-                return;
-            }
-            for e in &out {
-                self.contents.release(&e.1);
-            }
-            evicted.extend(out);
-        }
+        contents::fit(&mut self.order, &mut self.contents, base, evicted);
     }
 
     /// The bytes really held: every entry's weight less the bytes shared.
@@ -213,14 +107,13 @@ impl RamTier {
             stats::inc(&self.stats.ram_refusals);
             return Err(Refusal::TooLarge);
         }
-        let hash = sample_hash(&data);
         let base = self.base();
         let mut st = self.state.write();
         // A new version of the key replaces the old one (its sharing ends).
         if let Some(old) = st.order.remove(&key) {
             st.contents.release(&old);
         }
-        let held = st.contents.share(hash, data);
+        let held = st.contents.share(data);
         let mut evicted = Vec::new();
         // What the tier below took since the last put comes off RAM's room first.
         st.fit(base, &mut evicted);
@@ -391,18 +284,5 @@ mod tests {
         t.remove_range(2, 0, 40);
         assert_eq!(t.bytes(), 0);
         assert_eq!(stats.snapshot().ram_shared_bytes, 0);
-    }
-
-    #[test]
-    fn a_hash_match_with_other_bytes_is_never_shared() {
-        let mut c = Contents::default();
-        let a = c.share(7, Bytes::from_static(b"aaaa"));
-        let b = c.share(7, Bytes::from_static(b"bbbb"));
-        assert_eq!(&b.data[..], b"bbbb");
-        assert!(a.indexed && !b.indexed);
-        assert_eq!(c.saved, 0);
-        c.release(&b);
-        c.release(&a);
-        assert!(c.by_hash.is_empty());
     }
 }

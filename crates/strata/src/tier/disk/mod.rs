@@ -344,13 +344,6 @@ impl DiskTier {
         }
     }
 
-    /// Forgets the object cached for a path (the origin no longer has it).
-    pub fn drop_path(&self, path: &[u8]) {
-        if let Some((id, _)) = self.lookup(path) {
-            self.drop_object(id);
-        }
-    }
-
     /// Keeps an object's data file exactly as it is (no eviction, culling or punched
     /// holes) until the returned pin is dropped. None if the object is not cached.
     pub fn pin(self: &Arc<Self>, id: u64) -> Option<Pin> {
