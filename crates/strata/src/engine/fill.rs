@@ -299,3 +299,56 @@ impl FillListener for Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiskSetup;
+    use crate::origin::LocalOrigin;
+    use crate::storage::SimStorage;
+    use crate::tier::disk::Thresholds;
+
+    #[test]
+    fn a_version_made_again_for_a_dropped_fill_is_confirmed_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 40_000]).unwrap();
+        let cfg = Config {
+            disk: Some(DiskSetup {
+                storage: Arc::new(SimStorage::new()),
+                capacity: 64 << 20,
+                thresholds: Thresholds::OFF,
+            }),
+            attr_ttl: Duration::from_secs(600),
+            ..Config::default()
+        };
+        let origin: Arc<dyn Origin> = Arc::new(LocalOrigin::new(dir.path()).unwrap());
+        let e = Engine::new(cfg, origin).unwrap();
+        let read = |e: &Engine| {
+            let h = e.open(Path::new("f")).unwrap();
+            e.read(&h, 0, 40_000).unwrap().len()
+        };
+        assert_eq!(read(&e), 40_000);
+        assert!(e.wait_fills(Duration::from_secs(30)));
+        // Forgotten from the active table, then made again for a dropped run.
+        let inner = &e.inner;
+        inner.objects.lock().clear();
+        let path = PathBuf::from("f");
+        let (id, token) = inner.catalog.lookup(&path).unwrap();
+        let run = Dropped {
+            path,
+            token,
+            id,
+            blocks: 0..1,
+        };
+        let o = inner.revive(&run).unwrap();
+        assert_eq!(o.validated_ns.load(Ordering::Acquire), 0);
+        // The open confirms it (its attributes are within the TTL): reads ask the
+        // origin nothing.
+        let before = e.stats();
+        assert_eq!(read(&e), 40_000);
+        assert_eq!(read(&e), 40_000);
+        let after = e.stats();
+        assert_eq!(after.revalidations, before.revalidations, "{after:?}");
+        assert_eq!(after.origin_requests, before.origin_requests);
+    }
+}

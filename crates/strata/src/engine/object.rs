@@ -23,8 +23,14 @@ pub struct Object {
     pub(crate) id: u64,
     pub(crate) token: Token,
     pub(crate) bs: u64,
-    /// When the token was last confirmed with the origin (ns since engine start).
+    /// When the token was last confirmed with the origin (ns since engine start); 0:
+    /// ask the origin before the next read.
     pub(crate) validated_ns: AtomicU64,
+    /// A fetch saw the origin file differ from the token (or could not open it):
+    /// confirmations of the token do not clear `validated_ns` any more, so every read
+    /// asks until the version is replaced. A version made with 0 for want of a
+    /// confirmation (`revive`) is not suspect: its first confirmation counts.
+    pub(crate) suspect: AtomicBool,
     /// How long that confirmation is trusted (ns), worked out when it is made, so a
     /// read only compares.
     pub(crate) trust_ns: AtomicU64,
@@ -46,6 +52,7 @@ impl Object {
             token,
             bs,
             validated_ns: AtomicU64::new(now_ns),
+            suspect: AtomicBool::new(false),
             trust_ns: AtomicU64::new(0),
             dead: AtomicBool::new(false),
             st: Mutex::new(ObjState {

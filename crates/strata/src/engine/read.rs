@@ -9,7 +9,8 @@ impl Inner {
     /// The handle's object, revalidated with the origin if its TTL has passed.
     pub(super) fn current(&self, h: &Handle) -> io::Result<Arc<Object>> {
         let obj = h.cur.lock().clone();
-        // 0 means "ask the origin now" (a fetch saw the file change).
+        // 0 means "ask the origin now" (a fetch saw the file change, or the version
+        // was never confirmed).
         let validated = obj.validated_ns.load(Ordering::Acquire);
         let age = self.now_ns().saturating_sub(validated);
         if !obj.is_dead() && validated != 0 && age < obj.trust_ns.load(Ordering::Acquire) {
@@ -369,6 +370,7 @@ impl Inner {
                     stats::inc(&self.stats.origin_unreachable);
                 }
                 // Probably gone or replaced: make the next read ask the origin.
+                obj.suspect.store(true, Ordering::Release);
                 obj.validated_ns.store(0, Ordering::Release);
             })
             .map_err(|e| {
@@ -419,6 +421,7 @@ impl Inner {
         let same = n == want && token.as_ref() == Some(&obj.token);
         if !same {
             stats::inc(&self.stats.origin_changed);
+            obj.suspect.store(true, Ordering::Release);
             obj.validated_ns.store(0, Ordering::Release);
             // And the attributes that named that version: an open asks again.
             self.attrs.remove(&obj.path);

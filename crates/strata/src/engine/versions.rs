@@ -116,11 +116,13 @@ impl Inner {
         let mut objs = self.objects.lock();
         if let Some(o) = objs.get(path) {
             if o.token == attr.token && !o.is_dead() {
-                // 0 (a fetch saw the file change) stays 0: the origin is asked again.
+                // 0 stays 0 on a version a fetch saw change: the origin is asked
+                // again. A version never confirmed (revived) is confirmed now.
+                // (Read in the update: a fetch marks it before it stores the 0.)
                 let _ = o
                     .validated_ns
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                        (v != 0).then_some(v.max(now))
+                        (v != 0 || !o.suspect.load(Ordering::Acquire)).then_some(v.max(now))
                     });
                 o.trust_ns.fetch_max(trust, Ordering::AcqRel);
                 return Ok(o.clone());
