@@ -65,12 +65,9 @@ impl Tier for DiskTier {
         }
         if self.contains(&key) {
             // A put replaces (the writer's fills keep what is there: the same bytes).
-            // The removal is made durable and its hole punched first, so that neither
-            // the punch nor a replay of the log can take the new bytes.
+            // The commit logs the removal before the new record, and leaves the hole
+            // unpunched: the block is live again.
             self.forget_blocks(key.obj, key.blk..key.blk + 1);
-            if self.flush().is_err() {
-                return Err(Refusal::NoRoom);
-            }
         }
         if self.write_batch(&[FillBlock { key, data }])[0] {
             // What it evicted is on the origin: nothing goes further down.
