@@ -176,27 +176,9 @@ impl MemoryChain {
 mod tests {
     use super::*;
     use crate::sync::Mutex;
-    use crate::tier::testing::Refusing;
+    use crate::tier::testing::{Refusing, block};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
-
-    /// Bytes that compress (runs) or not (noise), by seed.
-    fn block(seed: u64, len: usize, noisy: bool) -> Bytes {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|i| {
-                if noisy {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                } else {
-                    (seed as u8).wrapping_add((i / 64) as u8)
-                }
-            })
-            .collect::<Vec<u8>>()
-            .into()
-    }
 
     proptest! {
         /// Against a model: a get returns the latest put of that block or a miss,

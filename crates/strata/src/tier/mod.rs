@@ -178,4 +178,22 @@ pub(crate) mod testing {
             self.inner.settle()
         }
     }
+
+    /// Bytes that compress (runs) or not (noise), by seed.
+    pub(crate) fn block(seed: u64, len: usize, noisy: bool) -> Bytes {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|i| {
+                if noisy {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                } else {
+                    (seed as u8).wrapping_add((i / 64) as u8)
+                }
+            })
+            .collect::<Vec<u8>>()
+            .into()
+    }
 }

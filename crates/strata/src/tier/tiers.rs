@@ -180,7 +180,7 @@ mod tests {
     use crate::tier::compressed::CompressedTier;
     use crate::tier::disk::{DiskConfig, Thresholds};
     use crate::tier::ram::RamTier;
-    use crate::tier::testing::Refusing;
+    use crate::tier::testing::{self, Refusing};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::time::Duration;
@@ -198,20 +198,7 @@ mod tests {
     }
 
     fn block(seed: u64, noisy: bool) -> Bytes {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..BS as usize)
-            .map(|i| {
-                if noisy {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                } else {
-                    (seed as u8).wrapping_add((i / 64) as u8)
-                }
-            })
-            .collect::<Vec<u8>>()
-            .into()
+        testing::block(seed, BS as usize, noisy)
     }
 
     proptest! {
