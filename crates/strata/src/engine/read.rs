@@ -308,17 +308,7 @@ impl Inner {
         if !cached {
             return Ok(Fetched { data, cached });
         }
-        let mut in_memory = Vec::new();
-        for (j, b) in data.iter().enumerate() {
-            let blk = blocks.start + j as u64;
-            if self
-                .tiers
-                .memory
-                .put(BlockKey { obj: obj.id, blk }, b.clone())
-            {
-                in_memory.push(blk);
-            }
-        }
+        let in_memory = self.tiers.store(obj.id, blocks.start, &data);
         let fill = self.tiers.disk.is_some() && !obj.is_dead();
         {
             let mut st = obj.lock();

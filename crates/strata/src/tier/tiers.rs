@@ -146,6 +146,20 @@ impl TierChain {
         found
     }
 
+    /// Stores blocks `first..` of `obj` fetched from the origin in memory; returns
+    /// those memory took. (The disk gets them through its writer queue, which the
+    /// caller fills, as it tracks fills in its extent trees.)
+    pub fn store(&self, obj: u64, first: u64, blocks: &[Bytes]) -> Vec<u64> {
+        let mut taken = Vec::new();
+        for (j, b) in blocks.iter().enumerate() {
+            let blk = first + j as u64;
+            if self.memory.put(BlockKey { obj, blk }, b.clone()) {
+                taken.push(blk);
+            }
+        }
+        taken
+    }
+
     /// For each of `blocks` of `obj`, true when some tier holds it (memory, on its
     /// way to disk, or below): for blocks the caller's hint says may be cached.
     pub fn held(&self, obj: u64, blocks: Range<u64>) -> Vec<bool> {
