@@ -160,11 +160,32 @@ impl Origin for FaultOrigin {
     fn stable_inodes(&self) -> bool {
         self.inner.stable_inodes()
     }
+
+    forward_writes!(meta_fault, wrap);
+}
+
+impl FaultOrigin {
+    fn meta_fault(&self) -> io::Result<()> {
+        self.faults.meta()
+    }
+
+    fn wrap(&self, inner: Box<dyn OriginFile>) -> Box<dyn OriginFile> {
+        Box::new(FaultFile {
+            inner,
+            faults: self.faults.clone(),
+        })
+    }
 }
 
 struct FaultFile {
     inner: Box<dyn OriginFile>,
     faults: Arc<Faults>,
+}
+
+impl FaultFile {
+    fn write_fault(&self, _bytes: usize) -> io::Result<()> {
+        self.faults.read()
+    }
 }
 
 impl OriginFile for FaultFile {
@@ -185,4 +206,6 @@ impl OriginFile for FaultFile {
     fn token(&self) -> io::Result<Token> {
         self.inner.token()
     }
+
+    forward_file_writes!(write_fault);
 }

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::{
-    Attr, DirEntry, FileKind, FsStats, Origin, OriginFile, Timestamp, Token, check_relative,
+    Attr, DirEntry, FileKind, FsStats, NewEntry, Origin, OriginFile, SetAttr, Timestamp, Token,
+    check_relative,
 };
 
 pub struct LocalOrigin {
@@ -118,6 +119,11 @@ impl LocalOrigin {
         )?)
     }
 
+    /// Opens `path` below the root with `flags` (never following a link).
+    pub(super) fn open_entry(&self, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        self.open_at(path, flags | OFlags::NOFOLLOW)
+    }
+
     /// An `O_PATH` descriptor of the entry itself, symlink or not.
     fn open_path(&self, path: &Path) -> io::Result<OwnedFd> {
         self.open_at(path, OFlags::PATH | OFlags::NOFOLLOW)
@@ -125,7 +131,7 @@ impl LocalOrigin {
 
     /// The parent directory (safely opened) and the last name, for calls that take a
     /// name relative to a directory.
-    fn parent_and_name<'a>(&self, path: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
+    pub(super) fn parent_and_name<'a>(&self, path: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
         check_relative(path)?;
         match (path.parent(), path.file_name()) {
             (Some(parent), Some(name)) => Ok((
@@ -297,7 +303,7 @@ fn kind_of(t: rustix::fs::FileType) -> FileKind {
 
 /// Path of a name inside an open directory, through /proc, so that `l*xattr` calls
 /// resolve the directory by descriptor and do not follow the name if it is a symlink.
-fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+pub(super) fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
     p.push(name);
     p
@@ -410,11 +416,69 @@ impl Origin for LocalOrigin {
     fn stable_inodes(&self) -> bool {
         self.stable_inodes
     }
+
+    fn writable(&self) -> bool {
+        true
+    }
+    fn open_rw(&self, path: &Path, truncate: bool) -> io::Result<Box<dyn OriginFile>> {
+        self.do_open_rw(path, truncate)
+    }
+    fn create(
+        &self,
+        path: &Path,
+        new: &NewEntry,
+        exclusive: bool,
+    ) -> io::Result<Box<dyn OriginFile>> {
+        self.do_create(path, new, exclusive)
+    }
+    fn mkdir(&self, path: &Path, new: &NewEntry) -> io::Result<()> {
+        self.do_mkdir(path, new)
+    }
+    fn mknod(&self, path: &Path, new: &NewEntry, rdev: u64) -> io::Result<()> {
+        self.do_mknod(path, new, rdev)
+    }
+    fn symlink(&self, target: &OsStr, path: &Path, new: &NewEntry) -> io::Result<()> {
+        self.do_symlink(target, path, new)
+    }
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.do_link(from, to)
+    }
+    fn unlink(&self, path: &Path) -> io::Result<()> {
+        self.do_remove(path, false)
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        self.do_remove(path, true)
+    }
+    fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        self.do_rename(from, to, flags)
+    }
+    fn set_attr(&self, path: &Path, set: &SetAttr) -> io::Result<()> {
+        self.do_set_attr(path, set)
+    }
+    fn set_xattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        self.do_set_xattr(path, name, value, flags)
+    }
+    fn remove_xattr(&self, path: &Path, name: &OsStr) -> io::Result<()> {
+        self.do_remove_xattr(path, name)
+    }
 }
 
-struct LocalFile {
+pub(super) struct LocalFile {
     file: File,
     stable_inodes: bool,
+}
+
+impl LocalFile {
+    pub(super) fn new(file: File, stable_inodes: bool) -> Self {
+        Self {
+            file,
+            stable_inodes,
+        }
+    }
+
+    pub(super) fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl OriginFile for LocalFile {
@@ -455,6 +519,30 @@ impl OriginFile for LocalFile {
             forget_ino(&mut t);
         }
         Ok(t)
+    }
+
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.write_all_at(buf, off)
+    }
+
+    fn sync(&self, data_only: bool) -> io::Result<()> {
+        self.sync_to(data_only)
+    }
+
+    fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        self.fallocate(mode, off, len)
+    }
+
+    fn set_len(&self, size: u64) -> io::Result<()> {
+        self.file.set_len(size)
+    }
+
+    fn attr(&self) -> io::Result<Attr> {
+        let mut a = attr_of(&self.file.metadata()?);
+        if !self.stable_inodes {
+            forget_ino(&mut a.token);
+        }
+        Ok(a)
     }
 }
 

@@ -10,8 +10,99 @@ use std::io;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
+/// The write methods of an origin that wraps another (`inner`): each calls
+/// `self.$pre()?` first (a delay, an injected fault), and files it opens are wrapped
+/// with `self.$wrap(file)`.
+macro_rules! forward_writes {
+    ($pre:ident, $wrap:ident) => {
+        fn writable(&self) -> bool {
+            self.inner.writable()
+        }
+        fn open_rw(&self, path: &Path, truncate: bool) -> io::Result<Box<dyn OriginFile>> {
+            self.$pre()?;
+            Ok(self.$wrap(self.inner.open_rw(path, truncate)?))
+        }
+        fn create(
+            &self,
+            path: &Path,
+            new: &super::NewEntry,
+            exclusive: bool,
+        ) -> io::Result<Box<dyn OriginFile>> {
+            self.$pre()?;
+            Ok(self.$wrap(self.inner.create(path, new, exclusive)?))
+        }
+        fn mkdir(&self, path: &Path, new: &super::NewEntry) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.mkdir(path, new)
+        }
+        fn mknod(&self, path: &Path, new: &super::NewEntry, rdev: u64) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.mknod(path, new, rdev)
+        }
+        fn symlink(&self, target: &OsStr, path: &Path, new: &super::NewEntry) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.symlink(target, path, new)
+        }
+        fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.link(from, to)
+        }
+        fn unlink(&self, path: &Path) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.unlink(path)
+        }
+        fn rmdir(&self, path: &Path) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.rmdir(path)
+        }
+        fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.rename(from, to, flags)
+        }
+        fn set_attr(&self, path: &Path, set: &super::SetAttr) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.set_attr(path, set)
+        }
+        fn set_xattr(&self, path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.set_xattr(path, name, value, flags)
+        }
+        fn remove_xattr(&self, path: &Path, name: &OsStr) -> io::Result<()> {
+            self.$pre()?;
+            self.inner.remove_xattr(path, name)
+        }
+    };
+}
+
+/// The write methods of a file that wraps another (`inner`): `self.$pre(bytes)?`
+/// first, with the bytes a call sends.
+macro_rules! forward_file_writes {
+    ($pre:ident) => {
+        fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+            self.$pre(buf.len())?;
+            self.inner.write_at(buf, off)
+        }
+        fn sync(&self, data_only: bool) -> io::Result<()> {
+            self.$pre(0)?;
+            self.inner.sync(data_only)
+        }
+        fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+            self.$pre(0)?;
+            self.inner.allocate(mode, off, len)
+        }
+        fn set_len(&self, size: u64) -> io::Result<()> {
+            self.$pre(0)?;
+            self.inner.set_len(size)
+        }
+        fn attr(&self) -> io::Result<Attr> {
+            self.inner.attr()
+        }
+    };
+}
+
 mod fault;
 mod local;
+mod local_write;
 mod slow;
 
 pub use fault::{FaultOrigin, Faults};
@@ -175,6 +266,113 @@ pub trait Origin: Send + Sync {
     fn stable_inodes(&self) -> bool {
         true
     }
+
+    // Writes. An origin that takes none (HTTP, S3) keeps these defaults: EROFS.
+
+    /// Whether the origin takes writes at all.
+    fn writable(&self) -> bool {
+        false
+    }
+    /// Opens a regular file for reading and writing, cut to length 0 with `truncate`.
+    fn open_rw(&self, path: &Path, truncate: bool) -> io::Result<Box<dyn OriginFile>> {
+        let _ = (path, truncate);
+        Err(read_only())
+    }
+    /// Creates a regular file (or, without `exclusive`, opens the one there) for
+    /// reading and writing, with permissions `mode` exactly and owned by `owner`.
+    fn create(
+        &self,
+        path: &Path,
+        new: &NewEntry,
+        exclusive: bool,
+    ) -> io::Result<Box<dyn OriginFile>> {
+        let _ = (path, new, exclusive);
+        Err(read_only())
+    }
+    fn mkdir(&self, path: &Path, new: &NewEntry) -> io::Result<()> {
+        let _ = (path, new);
+        Err(read_only())
+    }
+    /// A FIFO, socket or device node (`new.mode` holds the type bits).
+    fn mknod(&self, path: &Path, new: &NewEntry, rdev: u64) -> io::Result<()> {
+        let _ = (path, new, rdev);
+        Err(read_only())
+    }
+    fn symlink(&self, target: &std::ffi::OsStr, path: &Path, new: &NewEntry) -> io::Result<()> {
+        let _ = (target, path, new);
+        Err(read_only())
+    }
+    fn link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(read_only())
+    }
+    fn unlink(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Err(read_only())
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Err(read_only())
+    }
+    /// `flags`: 0, [`RENAME_NOREPLACE`] or [`RENAME_EXCHANGE`] (as renameat2).
+    fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        let _ = (from, to, flags);
+        Err(read_only())
+    }
+    /// Changes what `set` names, in the order mode, owner, size, times.
+    fn set_attr(&self, path: &Path, set: &SetAttr) -> io::Result<()> {
+        let _ = (path, set);
+        Err(read_only())
+    }
+    fn set_xattr(
+        &self,
+        path: &Path,
+        name: &std::ffi::OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        let _ = (path, name, value, flags);
+        Err(read_only())
+    }
+    fn remove_xattr(&self, path: &Path, name: &std::ffi::OsStr) -> io::Result<()> {
+        let _ = (path, name);
+        Err(read_only())
+    }
+}
+
+/// renameat2's flags.
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// EROFS: what an origin that takes no writes answers.
+pub fn read_only() -> io::Error {
+    io::Error::from_raw_os_error(30)
+}
+
+/// How a new entry is made: its permission bits (with type bits for `mknod`), and
+/// whose it is (None: the daemon's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewEntry {
+    pub mode: u32,
+    pub owner: Option<(u32, u32)>,
+}
+
+/// A time to set: now, or a given one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(Timestamp),
+}
+
+/// What a `setattr` changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
 }
 
 /// An open origin file.
@@ -187,6 +385,30 @@ pub trait OriginFile: Send + Sync {
     }
     /// The token of the file as it is now, to check that a read saw one version.
     fn token(&self) -> io::Result<Token>;
+    /// Writes all of `buf` at `off` (a file opened for writing).
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        let _ = (buf, off);
+        Err(read_only())
+    }
+    /// Makes what was written durable at the origin (its data only, with `data_only`).
+    fn sync(&self, data_only: bool) -> io::Result<()> {
+        let _ = data_only;
+        Ok(())
+    }
+    /// As fallocate(2).
+    fn allocate(&self, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        let _ = (mode, off, len);
+        Err(io::Error::from_raw_os_error(95)) // EOPNOTSUPP
+    }
+    /// Sets the file's length (truncate through an open file).
+    fn set_len(&self, size: u64) -> io::Result<()> {
+        let _ = size;
+        Err(read_only())
+    }
+    /// The file's attributes now.
+    fn attr(&self) -> io::Result<Attr> {
+        Err(io::Error::from_raw_os_error(95))
+    }
 }
 
 /// Fills `bufs` from `off` on with repeated calls of `read_at` until they are full or

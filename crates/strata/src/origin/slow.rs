@@ -111,6 +111,8 @@ impl Origin for SlowOrigin {
         self.inner.stable_inodes()
     }
 
+    forward_writes!(request, wrap);
+
     fn describe(&self) -> String {
         format!(
             "{} (slowed: {:?} per request, {})",
@@ -125,9 +127,33 @@ impl Origin for SlowOrigin {
     }
 }
 
+impl SlowOrigin {
+    /// A round trip before each write call.
+    fn request(&self) -> io::Result<()> {
+        self.link.request();
+        Ok(())
+    }
+
+    fn wrap(&self, inner: Box<dyn OriginFile>) -> Box<dyn OriginFile> {
+        Box::new(SlowFile {
+            inner,
+            link: self.link.clone(),
+        })
+    }
+}
+
 struct SlowFile {
     inner: Box<dyn OriginFile>,
     link: Arc<Link>,
+}
+
+impl SlowFile {
+    /// A round trip and the bytes on the wire.
+    fn send(&self, bytes: usize) -> io::Result<()> {
+        self.link.request();
+        self.link.transfer(bytes);
+        Ok(())
+    }
 }
 
 impl OriginFile for SlowFile {
@@ -150,6 +176,8 @@ impl OriginFile for SlowFile {
         // attribute cache, not from a round trip per call.
         self.inner.token()
     }
+
+    forward_file_writes!(send);
 }
 
 #[cfg(test)]
