@@ -82,6 +82,21 @@ impl Catalog {
         }
     }
 
+    /// The version `id` of `path` is now the origin file at `token` (a write through
+    /// the cache brought its blocks there).
+    pub fn retoken(&self, path: &Path, id: u64, token: &Token) {
+        match &self.disk {
+            Some(d) => d.retoken(id, token.clone()),
+            None => {
+                if let Some(v) = self.memory.lock().get_mut(key(path))
+                    && v.0 == id
+                {
+                    v.1 = token.clone();
+                }
+            }
+        }
+    }
+
     /// True while `id` with `token` is the version the catalog holds for `path`.
     pub fn holds(&self, path: &Path, id: u64, token: &Token) -> bool {
         self.lookup(path)

@@ -82,6 +82,8 @@ pub struct Config {
     pub origin_timeout: Option<Duration>,
     /// Threads that carry origin requests when there is a timeout.
     pub origin_threads: usize,
+    /// Refuse every change (EROFS), as the mount did before it took writes.
+    pub read_only: bool,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             passthrough_min_size: 1 << 20,
             origin_timeout: Some(Duration::from_secs(10)),
             origin_threads: 32,
+            read_only: false,
         }
     }
 }

@@ -34,6 +34,14 @@ impl<T> RwLock<T> {
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
         self.0.write().unwrap_or_else(|e| e.into_inner())
     }
+    /// The shared lock if nobody holds it alone now.
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
+        match self.0.try_read() {
+            Ok(g) => Some(g),
+            Err(imp::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(imp::TryLockError::WouldBlock) => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

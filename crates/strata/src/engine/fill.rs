@@ -84,7 +84,7 @@ impl Inner {
             }
             _ => d.push_back(Dropped {
                 path: obj.path.clone(),
-                token: obj.token.clone(),
+                token: obj.token(),
                 id: obj.id,
                 blocks: job.first..job.first + n,
             }),
@@ -116,6 +116,8 @@ impl Inner {
     /// Clears the FILLING state of a job's blocks; marks those stored as on disk.
     pub(super) fn fill_finished(&self, o: &Object, job: &FillJob, done: &[bool]) {
         let mut st = o.lock();
+        // A write waiting for these fills to land goes on once they have.
+        o.cond.notify_all();
         for (j, ok) in done.iter().enumerate() {
             let blk = job.first + j as u64;
             let r = o.bytes_of(blk..blk + 1);
@@ -219,6 +221,12 @@ impl Inner {
                 put_back(end);
                 continue;
             }
+            // A write to it is under way (and may wait for this thread's commits):
+            // the run waits for the next idle moment.
+            let Some(_io) = obj.io.try_read() else {
+                put_back(start);
+                return;
+            };
             let hits: Vec<(u64, Bytes)> = blocks
                 .filter_map(|blk| {
                     let key = BlockKey { obj: obj.id, blk };

@@ -28,6 +28,7 @@ mod pin;
 mod prefetch;
 mod read;
 mod versions;
+mod write;
 pub use pin::PinProgress;
 
 pub use object::Object;
@@ -47,7 +48,7 @@ use rustc_hash::FxHashMap;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::extent::bits;
-use crate::origin::{Attr, DirEntry, FileKind, FsStats, Origin, Token};
+use crate::origin::{Attr, DirEntry, FileKind, FsStats, Origin, OriginFile, Token};
 use crate::stats::{self, Stats, StatsSnapshot};
 use crate::storage::Storage;
 use crate::sync::{Arc, Mutex, RwLock};
@@ -130,6 +131,8 @@ impl ReadBuf {
 pub struct Handle {
     cur: Mutex<Arc<Object>>,
     ra: Mutex<ReadAhead>,
+    /// The origin file opened for writing (a handle opened to write).
+    wfile: Option<Arc<dyn OriginFile>>,
 }
 
 #[derive(Default)]
@@ -146,7 +149,19 @@ impl Handle {
         Self {
             cur: Mutex::new(obj),
             ra: Mutex::new(ReadAhead::default()),
+            wfile: None,
         }
+    }
+
+    fn writing(obj: Arc<Object>, file: Arc<dyn OriginFile>) -> Self {
+        let mut h = Self::new(obj);
+        h.wfile = Some(file);
+        h
+    }
+
+    /// True for a handle opened to write.
+    pub fn is_writable(&self) -> bool {
+        self.wfile.is_some()
     }
 
     /// The object version the handle reads now.
@@ -472,7 +487,7 @@ impl Engine {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64);
-            let age = now.saturating_sub(*mtime_ns);
+            let age = now.saturating_sub(mtime_ns);
             if age < self.inner.cfg.passthrough_min_age.as_nanos() as i64 {
                 return None;
             }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::extent::{ExtentTree, bits};
 use crate::origin::{OriginFile, Token};
-use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 pub(crate) struct ObjState {
     /// Byte ranges (block aligned) with RAM / DISK hints and FETCHING / FILLING state.
@@ -21,7 +21,16 @@ pub(crate) struct ObjState {
 pub struct Object {
     pub(crate) path: PathBuf,
     pub(crate) id: u64,
-    pub(crate) token: Token,
+    /// The origin's token for this version. It changes only when a write through
+    /// this cache changed the file (`retoken`): the cached blocks were brought to
+    /// the new bytes first.
+    token: RwLock<Token>,
+    /// The token's size, read on every block's bounds.
+    size: AtomicU64,
+    /// Origin I/O on this version: fetches (and the tier work between a lookup and
+    /// its refills) take it shared, a write through the cache takes it alone, so no
+    /// fetch reads bytes from before a write and caches them after it.
+    pub(crate) io: RwLock<()>,
     pub(crate) bs: u64,
     /// When the token was last confirmed with the origin (ns since engine start); 0:
     /// ask the origin before the next read.
@@ -49,7 +58,9 @@ impl Object {
         Self {
             path,
             id,
-            token,
+            size: AtomicU64::new(token.size()),
+            token: RwLock::new(token),
+            io: RwLock::new(()),
             bs,
             validated_ns: AtomicU64::new(now_ns),
             suspect: AtomicBool::new(false),
@@ -69,11 +80,23 @@ impl Object {
     }
 
     pub fn size(&self) -> u64 {
-        self.token.size()
+        self.size.load(Ordering::Acquire)
     }
 
-    pub fn token(&self) -> &Token {
-        &self.token
+    pub fn token(&self) -> Token {
+        self.token.read().clone()
+    }
+
+    pub(crate) fn has_token(&self, t: &Token) -> bool {
+        *self.token.read() == *t
+    }
+
+    /// The version's bytes are now those of the origin file at token `t` (a write
+    /// through this cache, with the object's I/O lock held alone).
+    pub(crate) fn retoken(&self, t: Token) {
+        let mut tok = self.token.write();
+        self.size.store(t.size(), Ordering::Release);
+        *tok = t;
     }
 
     pub fn path(&self) -> &std::path::Path {

@@ -19,7 +19,7 @@ impl Inner {
         let attr = match self.stat_origin(&obj.path) {
             // An open handle stays with its file: if another file now has its name
             // (replaced by rename), the handle is stale, as on NFS.
-            Ok(a) if a.kind == FileKind::File && a.same_file(&obj.token) => a,
+            Ok(a) if a.kind == FileKind::File && a.same_file(&obj.token()) => a,
             Ok(_) => return Err(io::Error::from_raw_os_error(ESTALE)),
             Err(e) if e.raw_os_error() == Some(ENOENT) => {
                 return Err(io::Error::from_raw_os_error(ESTALE));
@@ -83,6 +83,8 @@ impl Inner {
         }
         let (o, p) = (self.origin.clone(), obj.path.clone());
         let len = (end - off) as usize;
+        // Not across a write through this cache (a reader never sees one torn).
+        let _io = obj.io.read();
         stats::inc(&self.stats.origin_requests);
         let t0 = Instant::now();
         let (buf, took) = self
@@ -171,11 +173,16 @@ impl Inner {
         let mut round = 0;
         loop {
             round += 1;
-            // Memory, blocks on their way to disk, the disk.
-            let found = self.tiers.lookup(obj.id, b0, got, admission::promotes);
-            if !found.memory.is_empty() {
-                self.refill(obj, found.memory);
-            }
+            // Memory, blocks on their way to disk, the disk; memory hits the disk
+            // lacks are offered to it again, before any write can change them.
+            let found = {
+                let _io = obj.io.read();
+                let mut found = self.tiers.lookup(obj.id, b0, got, admission::promotes);
+                if !found.memory.is_empty() {
+                    self.refill(obj, std::mem::take(&mut found.memory));
+                }
+                found
+            };
             if found.memory_missed.is_empty() {
                 return Ok(Gathered::Complete);
             }
@@ -304,11 +311,23 @@ impl Inner {
         readahead: bool,
     ) -> io::Result<Fetched> {
         let blocks = claim.blocks.clone();
+        // No write between reading the origin and caching what it gave.
+        let _io = obj.io.read();
         let (data, cached) = self.read_origin(obj, blocks.clone(), readahead)?;
         if !cached {
             return Ok(Fetched { data, cached });
         }
-        let in_memory = self.tiers.store(obj.id, blocks.start, &data);
+        self.cache_fetched(obj, blocks.start, data.clone());
+        // Waiters wake now and find the blocks in RAM or on their way to disk.
+        drop(claim);
+        Ok(Fetched { data, cached })
+    }
+
+    /// Caches blocks `first..` of `obj` that are its bytes (fetched, or just written
+    /// through): in memory, and queued for the disk.
+    pub(super) fn cache_fetched(&self, obj: &Arc<Object>, first: u64, data: Vec<Bytes>) {
+        let blocks = first..first + data.len() as u64;
+        let in_memory = self.tiers.store(obj.id, first, &data);
         let fill = self.tiers.disk.is_some() && !obj.is_dead();
         {
             let mut st = obj.lock();
@@ -326,14 +345,11 @@ impl Inner {
                 obj,
                 FillJob {
                     id: obj.id,
-                    first: blocks.start,
-                    blocks: data.clone(),
+                    first,
+                    blocks: data,
                 },
             );
         }
-        // Waiters wake now and find the blocks in RAM or on their way to disk.
-        drop(claim);
-        Ok(Fetched { data, cached })
     }
 
     /// One origin request for a block run. Returns the blocks read (the last may be
@@ -408,7 +424,7 @@ impl Inner {
         } else {
             self.note_origin_time(t0, took);
         }
-        let same = n == want && token.as_ref() == Some(&obj.token);
+        let same = n == want && token.as_ref().is_some_and(|t| obj.has_token(t));
         if !same {
             stats::inc(&self.stats.origin_changed);
             obj.suspect.store(true, Ordering::Release);

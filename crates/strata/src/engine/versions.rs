@@ -11,7 +11,7 @@ impl Inner {
         let stale = {
             let mut objs = self.objects.lock();
             match objs.get(path) {
-                Some(o) if &o.token != token => objs.remove(path),
+                Some(o) if !o.has_token(token) => objs.remove(path),
                 _ => None,
             }
         };
@@ -115,7 +115,7 @@ impl Inner {
         let trust = self.trust(wall, Some(last_change(attr))).as_nanos() as u64;
         let mut objs = self.objects.lock();
         if let Some(o) = objs.get(path) {
-            if o.token == attr.token && !o.is_dead() {
+            if o.has_token(&attr.token) && !o.is_dead() {
                 // 0 stays 0 on a version a fetch saw change: the origin is asked
                 // again. A version never confirmed (revived) is confirmed now.
                 // (Read in the update: a fetch marks it before it stores the 0.)
@@ -133,7 +133,7 @@ impl Inner {
             objs = self.objects.lock();
             if let Some(o) = objs.get(path) {
                 // Someone else made the new version meanwhile.
-                if o.token == attr.token && !o.is_dead() {
+                if o.has_token(&attr.token) && !o.is_dead() {
                     return Ok(o.clone());
                 }
             }

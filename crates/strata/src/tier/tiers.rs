@@ -160,6 +160,17 @@ impl TierChain {
         taken
     }
 
+    /// Removes blocks of `obj` from every tier (their bytes changed).
+    pub fn remove_blocks(&self, obj: u64, blocks: &[u64]) {
+        for &blk in blocks {
+            let key = BlockKey { obj, blk };
+            self.memory.remove(&key);
+            for t in &self.below {
+                t.remove(&key);
+            }
+        }
+    }
+
     /// For each of `blocks` of `obj`, true when some tier holds it (memory, on its
     /// way to disk, or below): for blocks the caller's hint says may be cached.
     pub fn held(&self, obj: u64, blocks: Range<u64>) -> Vec<bool> {

@@ -19,6 +19,9 @@ pub(super) struct Obj {
     pub(super) present: ExtentTree,
     /// Its Object record is in the log.
     pub(super) persisted: bool,
+    /// Its token changed since (a write through the cache): the next commit that
+    /// names its blocks logs it again first.
+    pub(super) retokened: bool,
 }
 
 /// The in-RAM index. Blocks are keyed by (slot << 32 | block) to keep an entry at 16
@@ -100,6 +103,7 @@ impl Index {
             token,
             present: ExtentTree::new(),
             persisted,
+            retokened: false,
         };
         let s = match self.free.pop() {
             Some(s) => {

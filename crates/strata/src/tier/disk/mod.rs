@@ -335,6 +335,25 @@ impl DiskTier {
         self.update_gauges();
     }
 
+    /// The version `id` is now the origin file at `token` (a write through the cache
+    /// brought its blocks there first). Logged with its next blocks, after the
+    /// removals of the blocks the write changed; a crash before that leaves the old
+    /// token, which the origin no longer matches, and the version is dropped.
+    pub fn retoken(&self, id: u64, token: Token) {
+        let mut idx = self.index.write();
+        if let Some(&s) = idx.by_id.get(&id)
+            && let Some(o) = idx.slots[s as usize].as_mut()
+        {
+            o.token = token;
+            o.retokened = true;
+        }
+    }
+
+    /// True while the kernel reads the version's data file directly (passthrough).
+    pub fn is_pinned(&self, id: u64) -> bool {
+        self.index.read().pinned.contains_key(&id)
+    }
+
     /// Forgets an object version now; its data is removed by the writer.
     pub fn drop_object(&self, id: u64) {
         let removed = self.index.write().remove_object(id);

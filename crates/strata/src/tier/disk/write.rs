@@ -142,9 +142,10 @@ impl DiskTier {
         };
         let mut recs: Vec<Record> = Vec::new();
         push_removals(&mut recs, &drops, &dels, &victims);
+        // Objects whose Object record (with their current token) this commit logs.
+        let mut objs_done: FxHashMap<u64, Token> = FxHashMap::default();
         {
             let idx = self.index.read();
-            let mut objs_done = std::collections::HashSet::new();
             let mut run: Option<(u64, u64, Vec<u32>)> = None;
             let mut sorted = ok.clone();
             sorted.sort_by_key(|&i| blocks[i].key);
@@ -153,7 +154,8 @@ impl DiskTier {
                 let Some((_, o)) = idx.obj(b.key.obj) else {
                     continue;
                 };
-                if !o.persisted && objs_done.insert(o.id) {
+                if (!o.persisted || o.retokened) && !objs_done.contains_key(&o.id) {
+                    objs_done.insert(o.id, o.token.clone());
                     recs.push(Record::Object {
                         id: o.id,
                         token: o.token.clone(),
@@ -214,6 +216,10 @@ impl DiskTier {
                 let o = idx.slots[slot as usize].as_mut().expect("live slot");
                 o.present.set(b.key.blk..b.key.blk + 1, PRESENT);
                 o.persisted = true;
+                // Logged, unless its token changed again since the record was made.
+                if objs_done.get(&o.id) == Some(&o.token) {
+                    o.retokened = false;
+                }
                 done[i] = true;
             }
             if !extra.is_empty() {
@@ -345,7 +351,7 @@ impl DiskTier {
                 record::encode(&Record::Pin { path: path.clone() }, &mut buf);
             }
             for o in idx.slots.iter().flatten() {
-                if o.persisted {
+                if o.persisted || o.retokened {
                     record::encode(
                         &Record::Object {
                             id: o.id,

@@ -132,6 +132,12 @@ impl FillQueue {
         self.on_way.lock().get(key).cloned()
     }
 
+    /// Stops serving a block queued for the disk (its bytes changed since; the fill
+    /// has landed, or is refused, by then).
+    pub fn forget(&self, key: &BlockKey) {
+        self.on_way.lock().remove(key);
+    }
+
     /// True while a block is queued for the disk and not yet committed.
     pub fn holds(&self, key: &BlockKey) -> bool {
         self.on_way.lock().contains_key(key)
