@@ -54,8 +54,8 @@ enum Cmd {
         /// Stay in the foreground, log to stderr, unmount on SIGINT/SIGTERM
         #[arg(short, long)]
         foreground: bool,
-        /// Mount read-only (strata mounts are always read-only, for now; accepted so
-        /// that scripts which say so work)
+        /// Mount read-only: every change answers EROFS (-o ro). Without it changes
+        /// go through to the origin (write-through)
         #[arg(short, long)]
         read_only: bool,
         #[command(flatten)]
@@ -172,9 +172,10 @@ fn run(cli: Cli, args: &[String]) -> Result<ExitCode, String> {
             origin,
             mountpoint,
             foreground,
-            read_only: _,
-            opts,
+            read_only,
+            mut opts,
         } => {
+            opts.read_only |= read_only;
             let plan = mount::plan(&origin, &mountpoint, opts)?;
             if foreground {
                 init_logging(&plan.log_level);

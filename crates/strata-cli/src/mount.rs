@@ -148,6 +148,9 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
             Some(d) => Some(d),
             None => Some(Duration::from_secs(10)),
         },
+        // The io_uring queues answer no changes yet: with them the mount is
+        // read-only, as a whole, so the two transports never disagree.
+        read_only: o.read_only || o.uring,
         ..Config::default()
     };
     config.validate()?;
@@ -289,7 +292,11 @@ fn mount_fuse(plan: &Plan) -> Result<Option<OwnedFd>, String> {
         plan.origin.as_os_str(),
         &plan.mountpoint,
         FS_TYPE,
-        MountFlags::NODEV | MountFlags::NOSUID | MountFlags::RDONLY,
+        if plan.config.read_only {
+            MountFlags::NODEV | MountFlags::NOSUID | MountFlags::RDONLY
+        } else {
+            MountFlags::NODEV | MountFlags::NOSUID
+        },
         data.as_c_str(),
     ) {
         Ok(()) => Ok(Some(dev)),
@@ -569,7 +576,11 @@ fn serve(plan: Plan, ready: &mut Ready) -> Result<(), String> {
                 MountOption::DefaultPermissions,
                 MountOption::NoDev,
                 MountOption::NoSuid,
-                MountOption::RO,
+                if plan.config.read_only {
+                    MountOption::RO
+                } else {
+                    MountOption::RW
+                },
             ];
             fuser::Session::new(FuseFs(fs.clone()), &plan.mountpoint, &cfg)
                 .map_err(|e| format!("cannot mount at {}: {e}", plan.mountpoint.display()))?

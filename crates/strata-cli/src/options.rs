@@ -115,16 +115,18 @@ pub struct MountOpts {
     /// Log level: error, warn, info, debug, trace [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Set by `--read-only` and `-o ro`.
+    #[arg(skip)]
+    pub read_only: bool,
     /// Options as key=value pairs separated by commas, as in fstab
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub o: Vec<String>,
 }
 
 /// Standard mount options a mount helper or fstab may pass, which strata accepts and
-/// ignores (it is always read-only, nosuid and nodev).
+/// ignores (it is always nosuid and nodev; `ro` is taken apart).
 const IGNORED: &[&str] = &[
     "rw",
-    "ro",
     "defaults",
     "auto",
     "noauto",
@@ -204,6 +206,7 @@ impl MountOpts {
                 "allow_other" => self.allow_other = true,
                 "passthrough" => self.passthrough = true,
                 "uring" => self.uring = true,
+                "ro" => self.read_only = true,
                 "threads" => set(
                     &mut self.threads,
                     need(&v)?

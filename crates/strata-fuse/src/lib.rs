@@ -6,7 +6,8 @@
 //! The inode table maps each inode the kernel knows to its current origin path; a
 //! lookup refreshes the path (renames at the origin), `forget` drops the entry.
 //!
-//! Every write operation answers EROFS and logs it (rate limited).
+//! Changes go through to the origin (write-through, `write_ops.rs`); with a read-only
+//! engine every one answers EROFS and is logged (rate limited).
 
 use std::collections::hash_map::Entry;
 use std::ffi::OsStr;
@@ -33,6 +34,7 @@ mod invalidate;
 mod ops;
 mod session;
 mod uring;
+mod write_ops;
 
 use backing::Backing;
 pub use invalidate::Invalidator;
@@ -359,7 +361,7 @@ impl StrataFs {
             tracing::warn!(
                 op,
                 path = %path.display(),
-                "write refused: strata mounts are read-only (EROFS){}",
+                "write refused: this strata mount is read-only (EROFS){}",
                 if n >= 10 { " (further refusals are logged sparsely)" } else { "" }
             );
         }

@@ -114,11 +114,16 @@ impl StrataFs {
     ) -> Result<(Arc<Handle>, u64), Errno> {
         let write = flags & rustix::fs::OFlags::ACCMODE.bits() as i32
             != rustix::fs::OFlags::RDONLY.bits() as i32;
-        if write || flags & libc_o_trunc() != 0 {
-            return Err(self.refuse_write("open for writing", ino, None));
-        }
+        let truncate = flags & libc_o_trunc() != 0;
         let path = self.path_of(ino)?;
-        let h = Arc::new(self.engine.open(&path).map_err(|e| errno(&e))?);
+        let h = if write || truncate {
+            self.engine
+                .open_write(&path, truncate)
+                .map_err(|e| self.write_err("open for writing", ino, None, &e))?
+        } else {
+            self.engine.open(&path).map_err(|e| errno(&e))?
+        };
+        let h = Arc::new(h);
         // The open just refreshed the attributes: is it still this inode's file?
         let same = self
             .engine
@@ -159,7 +164,8 @@ impl StrataFs {
             .get()
             .filter(|_| self.passthrough.load(Ordering::Relaxed));
         let mut pt_candidate = None;
-        if dev.is_some() {
+        // Never for writing: the kernel would write the cache's file, not the origin.
+        if dev.is_some() && !h.is_writable() {
             let join = {
                 let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
                 io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))
@@ -171,6 +177,11 @@ impl StrataFs {
         }
         let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
         let st = io.entry(key).or_default();
+        if st.passthrough.is_some() && h.is_writable() {
+            // The kernel reads this inode from the cache's file: it takes no open
+            // in the other mode until those close.
+            return Err(Errno::EBUSY);
+        }
         if let Some((backing, _, opens)) = &mut st.passthrough {
             // Every passthrough open of an inode must share its backing file.
             *opens += 1;

@@ -78,7 +78,7 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written, so there is nothing to flush.
+        // Writes are answered once the origin took them: nothing waits here.
         reply.ok();
     }
 
@@ -202,71 +202,83 @@ impl fuser::Filesystem for FuseFs {
         }
     }
 
-    // Everything that would change the origin is refused.
+    // Changes, through to the origin (write_ops.rs).
 
     fn setattr(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(self.refuse_write("setattr", ino, None));
+        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh.map(|f| f.0)) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(self.refuse_write("mknod", parent, Some(name)));
+        entry(
+            reply,
+            self.do_mknod(parent, name, mode, rdev, req.uid(), req.gid()),
+        );
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(self.refuse_write("mkdir", parent, Some(name)));
+        entry(
+            reply,
+            self.do_mkdir(parent, name, mode, req.uid(), req.gid()),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse_write("unlink", parent, Some(name)));
+        empty(reply, self.do_remove(parent, name, false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse_write("rmdir", parent, Some(name)));
+        empty(reply, self.do_remove(parent, name, true));
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
-        _target: &Path,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(self.refuse_write("symlink", parent, Some(link_name)));
+        entry(
+            reply,
+            self.do_symlink(parent, link_name, target.as_os_str(), req.uid(), req.gid()),
+        );
     }
 
     fn rename(
@@ -274,80 +286,120 @@ impl fuser::Filesystem for FuseFs {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse_write("rename", parent, Some(name)));
+        empty(
+            reply,
+            self.do_rename(parent, name, newparent, newname, flags.bits()),
+        );
     }
 
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(self.refuse_write("link", newparent, Some(newname)));
+        entry(reply, self.do_link(ino, newparent, newname));
     }
 
     fn write(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: fuser::WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        reply.error(self.refuse_write("write", ino, None));
+        match self.do_write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        reply.error(self.refuse_write("create", parent, Some(name)));
+        match self.do_create(parent, name, mode, flags, req.uid(), req.gid()) {
+            Ok((attr, generation, ttl, fh)) => reply.created(
+                &ttl,
+                &attr,
+                Generation(generation),
+                FileHandle(fh),
+                cached_open_flags(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.do_fsync(fh.0, datasync));
     }
 
     fn setxattr(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse_write("setxattr", ino, None));
+        empty(reply, self.do_setxattr(ino, name, value, flags));
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse_write("removexattr", ino, None));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.do_removexattr(ino, name));
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse_write("fallocate", ino, None));
+        empty(reply, self.do_fallocate(fh.0, offset, length, mode));
+    }
+}
+
+fn entry(reply: ReplyEntry, r: Result<(FileAttr, u64, Duration), Errno>) {
+    match r {
+        Ok((attr, generation, ttl)) => reply.entry(&ttl, &attr, Generation(generation)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
