@@ -226,23 +226,23 @@ fn strata_umount_unmounts_only_strata_mounts() {
         err.contains("not a strata mount") && err.contains("tmpfs"),
         "{err}"
     );
-    // A strata mount shows as fuse.strata, read-only.
-    t.mount(&[]);
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = info
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(t.mnt.to_str().unwrap()))
-        .expect("the mount in mountinfo");
-    assert!(line.contains(" - fuse.strata "), "{line}");
-    assert!(
-        line.split(' ')
-            .nth(5)
-            .unwrap()
-            .split(',')
-            .any(|o| o == "ro"),
-        "{line}"
-    );
-    t.umount();
+    // A strata mount shows as fuse.strata; read-only with --read-only.
+    for ro in [false, true] {
+        t.mount(if ro { &["--read-only"][..] } else { &[] });
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(t.mnt.to_str().unwrap()))
+            .expect("the mount in mountinfo")
+            .to_string();
+        assert!(line.contains(" - fuse.strata "), "{line}");
+        let flags = line.split(' ').nth(5).unwrap().to_string();
+        // --uring mounts (STRATA_TEST_MOUNT_ARGS) are read-only too.
+        let uring = std::env::var("STRATA_TEST_MOUNT_ARGS").is_ok_and(|a| a.contains("--uring"));
+        let want = if ro || uring { "ro" } else { "rw" };
+        assert!(flags.split(',').any(|o| o == want), "{line}");
+        t.umount();
+    }
     // A second umount: "not mounted".
     let out = umount(&t.mnt);
     assert_eq!(out.status.code(), Some(1));
