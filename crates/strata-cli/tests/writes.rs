@@ -267,3 +267,36 @@ fn a_read_only_mount_refuses_every_change() {
     assert_eq!(fs::read(t.o("f")).unwrap(), b"x");
     t.umount();
 }
+
+#[test]
+fn o_direct_bypasses_the_cache_both_ways() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    #[repr(align(4096))]
+    struct Page([u8; 8192]);
+    let mut t = Mount::new();
+    fs::write(t.o("d"), pattern(1, 8192)).unwrap();
+    t.mount(&["--attr-ttl", "1h"]);
+    // Cached, and trusted for an hour.
+    assert_eq!(fs::read(t.m("d")).unwrap(), pattern(1, 8192));
+    // Changed behind the mount: a cached read still sees the old bytes, an
+    // O_DIRECT read the origin's.
+    fs::write(t.o("d"), pattern(2, 8192)).unwrap();
+    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(direct)
+        .open(t.m("d"))
+        .unwrap();
+    let mut buf = Box::new(Page([0; 8192]));
+    assert_eq!(f.read_at(&mut buf.0, 0).unwrap(), 8192);
+    assert_eq!(buf.0.to_vec(), pattern(2, 8192));
+    // An O_DIRECT write reaches the origin; cached reads see it after.
+    buf.0.copy_from_slice(&pattern(3, 8192));
+    f.write_all_at(&buf.0, 0).unwrap();
+    drop(f);
+    assert_eq!(fs::read(t.o("d")).unwrap(), pattern(3, 8192));
+    drop_page_cache();
+    assert_eq!(fs::read(t.m("d")).unwrap(), pattern(3, 8192));
+    t.umount();
+}

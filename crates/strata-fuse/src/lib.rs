@@ -422,6 +422,24 @@ fn cached_open_flags() -> FopenFlags {
     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
 }
 
+impl StrataFs {
+    /// How the kernel is to treat an open file that reads through strata: its page
+    /// cache kept, or (O_DIRECT) no page cache at all.
+    pub(crate) fn open_flags(&self, fh: u64) -> FopenFlags {
+        let direct = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .is_some_and(|f| f.handle.is_direct());
+        if direct {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+        } else {
+            cached_open_flags()
+        }
+    }
+}
+
 fn negative_entry() -> FileAttr {
     FileAttr {
         ino: INodeNo(0),

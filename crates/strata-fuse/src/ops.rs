@@ -123,6 +123,9 @@ impl StrataFs {
         } else {
             self.engine.open(&path).map_err(|e| errno(&e))?
         };
+        if flags & rustix::fs::OFlags::DIRECT.bits() as i32 != 0 {
+            self.engine.set_direct(&h);
+        }
         let h = Arc::new(h);
         // The open just refreshed the attributes: is it still this inode's file?
         let same = self
@@ -164,8 +167,9 @@ impl StrataFs {
             .get()
             .filter(|_| self.passthrough.load(Ordering::Relaxed));
         let mut pt_candidate = None;
-        // Never for writing: the kernel would write the cache's file, not the origin.
-        if dev.is_some() && !h.is_writable() {
+        // Never for writing (the kernel would write the cache's file, not the
+        // origin), nor for O_DIRECT (which bypasses the cache).
+        if dev.is_some() && !h.is_writable() && !h.is_direct() {
             let join = {
                 let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
                 io.get(&key).map(|s| (s.cached, s.passthrough.is_some()))

@@ -36,7 +36,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino, flags.0) {
-            Ok((fh, None)) => reply.opened(FileHandle(fh), cached_open_flags()),
+            Ok((fh, None)) => reply.opened(FileHandle(fh), self.open_flags(fh)),
             Ok((fh, Some(id))) => {
                 // SAFETY: `id` is registered on this session's /dev/fuse and stays so
                 // until this open is released; fuser must not close it (`into_raw`).
@@ -342,7 +342,7 @@ impl fuser::Filesystem for FuseFs {
                 &attr,
                 Generation(generation),
                 FileHandle(fh),
-                cached_open_flags(),
+                self.open_flags(fh),
             ),
             Err(e) => reply.error(e),
         }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use crate::{MAX_READ, StrataFs, Xattr, cached_open_flags};
+use crate::{MAX_READ, StrataFs, Xattr};
 
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
@@ -394,7 +394,7 @@ fn dispatch(
             out.put(&t);
         }
         OPEN => match fs.do_open(ino, u32_at(op_in, 0) as i32)? {
-            (fh, None) => open_out(&mut out, fh, cached_open_flags().bits(), 0),
+            (fh, None) => open_out(&mut out, fh, fs.open_flags(fh).bits(), 0),
             (fh, Some(id)) => {
                 let flags = FopenFlags::FOPEN_PASSTHROUGH | FopenFlags::FOPEN_NOFLUSH;
                 open_out(&mut out, fh, flags.bits(), id)

@@ -84,6 +84,9 @@ impl StrataFs {
             .engine
             .create(&path, &new, exclusive)
             .map_err(|e| self.write_err("create", parent, Some(name), &e))?;
+        if flags & rustix::fs::OFlags::DIRECT.bits() as i32 != 0 {
+            self.engine.set_direct(&h);
+        }
         let (attr, generation, ttl) = self.made(&path, &a);
         let fh = self.new_fh();
         let key = (attr.ino.0, generation);

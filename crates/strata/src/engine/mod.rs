@@ -133,6 +133,8 @@ pub struct Handle {
     ra: Mutex<ReadAhead>,
     /// The origin file opened for writing (a handle opened to write).
     wfile: Option<Arc<dyn OriginFile>>,
+    /// O_DIRECT: reads and writes bypass the cache (see [`Engine::set_direct`]).
+    direct: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -150,6 +152,7 @@ impl Handle {
             cur: Mutex::new(obj),
             ra: Mutex::new(ReadAhead::default()),
             wfile: None,
+            direct: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -162,6 +165,11 @@ impl Handle {
     /// True for a handle opened to write.
     pub fn is_writable(&self) -> bool {
         self.wfile.is_some()
+    }
+
+    /// True for a handle whose reads and writes bypass the cache (O_DIRECT).
+    pub fn is_direct(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
     }
 
     /// The object version the handle reads now.
@@ -467,9 +475,19 @@ impl Engine {
     /// Reads up to `len` bytes at `off`. Fewer bytes only at the end of the file.
     pub fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
         let t0 = Instant::now();
-        let r = self.inner.read(h, off, len.min(MAX_READ));
+        let r = if h.is_direct() {
+            self.inner.read_bypass(h, off, len.min(MAX_READ))
+        } else {
+            self.inner.read(h, off, len.min(MAX_READ))
+        };
         stats::add(&self.inner.stats.read_us, t0.elapsed().as_micros() as u64);
         r
+    }
+
+    /// Makes `h` bypass the cache both ways (O_DIRECT): reads go to the origin file
+    /// as it is now, writes go to the origin and drop what is cached of the range.
+    pub fn set_direct(&self, h: &Handle) {
+        h.direct.store(true, Ordering::Relaxed);
     }
 
     /// For a file the disk tier holds whole, every block verified since start: its

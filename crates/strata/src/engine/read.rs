@@ -75,6 +75,14 @@ impl Inner {
         stats::add(&self.stats.origin_read_us, took.as_micros() as u64);
     }
 
+    /// An O_DIRECT read: the origin file as it is now, whatever the cache holds or
+    /// the version's size says; nothing is cached.
+    pub(super) fn read_bypass(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
+        stats::inc(&self.stats.reads);
+        let obj = h.cur.lock().clone();
+        self.read_direct(&obj, off, off + len as u64)
+    }
+
     /// Reads a range straight from a freshly opened origin file, uncached.
     pub(super) fn read_direct(&self, obj: &Object, off: u64, end: u64) -> io::Result<ReadBuf> {
         if self.guard.is_down() {

@@ -200,7 +200,9 @@ impl Inner {
         };
         stats::inc(&self.stats.writes);
         stats::add(&self.stats.write_bytes, bytes.len() as u64);
-        self.apply_change(&obj, &pre, post, Some(off..end), Some(&bytes));
+        // O_DIRECT writes leave nothing cached of what they wrote.
+        let keep = (!h.is_direct()).then_some(&bytes);
+        self.apply_change(&obj, &pre, post, Some(off..end), keep);
         Ok(bytes.len())
     }
 
