@@ -320,3 +320,120 @@ fn tier_moves_racing_a_version_drop() {
         3,
     );
 }
+
+/// A file written in place whose token does not move (a filesystem with coarse
+/// timestamps: two versions, one token). Only the version's I/O lock keeps a fetch
+/// that read the bytes before a write from caching them after it.
+struct InPlace {
+    data: std::sync::Arc<StdMutex<Vec<u8>>>,
+}
+
+impl Origin for InPlace {
+    fn stat(&self, _: &Path) -> io::Result<Attr> {
+        Ok(attr(1))
+    }
+    fn open(&self, _: &Path) -> io::Result<Box<dyn OriginFile>> {
+        Ok(Box::new(InPlaceFile(self.data.clone())))
+    }
+    fn read_dir(&self, _: &Path) -> io::Result<Vec<DirEntry>> {
+        Ok(Vec::new())
+    }
+    fn read_link(&self, _: &Path) -> io::Result<Vec<u8>> {
+        Err(io::Error::from_raw_os_error(22))
+    }
+    fn get_xattr(&self, _: &Path, _: &OsStr) -> io::Result<Vec<u8>> {
+        Err(io::Error::from_raw_os_error(61))
+    }
+    fn list_xattr(&self, _: &Path) -> io::Result<Vec<OsString>> {
+        Ok(Vec::new())
+    }
+    fn statfs(&self) -> io::Result<FsStats> {
+        Ok(FsStats::default())
+    }
+    fn describe(&self) -> String {
+        "memory, written in place".into()
+    }
+    fn writable(&self) -> bool {
+        true
+    }
+    fn open_rw(&self, p: &Path, _: bool) -> io::Result<Box<dyn OriginFile>> {
+        self.open(p)
+    }
+}
+
+/// An open `InPlace` file: its bytes.
+struct InPlaceFile(std::sync::Arc<StdMutex<Vec<u8>>>);
+
+impl OriginFile for InPlaceFile {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        thread::yield_now();
+        let d = self.0.lock().unwrap();
+        let n = (d.len().saturating_sub(off as usize)).min(buf.len());
+        buf[..n].copy_from_slice(&d[off as usize..off as usize + n]);
+        Ok(n)
+    }
+    fn token(&self) -> io::Result<Token> {
+        thread::yield_now();
+        Ok(attr(1).token)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        thread::yield_now();
+        let mut d = self.0.lock().unwrap();
+        d[off as usize..off as usize + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn attr(&self) -> io::Result<Attr> {
+        Ok(attr(1))
+    }
+}
+
+/// FS-Cache's rule for fetches: a write racing a reader's fetch of the same block
+/// never leaves the bytes from before the write cached after it.
+#[test]
+fn a_write_racing_a_fetch_leaves_no_older_bytes_cached() {
+    shuttle::check_pct(
+        || {
+            let origin = Arc::new(InPlace {
+                data: std::sync::Arc::new(StdMutex::new(vec![1u8; size_of(1) as usize])),
+            });
+            let cfg = Config {
+                block_size: BS as u32,
+                ram_capacity: 1 << 20,
+                disk: None,
+                attr_ttl: Duration::from_secs(3600),
+                prefetch_threads: 0,
+                origin_timeout: None,
+                max_fetch: BS as u64,
+                ..Config::default()
+            };
+            let e = Arc::new(Engine::new(cfg, origin.clone()).unwrap());
+            let reader = {
+                let e = e.clone();
+                thread::spawn(move || {
+                    let h = e.open(Path::new("f")).unwrap();
+                    let got = e.read(&h, 0, BS).unwrap().to_vec();
+                    // One block, before the write or after it.
+                    assert!(got.iter().all(|&b| b == got[0]), "a torn block");
+                })
+            };
+            let writer = {
+                let e = e.clone();
+                thread::spawn(move || {
+                    let h = e.open_write(Path::new("f"), false).unwrap();
+                    e.write(&h, 0, &[2u8; BS]).unwrap();
+                })
+            };
+            reader.join().unwrap();
+            writer.join().unwrap();
+            let h = e.open(Path::new("f")).unwrap();
+            let got = e.read(&h, 0, BS).unwrap().to_vec();
+            assert_eq!(
+                got,
+                vec![2u8; BS],
+                "bytes from before the write stayed cached"
+            );
+        },
+        2000,
+        3,
+    );
+}
