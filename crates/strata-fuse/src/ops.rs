@@ -95,9 +95,25 @@ impl StrataFs {
         }
     }
 
-    pub(crate) fn do_getattr(&self, ino: INodeNo) -> Result<(FileAttr, Duration), Errno> {
-        self.attr_of(ino)
-            .map(|(_, a, ttl)| (self.fattr(ino.0, &a), ttl))
+    /// Attributes of an inode; through the open file `fh` when its name is gone
+    /// (fstat of a file unlinked while open).
+    pub(crate) fn do_getattr(
+        &self,
+        ino: INodeNo,
+        fh: Option<u64>,
+    ) -> Result<(FileAttr, Duration), Errno> {
+        match self.attr_of(ino) {
+            Err(Errno::ESTALE) => {
+                // fstat comes without the file handle: any open file of the inode.
+                let h = fh
+                    .and_then(|fh| self.handle(fh))
+                    .or_else(|| self.open_handle_of(ino.0))
+                    .ok_or(Errno::ESTALE)?;
+                let a = self.engine.stat_handle(&h).map_err(|e| errno(&e))?;
+                Ok((self.fattr(ino.0, &a), Duration::ZERO))
+            }
+            r => r.map(|(_, a, ttl)| (self.fattr(ino.0, &a), ttl)),
+        }
     }
 
     pub(crate) fn do_readlink(&self, ino: INodeNo) -> Result<Arc<[u8]>, Errno> {

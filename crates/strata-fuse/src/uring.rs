@@ -383,7 +383,9 @@ fn dispatch(
             entry_out(&mut out, &attr, generation, ttl);
         }
         GETATTR => {
-            let (attr, ttl) = fs.do_getattr(ino)?;
+            // fuse_getattr_in: getattr_flags (FUSE_GETATTR_FH: 1), dummy, fh.
+            let fh = (u32_at(op_in, 0) & 1 != 0).then(|| u64_at(op_in, 8));
+            let (attr, ttl) = fs.do_getattr(ino, fh)?;
             out.u64(ttl.as_secs());
             out.u32(ttl.subsec_nanos());
             out.u32(0);

@@ -110,7 +110,17 @@ impl StrataFs {
             .map_err(|e| errno(&e))
     }
 
-    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+    /// A handle some open file of inode `ino` holds.
+    pub(crate) fn open_handle_of(&self, ino: u64) -> Option<Arc<Handle>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|f| f.key.0 == ino)
+            .map(|f| f.handle.clone())
+    }
+
+    pub(crate) fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -245,11 +255,19 @@ impl StrataFs {
         // The inodes the kernel knows by these names (and below them) follow.
         let exchange = flags & strata::origin::RENAME_EXCHANGE != 0;
         let mut n = self.write_nodes();
+        // (Joining an empty rest would add a trailing slash: "f/" is no file.)
+        let under = |base: &Path, rest: &Path| {
+            if rest.as_os_str().is_empty() {
+                base.to_path_buf()
+            } else {
+                base.join(rest)
+            }
+        };
         let moved = |p: &Path| -> Option<PathBuf> {
             if let Ok(rest) = p.strip_prefix(&from) {
-                Some(to.join(rest))
+                Some(under(&to, rest))
             } else if exchange && let Ok(rest) = p.strip_prefix(&to) {
-                Some(from.join(rest))
+                Some(under(&from, rest))
             } else {
                 None
             }

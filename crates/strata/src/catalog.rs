@@ -97,6 +97,15 @@ impl Catalog {
         }
     }
 
+    /// An id never handed out before, for a version no path names (a file unlinked
+    /// while open).
+    pub fn fresh_id(&self) -> u64 {
+        match &self.disk {
+            Some(d) => d.allocate_id(),
+            None => self.ids.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     /// True while `id` with `token` is the version the catalog holds for `path`.
     pub fn holds(&self, path: &Path, id: u64, token: &Token) -> bool {
         self.lookup(path)

@@ -264,10 +264,15 @@ impl<K: Hash + Eq + Weight + Persist, V: Clone + Weight + Persist> TtlMap<K, V> 
 
     /// Drops every entry for which `f` is true.
     pub fn remove_where(&self, f: impl Fn(&K) -> bool) {
+        self.remove_where_entry(|k, _| f(k))
+    }
+
+    /// Drops every entry for which `f` (of its key and value) is true.
+    pub fn remove_where_entry(&self, f: impl Fn(&K, &V) -> bool) {
         let mut m = self.map.lock();
         let journal = &self.journal;
-        m.map.retain(|k, _| {
-            let go = f(k);
+        m.map.retain(|k, e| {
+            let go = f(k, &e.v);
             if go && let Some(j) = journal {
                 j.log.forget(j.kind, k);
             }

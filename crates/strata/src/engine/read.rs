@@ -18,17 +18,43 @@ impl Inner {
         }
         let attr = match self.stat_origin(&obj.path) {
             // An open handle stays with its file: if another file now has its name
-            // (replaced by rename), the handle is stale, as on NFS.
+            // (replaced by rename), the handle is stale, as on NFS, unless the handle
+            // holds the origin file open (then that file is what it reads).
             Ok(a) if a.kind == FileKind::File && a.same_file(&obj.token()) => a,
-            Ok(_) => return Err(io::Error::from_raw_os_error(ESTALE)),
-            Err(e) if e.raw_os_error() == Some(ENOENT) => {
-                return Err(io::Error::from_raw_os_error(ESTALE));
-            }
+            Ok(_) => return self.still_open(h, obj),
+            Err(e) if e.raw_os_error() == Some(ENOENT) => return self.still_open(h, obj),
             Err(e) => return Err(e),
         };
         let fresh = self.object_for(&obj.path, &attr, self.now_ns())?;
         h.switch(fresh.clone());
         Ok(fresh)
+    }
+
+    /// A handle whose name is gone or taken: it reads on while it holds the origin
+    /// file open and that file is still the version's (unlinked but open, as POSIX
+    /// keeps it); ESTALE otherwise.
+    fn still_open(&self, h: &Handle, obj: Arc<Object>) -> io::Result<Arc<Object>> {
+        let stale = || io::Error::from_raw_os_error(ESTALE);
+        let file = h.wfile.clone().or_else(|| obj.file.lock().clone());
+        let Some(file) = file else {
+            return Err(stale());
+        };
+        let f = file.clone();
+        let token = self.guard.call(move || f.token()).map_err(|_| stale())?;
+        let now = self.now_ns().max(1);
+        if obj.has_token(&token) && !obj.is_dead() {
+            // Trusted again for its trust time: the descriptor said so.
+            obj.validated_ns.store(now, Ordering::Release);
+            return Ok(obj);
+        }
+        // The file changed since (written through this handle after its name went):
+        // a version of its own, which no path names, cached under a fresh id.
+        let o = self.new_object(&obj.path, self.catalog.fresh_id(), token, Vec::new(), now);
+        o.trust_ns
+            .store(obj.trust_ns.load(Ordering::Acquire), Ordering::Release);
+        *o.file.lock() = Some(file);
+        h.switch(o.clone());
+        Ok(o)
     }
 
     pub(super) fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {

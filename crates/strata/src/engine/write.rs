@@ -80,6 +80,26 @@ impl Inner {
         self.catalog.forget(path);
     }
 
+    /// A change to `path`'s link count or change time reaches every name of its
+    /// file: the cached attributes of its other names go (a file with one name has
+    /// none; a name not cached is looked up anew anyway).
+    pub(super) fn forget_links(&self, path: &Path) {
+        // Not cached: asked (the other names may be).
+        let a = match self.attrs.peek(path) {
+            Some((Ok(a), ..)) => Some(a),
+            Some((Err(_), ..)) => None,
+            None => self.stat_origin_quiet(path).ok(),
+        };
+        if let Some(a) = a
+            && a.kind != FileKind::Dir
+            && a.nlink > 1
+        {
+            let (ino, dev) = (a.ino, a.dev);
+            self.attrs
+                .remove_where_entry(|_, v| matches!(v, Ok(b) if b.ino == ino && b.dev == dev));
+        }
+    }
+
     /// The attributes of a new entry, as the origin gives them now (cached).
     pub(super) fn fresh_attr(&self, path: &Path) -> io::Result<Attr> {
         self.attrs.remove(path);
@@ -118,7 +138,9 @@ impl Inner {
             };
             self.invalidate(stale.as_ref().unwrap_or(obj));
             self.catalog.forget(&path);
-            let _ = self.stat_answered(&path, Ok(post));
+            if post.nlink > 0 {
+                let _ = self.stat_answered(&path, Ok(post));
+            }
             return;
         }
         let bs = obj.bs;
@@ -164,7 +186,10 @@ impl Inner {
         }
         obj.retoken(post.token.clone());
         self.catalog.retoken(&path, obj.id, &post.token);
-        let _ = self.stat_answered(&path, Ok(post));
+        // A file written through a handle after its name was unlinked names nothing.
+        if post.nlink > 0 {
+            let _ = self.stat_answered(&path, Ok(post));
+        }
         // The written blocks, as a fetch would cache them.
         for run in whole.chunk_by(|a, b| a.0 + 1 == b.0) {
             let first = run[0].0;
@@ -237,7 +262,11 @@ impl Inner {
         let file = h.and_then(|h| h.wfile.clone());
         let (p, s) = (path.to_path_buf(), *set);
         let r = self.change(move |o| {
-            let pre = o.stat(&p)?.token;
+            // Through the open file where there is one (its name may be gone).
+            let pre = match &file {
+                Some(f) => f.token()?,
+                None => o.stat(&p)?.token,
+            };
             match (&file, s.size) {
                 // The size through the open file (the file may be unlinked, or
                 // writable only through this handle), the rest by name.
@@ -250,7 +279,11 @@ impl Inner {
                 }
                 _ => o.set_attr(&p, &s)?,
             }
-            Ok((pre, o.stat(&p)?))
+            let post = match &file {
+                Some(f) => f.attr()?,
+                None => o.stat(&p)?,
+            };
+            Ok((pre, post))
         });
         let (pre, post) = match r {
             Ok(v) => v,
@@ -269,7 +302,9 @@ impl Inner {
             }
             _ => {
                 self.forget_entry(path);
-                let _ = self.stat_answered(path, Ok(post.clone()));
+                if post.nlink > 0 {
+                    let _ = self.stat_answered(path, Ok(post.clone()));
+                }
             }
         }
         Ok(post)
@@ -324,6 +359,7 @@ impl Inner {
 
     /// Removes a name (`dir`: a directory).
     pub(super) fn remove(&self, path: &Path, dir: bool) -> io::Result<()> {
+        self.forget_links(path);
         let p = path.to_path_buf();
         self.change(move |o| if dir { o.rmdir(&p) } else { o.unlink(&p) })?;
         self.forget_parent_of(path);
@@ -339,6 +375,8 @@ impl Inner {
 
     /// Renames (or exchanges) two names.
     pub(super) fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        self.forget_links(from);
+        self.forget_links(to);
         let (f, t) = (from.to_path_buf(), to.to_path_buf());
         self.change(move |o| o.rename(&f, &t, flags))?;
         for p in [from, to] {
@@ -355,7 +393,9 @@ impl Inner {
     pub(super) fn link(&self, from: &Path, to: &Path) -> io::Result<Attr> {
         let (f, t) = (from.to_path_buf(), to.to_path_buf());
         self.change(move |o| o.link(&f, &t))?;
-        // The file's link count and change time moved: its token too.
+        // The file's link count and change time moved: its token too, for every
+        // name it had.
+        self.forget_links(from);
         self.attrs.remove(from);
         self.forget_parent_of(to);
         self.forget_entry(to);
@@ -405,6 +445,17 @@ impl Inner {
         let (o, p) = (self.origin.clone(), path.to_path_buf());
         stats::inc(&self.stats.revalidations);
         self.guard.call(move || o.stat(&p))
+    }
+
+    /// The attributes of the file `h` has open, through the origin file it holds
+    /// (its name may be gone: unlinked while open).
+    pub(super) fn stat_handle(&self, h: &Handle) -> io::Result<Attr> {
+        let obj = h.cur.lock().clone();
+        let file = h.wfile.clone().or_else(|| obj.file.lock().clone());
+        match file {
+            Some(f) => self.guard.call(move || f.attr()),
+            None => Err(io::Error::from_raw_os_error(ESTALE)),
+        }
     }
 
     /// Makes what was written through `h` durable at the origin.
@@ -518,6 +569,12 @@ impl Engine {
 
     pub fn remove_xattr(&self, path: &Path, name: &OsStr) -> io::Result<()> {
         self.inner.set_xattr(path, name, None, 0)
+    }
+
+    /// The attributes of the file `h` has open, asked through it (for fstat of a
+    /// file whose name is gone).
+    pub fn stat_handle(&self, h: &Handle) -> io::Result<Attr> {
+        self.inner.stat_handle(h)
     }
 
     /// Makes what was written through `h` durable at the origin.
