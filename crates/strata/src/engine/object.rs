@@ -45,6 +45,9 @@ pub struct Object {
     pub(crate) trust_ns: AtomicU64,
     /// Set when a newer version replaced this one or the file vanished.
     pub(crate) dead: AtomicBool,
+    /// No name has this version (a file unlinked while a handle writes it): it is
+    /// read through the origin file that handle holds.
+    pub(crate) detached: AtomicBool,
     pub(crate) st: Mutex<ObjState>,
     pub(crate) cond: Condvar,
     /// The origin file, kept open while handles are open on this version.
@@ -66,6 +69,7 @@ impl Object {
             suspect: AtomicBool::new(false),
             trust_ns: AtomicU64::new(0),
             dead: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
             st: Mutex::new(ObjState {
                 tree: ExtentTree::new(),
             }),

@@ -21,7 +21,7 @@ impl Inner {
             // (replaced by rename), the handle is stale, as on NFS, unless the handle
             // holds the origin file open (then that file is what it reads).
             Ok(a) if a.kind == FileKind::File && a.same_file(&obj.token()) => a,
-            Ok(_) => return self.still_open(h, obj),
+            Ok(_) => return Err(io::Error::from_raw_os_error(ESTALE)),
             Err(e) if e.raw_os_error() == Some(ENOENT) => return self.still_open(h, obj),
             Err(e) => return Err(e),
         };
@@ -30,13 +30,12 @@ impl Inner {
         Ok(fresh)
     }
 
-    /// A handle whose name is gone or taken: it reads on while it holds the origin
-    /// file open and that file is still the version's (unlinked but open, as POSIX
-    /// keeps it); ESTALE otherwise.
+    /// A handle opened to write whose file's name is gone: it reads on through the
+    /// origin file it holds open (unlinked but open, as POSIX keeps it). Other
+    /// handles get ESTALE, as on NFS.
     fn still_open(&self, h: &Handle, obj: Arc<Object>) -> io::Result<Arc<Object>> {
         let stale = || io::Error::from_raw_os_error(ESTALE);
-        let file = h.wfile.clone().or_else(|| obj.file.lock().clone());
-        let Some(file) = file else {
+        let Some(file) = h.wfile.clone() else {
             return Err(stale());
         };
         let f = file.clone();
@@ -52,6 +51,7 @@ impl Inner {
         let o = self.new_object(&obj.path, self.catalog.fresh_id(), token, Vec::new(), now);
         o.trust_ns
             .store(obj.trust_ns.load(Ordering::Acquire), Ordering::Release);
+        o.detached.store(true, Ordering::Release);
         *o.file.lock() = Some(file);
         h.switch(o.clone());
         Ok(o)
@@ -119,13 +119,22 @@ impl Inner {
         let len = (end - off) as usize;
         // Not across a write through this cache (a reader never sees one torn).
         let _io = obj.io.read();
+        // A version no name has reads its own open file.
+        let held = if obj.detached.load(Ordering::Acquire) {
+            obj.file.lock().clone()
+        } else {
+            None
+        };
         stats::inc(&self.stats.origin_requests);
         let t0 = Instant::now();
         let (buf, took) = self
             .guard
             .call(move || {
                 let t1 = Instant::now();
-                let file = o.open(&p)?;
+                let file: Arc<dyn OriginFile> = match held {
+                    Some(f) => f,
+                    None => Arc::from(o.open(&p)?),
+                };
                 let mut buf = BytesMut::zeroed(len);
                 let n = crate::origin::read_vectored_by(&mut [&mut buf[..]], off, |b, at| {
                     file.read_at(b, at)
