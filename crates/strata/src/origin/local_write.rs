@@ -72,14 +72,23 @@ impl LocalOrigin {
             Mode::empty(),
         )
         .map_err(errno)?;
+        // Only what differs is changed: on a network origin each call is a round
+        // trip.
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        let mut cleared = false;
         if let Some((uid, gid)) = new.owner {
             let setgid = rustix::fs::fstat(dir)
                 .map(|st| st.st_mode & 0o2000 != 0)
                 .unwrap_or(false);
-            chown_fd(&fd, Some(uid), (!setgid).then_some(gid))?;
+            let gid = (!setgid && st.st_gid != gid).then_some(gid);
+            let uid = (st.st_uid != uid).then_some(uid);
+            if uid.is_some() || gid.is_some() {
+                chown_fd(&fd, uid, gid)?;
+                cleared = true;
+            }
         }
-        // After the chown, which clears setuid and setgid bits.
-        if chmod {
+        // After a chown, which clears setuid and setgid bits.
+        if chmod && (cleared || st.st_mode & 0o7777 != new.mode & 0o7777) {
             chmod_fd(&fd, new.mode)?;
         }
         Ok(())

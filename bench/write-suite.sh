@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Issue 29's benchmark, write-through part: writes over a real slow origin
+# (bench/slow-origin.sh: sshfs from a network namespace through a relay that adds the
+# round trip), through strata against straight to the sshfs mount, side by side in one
+# run, the page cache dropped and the output emptied before every run.
+#   seqwrite  one file of STRATA_BENCH_WRITE_MIB (default 1024) MiB of random bytes,
+#             written with dd (1 MiB writes) and fsync'ed
+#   untar     a 10,000-file tree (100 directories of 100 files of 1-2 KB) untarred
+#   bench/write-suite.sh [RTT_MS...]           (default: 2 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+rtts=("$@")
+[ ${#rtts[@]} -gt 0 ] || rtts=(2 10)
+strata=$PWD/target/release/strata
+cargo build --release --locked -q -p strata-cli
+mib=${STRATA_BENCH_WRITE_MIB:-1024}
+data=${STRATA_BENCH_DATA:-/var/tmp/strata-write-suite-data}
+work=$(mktemp -d /var/tmp/strata-write-suite.XXXXXX)
+cleanup() {
+    "$strata" umount "$work/m" 2>/dev/null || true
+    bench/slow-origin.sh down "$work/s" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/s" "$work/m" "$work/origin"
+
+if [ ! -f "$data/.complete-$mib" ]; then
+    rm -rf "$data"
+    mkdir -p "$data"
+    head -c "$((mib << 20))" /dev/urandom > "$data/big"
+    python3 - "$data/tree" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(100):
+    os.makedirs(f"{root}/d{d:03}")
+    for f in range(100):
+        with open(f"{root}/d{d:03}/f{f:03}", "wb") as out:
+            out.write(os.urandom(1000 + f * 10))
+PY
+    tar -C "$data" -cf "$data/tree.tar" tree
+    rm -rf "$data/tree"
+    touch "$data/.complete-$mib"
+fi
+
+run_seqwrite() { dd if="$data/big" of="$1/big" bs=1M conv=fsync status=none; }
+run_untar() { tar -C "$1" -xf "$data/tree.tar"; }
+workloads=(seqwrite untar)
+
+# timed CMD...: seconds for CMD, page cache dropped first; fails loudly.
+timed() {
+    local t0 t1
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    t0=$(date +%s.%N)
+    "$@" >"$work/out" 2>&1 || { echo "failed: $*" >&2; cat "$work/out" >&2; exit 1; }
+    t1=$(date +%s.%N)
+    python3 -c "print(f'{$t1 - $t0:.2f}')"
+}
+fresh_origin() {
+    rm -rf "$work/origin"
+    mkdir -p "$work/origin"
+    bench/slow-origin.sh up "$work/origin" "$work/s" "$1" >/dev/null
+}
+
+for rtt in "${rtts[@]}"; do
+    declare -A direct_t strata_t
+    for w in "${workloads[@]}"; do
+        fresh_origin "$rtt"
+        direct_t[$w]=$(timed "run_$w" "$work/s")
+        bench/slow-origin.sh down "$work/s" >/dev/null
+        fresh_origin "$rtt"
+        rm -rf "$work/c"
+        # shellcheck disable=SC2086
+        "$strata" mount "$work/s" "$work/m" --cache-dir "$work/c" ${STRATA_ARGS:-}
+        strata_t[$w]=$(timed "run_$w" "$work/m")
+        # What landed at the origin is what was written.
+        case $w in
+        seqwrite) cmp "$data/big" "$work/origin/big" ;;
+        untar) [ "$(find "$work/origin/tree" -type f | wc -l)" = 10000 ] ;;
+        esac
+        "$strata" umount "$work/m"
+        bench/slow-origin.sh down "$work/s" >/dev/null
+    done
+    echo
+    echo "## sshfs origin, ${rtt} ms RTT (strata ${STRATA_ARGS:-defaults}: write-through)"
+    echo
+    echo "| workload | straight to sshfs | through strata | speed through strata / straight |"
+    echo "| --- | --- | --- | --- |"
+    for w in "${workloads[@]}"; do
+        python3 -c "
+d, s = ${direct_t[$w]}, ${strata_t[$w]}
+print(f'| $w | {d:.2f} s | {s:.2f} s | {d / s:.2f} |')"
+    done
+    unset direct_t strata_t
+done
