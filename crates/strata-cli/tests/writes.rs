@@ -300,3 +300,54 @@ fn o_direct_bypasses_the_cache_both_ways() {
     assert_eq!(fs::read(t.m("d")).unwrap(), pattern(3, 8192));
     t.umount();
 }
+
+#[test]
+fn the_origins_refusals_reach_the_writer() {
+    use std::os::unix::fs::FileExt;
+    let mut t = Mount::new();
+    // A full origin: a small tmpfs.
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"])
+        .arg(&t.origin)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    fs::create_dir(t.origin.join("ro")).unwrap();
+    t.mount(&[]);
+    let f = fs::File::create(t.m("big")).unwrap();
+    let err = (0..64)
+        .find_map(|i| f.write_all_at(&[7u8; 65536], i * 65536).err())
+        .expect("a 4 MiB write into a 256 KiB origin fails");
+    assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
+    drop(f);
+    // What the origin holds is what reads through the mount give.
+    drop_page_cache();
+    assert_eq!(fs::read(t.m("big")).unwrap(), fs::read(t.o("big")).unwrap());
+    fs::remove_file(t.m("big")).unwrap();
+    // A directory of the origin mounted read-only: EROFS from the origin.
+    let ro = t.o("ro");
+    assert!(
+        Command::new("mount")
+            .arg("--bind")
+            .arg(&ro)
+            .arg(&ro)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&ro)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = fs::write(t.m("ro/new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS: {err}");
+    let s = t.stats();
+    assert!(s["write_errors"].as_u64().unwrap() >= 2, "{s}");
+    t.umount();
+    let _ = Command::new("umount").arg(&ro).status();
+    let _ = Command::new("umount").arg(&t.origin).status();
+}
