@@ -148,9 +148,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
             Some(d) => Some(d),
             None => Some(Duration::from_secs(10)),
         },
-        // The io_uring queues answer no changes yet: with them the mount is
-        // read-only, as a whole, so the two transports never disagree.
-        read_only: o.read_only || o.uring,
+        read_only: o.read_only,
         ..Config::default()
     };
     config.validate()?;

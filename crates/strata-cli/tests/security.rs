@@ -237,9 +237,7 @@ fn strata_umount_unmounts_only_strata_mounts() {
             .to_string();
         assert!(line.contains(" - fuse.strata "), "{line}");
         let flags = line.split(' ').nth(5).unwrap().to_string();
-        // --uring mounts (STRATA_TEST_MOUNT_ARGS) are read-only too.
-        let uring = std::env::var("STRATA_TEST_MOUNT_ARGS").is_ok_and(|a| a.contains("--uring"));
-        let want = if ro || uring { "ro" } else { "rw" };
+        let want = if ro { "ro" } else { "rw" };
         assert!(flags.split(',').any(|o| o == want), "{line}");
         t.umount();
     }

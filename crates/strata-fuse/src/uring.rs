@@ -297,6 +297,7 @@ fn answer(fs: &StrataFs, header: &mut [u8; HEADER_LEN], payload: &mut [u8]) -> u
     let r = if !fs.opts.allow_other && uid != fs.owner && !MAY_COME_WITHOUT_UID.contains(&opcode) {
         Err(Errno::EACCES)
     } else {
+        let who = (uid, u32_at(header, 28));
         dispatch(
             fs,
             opcode,
@@ -304,6 +305,7 @@ fn answer(fs: &StrataFs, header: &mut [u8; HEADER_LEN], payload: &mut [u8]) -> u
             &header[OP_IN..ENT],
             in_len,
             payload,
+            who,
         )
     };
     let (error, n) = match r {
@@ -374,7 +376,11 @@ fn dispatch(
     op_in: &[u8],
     in_len: usize,
     payload: &mut [u8],
+    (uid, gid): (u32, u32),
 ) -> Result<usize, Errno> {
+    if is_change(opcode) {
+        return change(fs, opcode, ino, op_in, in_len, payload, (uid, gid));
+    }
     let mut out = Out::new(payload);
     match opcode {
         LOOKUP => {
@@ -470,13 +476,6 @@ fn dispatch(
         }
         RELEASEDIR => fs.do_releasedir(u64_at(op_in, 0)),
         ACCESS => fs.do_access(ino, u32_at(op_in, 0) as i32)?,
-        SETATTR | WRITE | SETXATTR | REMOVEXATTR | FALLOCATE => {
-            return Err(fs.refuse_write(op_name(opcode), ino, None));
-        }
-        SYMLINK | MKNOD | MKDIR | UNLINK | RMDIR | RENAME | RENAME2 | LINK | CREATE => {
-            let name = name_in(&out.buf[..in_len]).to_os_string();
-            return Err(fs.refuse_write(op_name(opcode), ino, Some(&name)));
-        }
         // What a file without ioctls answers (isatty asks every open file).
         IOCTL => return Err(Errno::ENOTTY),
         _ => return Err(Errno::ENOSYS),
@@ -484,23 +483,155 @@ fn dispatch(
     Ok(out.len)
 }
 
-fn op_name(opcode: u32) -> &'static str {
+fn is_change(opcode: u32) -> bool {
+    matches!(
+        opcode,
+        SETATTR
+            | WRITE
+            | SETXATTR
+            | REMOVEXATTR
+            | FALLOCATE
+            | SYMLINK
+            | MKNOD
+            | MKDIR
+            | UNLINK
+            | RMDIR
+            | RENAME
+            | RENAME2
+            | LINK
+            | CREATE
+            | FSYNC
+    )
+}
+
+/// Two NUL-terminated names at the start of `b`.
+fn two_names(b: &[u8]) -> (std::ffi::OsString, std::ffi::OsString) {
+    let first = name_in(b);
+    let rest = b.get(first.len() + 1..).unwrap_or(&[]);
+    (first.to_os_string(), name_in(rest).to_os_string())
+}
+
+/// A time of `fuse_setattr_in` (seconds as a signed count).
+fn time_at(secs: u64, nanos: u32) -> fuser::TimeOrNow {
+    let secs = secs as i64;
+    let t = if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nanos)
+    };
+    fuser::TimeOrNow::SpecificTime(t)
+}
+
+/// The operations that change the origin (write_ops.rs), decoded from their
+/// `fuse_*_in` structs and payloads; the same answers as the fuser session gives.
+fn change(
+    fs: &StrataFs,
+    opcode: u32,
+    ino: INodeNo,
+    op_in: &[u8],
+    in_len: usize,
+    payload: &mut [u8],
+    (uid, gid): (u32, u32),
+) -> Result<usize, Errno> {
+    let input = payload[..in_len].to_vec();
+    let mut out = Out::new(payload);
     match opcode {
-        SETATTR => "setattr",
-        WRITE => "write",
-        SETXATTR => "setxattr",
-        REMOVEXATTR => "removexattr",
-        FALLOCATE => "fallocate",
-        SYMLINK => "symlink",
-        MKNOD => "mknod",
-        MKDIR => "mkdir",
-        UNLINK => "unlink",
-        RMDIR => "rmdir",
-        RENAME | RENAME2 => "rename",
-        LINK => "link",
-        CREATE => "create",
-        _ => "write",
+        SETATTR => {
+            let valid = u32_at(op_in, 0);
+            let has = |bit: u32| valid & bit != 0;
+            let atime = if has(128) {
+                Some(fuser::TimeOrNow::Now)
+            } else {
+                has(16).then(|| time_at(u64_at(op_in, 32), u32_at(op_in, 56)))
+            };
+            let mtime = if has(256) {
+                Some(fuser::TimeOrNow::Now)
+            } else {
+                has(32).then(|| time_at(u64_at(op_in, 40), u32_at(op_in, 60)))
+            };
+            let (attr, ttl) = fs.do_setattr(
+                ino,
+                has(1).then(|| u32_at(op_in, 68)),
+                has(2).then(|| u32_at(op_in, 76)),
+                has(4).then(|| u32_at(op_in, 80)),
+                has(8).then(|| u64_at(op_in, 16)),
+                atime,
+                mtime,
+                has(64).then(|| u64_at(op_in, 8)),
+            )?;
+            out.u64(ttl.as_secs());
+            out.u32(ttl.subsec_nanos());
+            out.u32(0);
+            put_attr(&mut out, &attr);
+        }
+        WRITE => {
+            let (fh, off, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16));
+            let data = &input[..(size as usize).min(input.len())];
+            let n = fs.do_write(fh, off, data)?;
+            out.u32(n);
+            out.u32(0);
+        }
+        CREATE => {
+            let (flags, mode) = (u32_at(op_in, 0) as i32, u32_at(op_in, 4));
+            let name = name_in(&input).to_os_string();
+            let (attr, generation, ttl, fh) = fs.do_create(ino, &name, mode, flags, uid, gid)?;
+            entry_out(&mut out, &attr, generation, ttl);
+            open_out(&mut out, fh, fs.open_flags(fh).bits(), 0);
+        }
+        MKNOD | MKDIR => {
+            let name = name_in(&input).to_os_string();
+            let mode = u32_at(op_in, 0);
+            let (attr, generation, ttl) = if opcode == MKNOD {
+                fs.do_mknod(ino, &name, mode, u32_at(op_in, 4), uid, gid)?
+            } else {
+                fs.do_mkdir(ino, &name, mode, uid, gid)?
+            };
+            entry_out(&mut out, &attr, generation, ttl);
+        }
+        SYMLINK => {
+            let (name, target) = two_names(&input);
+            let (attr, generation, ttl) = fs.do_symlink(ino, &name, &target, uid, gid)?;
+            entry_out(&mut out, &attr, generation, ttl);
+        }
+        LINK => {
+            let name = name_in(&input).to_os_string();
+            let (attr, generation, ttl) = fs.do_link(INodeNo(u64_at(op_in, 0)), ino, &name)?;
+            entry_out(&mut out, &attr, generation, ttl);
+        }
+        UNLINK | RMDIR => {
+            let name = name_in(&input).to_os_string();
+            fs.do_remove(ino, &name, opcode == RMDIR)?;
+        }
+        RENAME | RENAME2 => {
+            let flags = if opcode == RENAME2 {
+                u32_at(op_in, 8)
+            } else {
+                0
+            };
+            let (name, newname) = two_names(&input);
+            fs.do_rename(ino, &name, INodeNo(u64_at(op_in, 0)), &newname, flags)?;
+        }
+        FSYNC => fs.do_fsync(u64_at(op_in, 0), u32_at(op_in, 8) & 1 != 0)?,
+        FALLOCATE => fs.do_fallocate(
+            u64_at(op_in, 0),
+            u64_at(op_in, 8),
+            u64_at(op_in, 16),
+            u32_at(op_in, 24) as i32,
+        )?,
+        SETXATTR => {
+            let (size, flags) = (u32_at(op_in, 0) as usize, u32_at(op_in, 4) as i32);
+            let name = name_in(&input).to_os_string();
+            let at = name.len() + 1;
+            let value = input.get(at..at + size).ok_or(Errno::EINVAL)?;
+            fs.do_setxattr(ino, &name, value, flags)?;
+        }
+        REMOVEXATTR => {
+            let name = name_in(&input).to_os_string();
+            fs.do_removexattr(ino, &name)?;
+        }
+        _ => return Err(Errno::ENOSYS),
     }
+    Ok(out.len)
 }
 
 /// The reply body, written into the payload buffer.
