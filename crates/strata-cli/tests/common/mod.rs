@@ -134,6 +134,27 @@ impl Mount {
         self.clear_dead(pid);
     }
 
+    /// Aborts the mount's FUSE connection if the killed daemon `pid` lingers: a
+    /// thread of it stuck in a kernel page-cache invalidation waits for a read only
+    /// the dead daemon could answer, and nothing else ends that (FUSE's known
+    /// notification deadlock; the kernel's fusectl abort is the way out).
+    pub fn abort_if_hung(&self, pid: i32) {
+        let gone = || !Path::new(&format!("/proc/{pid}")).exists();
+        if eventually(Duration::from_secs(3), gone) {
+            return;
+        }
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+            .status();
+        let dev = std::fs::metadata(&self.mnt).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.dev() & 0xff | (m.dev() >> 12) & !0xff
+        });
+        if let Ok(minor) = dev {
+            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+        }
+    }
+
     /// Waits for a killed daemon `pid` to be gone and clears its dead mount with
     /// `umount -l`, so that strata can be mounted there again.
     pub fn clear_dead(&mut self, pid: i32) {

@@ -313,6 +313,10 @@ impl Inner {
     /// Opens a regular file for writing (and reading).
     pub(super) fn open_write(&self, path: &Path, truncate: bool) -> io::Result<Handle> {
         self.check_writable()?;
+        // No write to the cached version between the open's attributes and their
+        // check against it (which would see our own write as someone else's change).
+        let active = self.objects.lock().get(path).cloned();
+        let _io = active.as_ref().map(|o| o.io.write());
         let p = path.to_path_buf();
         let (file, attr) = self.change(move |o| {
             let f = o.open_rw(&p, truncate)?;
@@ -331,6 +335,9 @@ impl Inner {
         new: &NewEntry,
         exclusive: bool,
     ) -> io::Result<(Attr, Handle)> {
+        // As for `open_write`: no write of ours between the attributes and the check.
+        let active = self.objects.lock().get(path).cloned();
+        let _io = active.as_ref().map(|o| o.io.write());
         let (p, n) = (path.to_path_buf(), *new);
         let (file, attr) = self.change(move |o| {
             let f = o.create(&p, &n, exclusive)?;
