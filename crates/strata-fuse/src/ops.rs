@@ -228,13 +228,7 @@ impl StrataFs {
     }
 
     pub(crate) fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadBuf, Errno> {
-        let h = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-            .map(|f| f.handle.clone())
-            .ok_or(Errno::EBADF)?;
+        let h = self.handle(fh).ok_or(Errno::EBADF)?;
         self.engine
             .read(&h, offset, size as usize)
             .map_err(|e| errno(&e))

@@ -97,13 +97,7 @@ impl StrataFs {
     }
 
     pub(crate) fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        let h = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-            .map(|f| f.handle.clone())
-            .ok_or(Errno::EBADF)?;
+        let h = self.handle(fh).ok_or(Errno::EBADF)?;
         self.engine
             .write(&h, offset, data)
             .map(|n| n as u32)
