@@ -34,6 +34,7 @@ mod invalidate;
 mod ops;
 mod session;
 mod uring;
+mod uring_change;
 mod write_ops;
 
 use backing::Backing;

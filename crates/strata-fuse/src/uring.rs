@@ -32,8 +32,8 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use crate::{MAX_READ, StrataFs, Xattr};
 
-const CMD_REGISTER: u32 = 1;
-const CMD_COMMIT_AND_FETCH: u32 = 2;
+pub(crate) const CMD_REGISTER: u32 = 1;
+pub(crate) const CMD_COMMIT_AND_FETCH: u32 = 2;
 
 /// `struct fuse_uring_req_header`: the request's (then the reply's) header, the
 /// operation's own arguments, and `struct fuse_uring_ent_in_out`.
@@ -271,16 +271,16 @@ fn command(fd: types::Fd, op: u32, commit_id: u64, qid: u16, iov: u64) -> squeue
     unsafe { std::mem::transmute(raw) }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// A NUL-terminated name at the start of `b`.
-fn name_in(b: &[u8]) -> &OsStr {
+pub(crate) fn name_in(b: &[u8]) -> &OsStr {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     OsStr::from_bytes(&b[..end])
 }
@@ -319,39 +319,39 @@ fn answer(fs: &StrataFs, header: &mut [u8; HEADER_LEN], payload: &mut [u8]) -> u
 }
 
 // Opcodes (enum fuse_opcode).
-const LOOKUP: u32 = 1;
-const GETATTR: u32 = 3;
-const SETATTR: u32 = 4;
-const READLINK: u32 = 5;
-const SYMLINK: u32 = 6;
-const MKNOD: u32 = 8;
-const MKDIR: u32 = 9;
-const UNLINK: u32 = 10;
-const RMDIR: u32 = 11;
-const RENAME: u32 = 12;
-const LINK: u32 = 13;
-const OPEN: u32 = 14;
-const READ: u32 = 15;
-const WRITE: u32 = 16;
-const STATFS: u32 = 17;
-const RELEASE: u32 = 18;
-const FSYNC: u32 = 20;
-const SETXATTR: u32 = 21;
-const GETXATTR: u32 = 22;
-const LISTXATTR: u32 = 23;
-const REMOVEXATTR: u32 = 24;
-const FLUSH: u32 = 25;
-const OPENDIR: u32 = 27;
-const FSYNCDIR: u32 = 30;
-const READDIR: u32 = 28;
-const RELEASEDIR: u32 = 29;
-const IOCTL: u32 = 39;
-const ACCESS: u32 = 34;
-const CREATE: u32 = 35;
-const DESTROY: u32 = 38;
-const FALLOCATE: u32 = 43;
-const READDIRPLUS: u32 = 44;
-const RENAME2: u32 = 45;
+pub(crate) const LOOKUP: u32 = 1;
+pub(crate) const GETATTR: u32 = 3;
+pub(crate) const SETATTR: u32 = 4;
+pub(crate) const READLINK: u32 = 5;
+pub(crate) const SYMLINK: u32 = 6;
+pub(crate) const MKNOD: u32 = 8;
+pub(crate) const MKDIR: u32 = 9;
+pub(crate) const UNLINK: u32 = 10;
+pub(crate) const RMDIR: u32 = 11;
+pub(crate) const RENAME: u32 = 12;
+pub(crate) const LINK: u32 = 13;
+pub(crate) const OPEN: u32 = 14;
+pub(crate) const READ: u32 = 15;
+pub(crate) const WRITE: u32 = 16;
+pub(crate) const STATFS: u32 = 17;
+pub(crate) const RELEASE: u32 = 18;
+pub(crate) const FSYNC: u32 = 20;
+pub(crate) const SETXATTR: u32 = 21;
+pub(crate) const GETXATTR: u32 = 22;
+pub(crate) const LISTXATTR: u32 = 23;
+pub(crate) const REMOVEXATTR: u32 = 24;
+pub(crate) const FLUSH: u32 = 25;
+pub(crate) const OPENDIR: u32 = 27;
+pub(crate) const FSYNCDIR: u32 = 30;
+pub(crate) const READDIR: u32 = 28;
+pub(crate) const RELEASEDIR: u32 = 29;
+pub(crate) const IOCTL: u32 = 39;
+pub(crate) const ACCESS: u32 = 34;
+pub(crate) const CREATE: u32 = 35;
+pub(crate) const DESTROY: u32 = 38;
+pub(crate) const FALLOCATE: u32 = 43;
+pub(crate) const READDIRPLUS: u32 = 44;
+pub(crate) const RENAME2: u32 = 45;
 
 /// What the kernel may send on behalf of no particular user; the rest is refused to
 /// users other than the mounting one, without allow_other.
@@ -378,8 +378,8 @@ fn dispatch(
     payload: &mut [u8],
     (uid, gid): (u32, u32),
 ) -> Result<usize, Errno> {
-    if is_change(opcode) {
-        return change(fs, opcode, ino, op_in, in_len, payload, (uid, gid));
+    if crate::uring_change::is_change(opcode) {
+        return crate::uring_change::change(fs, opcode, ino, op_in, in_len, payload, (uid, gid));
     }
     let mut out = Out::new(payload);
     match opcode {
@@ -483,166 +483,15 @@ fn dispatch(
     Ok(out.len)
 }
 
-fn is_change(opcode: u32) -> bool {
-    matches!(
-        opcode,
-        SETATTR
-            | WRITE
-            | SETXATTR
-            | REMOVEXATTR
-            | FALLOCATE
-            | SYMLINK
-            | MKNOD
-            | MKDIR
-            | UNLINK
-            | RMDIR
-            | RENAME
-            | RENAME2
-            | LINK
-            | CREATE
-            | FSYNC
-    )
-}
-
-/// Two NUL-terminated names at the start of `b`.
-fn two_names(b: &[u8]) -> (std::ffi::OsString, std::ffi::OsString) {
-    let first = name_in(b);
-    let rest = b.get(first.len() + 1..).unwrap_or(&[]);
-    (first.to_os_string(), name_in(rest).to_os_string())
-}
-
-/// A time of `fuse_setattr_in` (seconds as a signed count).
-fn time_at(secs: u64, nanos: u32) -> fuser::TimeOrNow {
-    let secs = secs as i64;
-    let t = if secs >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nanos)
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::new(secs.unsigned_abs(), 0) + Duration::new(0, nanos)
-    };
-    fuser::TimeOrNow::SpecificTime(t)
-}
-
-/// The operations that change the origin (write_ops.rs), decoded from their
-/// `fuse_*_in` structs and payloads; the same answers as the fuser session gives.
-fn change(
-    fs: &StrataFs,
-    opcode: u32,
-    ino: INodeNo,
-    op_in: &[u8],
-    in_len: usize,
-    payload: &mut [u8],
-    (uid, gid): (u32, u32),
-) -> Result<usize, Errno> {
-    let input = payload[..in_len].to_vec();
-    let mut out = Out::new(payload);
-    match opcode {
-        SETATTR => {
-            let valid = u32_at(op_in, 0);
-            let has = |bit: u32| valid & bit != 0;
-            let atime = if has(128) {
-                Some(fuser::TimeOrNow::Now)
-            } else {
-                has(16).then(|| time_at(u64_at(op_in, 32), u32_at(op_in, 56)))
-            };
-            let mtime = if has(256) {
-                Some(fuser::TimeOrNow::Now)
-            } else {
-                has(32).then(|| time_at(u64_at(op_in, 40), u32_at(op_in, 60)))
-            };
-            let (attr, ttl) = fs.do_setattr(
-                ino,
-                has(1).then(|| u32_at(op_in, 68)),
-                has(2).then(|| u32_at(op_in, 76)),
-                has(4).then(|| u32_at(op_in, 80)),
-                has(8).then(|| u64_at(op_in, 16)),
-                atime,
-                mtime,
-                has(64).then(|| u64_at(op_in, 8)),
-            )?;
-            out.u64(ttl.as_secs());
-            out.u32(ttl.subsec_nanos());
-            out.u32(0);
-            put_attr(&mut out, &attr);
-        }
-        WRITE => {
-            let (fh, off, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16));
-            let data = &input[..(size as usize).min(input.len())];
-            let n = fs.do_write(fh, off, data)?;
-            out.u32(n);
-            out.u32(0);
-        }
-        CREATE => {
-            let (flags, mode) = (u32_at(op_in, 0) as i32, u32_at(op_in, 4));
-            let name = name_in(&input).to_os_string();
-            let (attr, generation, ttl, fh) = fs.do_create(ino, &name, mode, flags, uid, gid)?;
-            entry_out(&mut out, &attr, generation, ttl);
-            open_out(&mut out, fh, fs.open_flags(fh).bits(), 0);
-        }
-        MKNOD | MKDIR => {
-            let name = name_in(&input).to_os_string();
-            let mode = u32_at(op_in, 0);
-            let (attr, generation, ttl) = if opcode == MKNOD {
-                fs.do_mknod(ino, &name, mode, u32_at(op_in, 4), uid, gid)?
-            } else {
-                fs.do_mkdir(ino, &name, mode, uid, gid)?
-            };
-            entry_out(&mut out, &attr, generation, ttl);
-        }
-        SYMLINK => {
-            let (name, target) = two_names(&input);
-            let (attr, generation, ttl) = fs.do_symlink(ino, &name, &target, uid, gid)?;
-            entry_out(&mut out, &attr, generation, ttl);
-        }
-        LINK => {
-            let name = name_in(&input).to_os_string();
-            let (attr, generation, ttl) = fs.do_link(INodeNo(u64_at(op_in, 0)), ino, &name)?;
-            entry_out(&mut out, &attr, generation, ttl);
-        }
-        UNLINK | RMDIR => {
-            let name = name_in(&input).to_os_string();
-            fs.do_remove(ino, &name, opcode == RMDIR)?;
-        }
-        RENAME | RENAME2 => {
-            let flags = if opcode == RENAME2 {
-                u32_at(op_in, 8)
-            } else {
-                0
-            };
-            let (name, newname) = two_names(&input);
-            fs.do_rename(ino, &name, INodeNo(u64_at(op_in, 0)), &newname, flags)?;
-        }
-        FSYNC => fs.do_fsync(u64_at(op_in, 0), u32_at(op_in, 8) & 1 != 0)?,
-        FALLOCATE => fs.do_fallocate(
-            u64_at(op_in, 0),
-            u64_at(op_in, 8),
-            u64_at(op_in, 16),
-            u32_at(op_in, 24) as i32,
-        )?,
-        SETXATTR => {
-            let (size, flags) = (u32_at(op_in, 0) as usize, u32_at(op_in, 4) as i32);
-            let name = name_in(&input).to_os_string();
-            let at = name.len() + 1;
-            let value = input.get(at..at + size).ok_or(Errno::EINVAL)?;
-            fs.do_setxattr(ino, &name, value, flags)?;
-        }
-        REMOVEXATTR => {
-            let name = name_in(&input).to_os_string();
-            fs.do_removexattr(ino, &name)?;
-        }
-        _ => return Err(Errno::ENOSYS),
-    }
-    Ok(out.len)
-}
-
 /// The reply body, written into the payload buffer.
-struct Out<'a> {
+pub(crate) struct Out<'a> {
     buf: &'a mut [u8],
-    len: usize,
+    pub(crate) len: usize,
     cap: usize,
 }
 
 impl<'a> Out<'a> {
-    fn new(buf: &'a mut [u8]) -> Self {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
         let cap = buf.len();
         Out { buf, len: 0, cap }
     }
@@ -655,11 +504,11 @@ impl<'a> Out<'a> {
         self.len += n;
     }
 
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.put(&v.to_ne_bytes());
     }
 
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.put(&v.to_ne_bytes());
     }
 }
@@ -693,7 +542,7 @@ fn mode_bits(kind: FileType) -> u32 {
 }
 
 /// `struct fuse_attr` (88 bytes).
-fn put_attr(out: &mut Out, a: &FileAttr) {
+pub(crate) fn put_attr(out: &mut Out, a: &FileAttr) {
     let (at, atn) = time_parts(a.atime);
     let (mt, mtn) = time_parts(a.mtime);
     let (ct, ctn) = time_parts(a.ctime);
@@ -709,7 +558,7 @@ fn put_attr(out: &mut Out, a: &FileAttr) {
 }
 
 /// `struct fuse_entry_out` (128 bytes).
-fn entry_out(out: &mut Out, a: &FileAttr, generation: u64, ttl: Duration) {
+pub(crate) fn entry_out(out: &mut Out, a: &FileAttr, generation: u64, ttl: Duration) {
     for v in [a.ino.0, generation, ttl.as_secs(), ttl.as_secs()] {
         out.u64(v);
     }
@@ -719,7 +568,7 @@ fn entry_out(out: &mut Out, a: &FileAttr, generation: u64, ttl: Duration) {
 }
 
 /// `struct fuse_open_out` (16 bytes): the handle, FOPEN flags and backing id.
-fn open_out(out: &mut Out, fh: u64, flags: u32, backing_id: u32) {
+pub(crate) fn open_out(out: &mut Out, fh: u64, flags: u32, backing_id: u32) {
     out.u64(fh);
     out.u32(flags);
     out.u32(backing_id);
