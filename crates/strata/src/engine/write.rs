@@ -83,21 +83,20 @@ impl Inner {
     /// A change to `path`'s link count or change time reaches every name of its
     /// file: the cached attributes of its other names go (a file with one name has
     /// none; a name not cached is looked up anew anyway).
-    pub(super) fn forget_links(&self, path: &Path) {
+    /// Returns the entry's kind, if it exists.
+    pub(super) fn forget_links(&self, path: &Path) -> Option<FileKind> {
         // Not cached: asked (the other names may be).
         let a = match self.attrs.peek(path) {
             Some((Ok(a), ..)) => Some(a),
             Some((Err(_), ..)) => None,
             None => self.stat_origin_quiet(path).ok(),
-        };
-        if let Some(a) = a
-            && a.kind != FileKind::Dir
-            && a.nlink > 1
-        {
+        }?;
+        if a.kind != FileKind::Dir && a.nlink > 1 {
             let (ino, dev) = (a.ino, a.dev);
             self.attrs
                 .remove_where_entry(|_, v| matches!(v, Ok(b) if b.ino == ino && b.dev == dev));
         }
+        Some(a.kind)
     }
 
     /// The attributes of a new entry, as the origin gives them now (cached).
@@ -366,7 +365,7 @@ impl Inner {
 
     /// Removes a name (`dir`: a directory).
     pub(super) fn remove(&self, path: &Path, dir: bool) -> io::Result<()> {
-        self.forget_links(path);
+        let _ = self.forget_links(path);
         let p = path.to_path_buf();
         self.change(move |o| if dir { o.rmdir(&p) } else { o.unlink(&p) })?;
         self.forget_parent_of(path);
@@ -382,13 +381,24 @@ impl Inner {
 
     /// Renames (or exchanges) two names.
     pub(super) fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-        self.forget_links(from);
-        self.forget_links(to);
+        let kinds = [self.forget_links(from), self.forget_links(to)];
         let (f, t) = (from.to_path_buf(), to.to_path_buf());
         self.change(move |o| o.rename(&f, &t, flags))?;
-        for p in [from, to] {
+        for (p, kind) in [from, to].into_iter().zip(kinds) {
             self.forget_parent_of(p);
-            self.forget_tree(p);
+            match kind {
+                // Nothing is cached below a file: no walk over every cached entry.
+                Some(k) if k != FileKind::Dir => {
+                    self.forget_entry(p);
+                    self.forget_object(p);
+                }
+                None if p == to => {
+                    // It did not exist: nothing is cached below it either.
+                    self.forget_entry(p);
+                    self.forget_object(p);
+                }
+                _ => self.forget_tree(p),
+            }
         }
         if flags & crate::origin::RENAME_EXCHANGE == 0 {
             self.attrs.insert(from.to_path_buf(), Err(ENOENT));
@@ -402,7 +412,7 @@ impl Inner {
         self.change(move |o| o.link(&f, &t))?;
         // The file's link count and change time moved: its token too, for every
         // name it had.
-        self.forget_links(from);
+        let _ = self.forget_links(from);
         self.attrs.remove(from);
         self.forget_parent_of(to);
         self.forget_entry(to);
