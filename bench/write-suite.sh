@@ -6,7 +6,9 @@
 #   seqwrite  one file of STRATA_BENCH_WRITE_MIB (default 1024) MiB of random bytes,
 #             written with dd (1 MiB writes) and fsync'ed
 #   untar     a 10,000-file tree (100 directories of 100 files of 1-2 KB) untarred
+#             (STRATA_BENCH_TREE_DIRS directories: 100)
 #   bench/write-suite.sh [RTT_MS...]           (default: 2 10)
+# STRATA_BENCH_WORKLOADS picks some ("untar"; default both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -15,6 +17,7 @@ rtts=("$@")
 strata=$PWD/target/release/strata
 cargo build --release --locked -q -p strata-cli
 mib=${STRATA_BENCH_WRITE_MIB:-1024}
+dirs=${STRATA_BENCH_TREE_DIRS:-100}
 data=${STRATA_BENCH_DATA:-/var/tmp/strata-write-suite-data}
 work=$(mktemp -d /var/tmp/strata-write-suite.XXXXXX)
 cleanup() {
@@ -25,14 +28,14 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$work/s" "$work/m" "$work/origin"
 
-if [ ! -f "$data/.complete-$mib" ]; then
+if [ ! -f "$data/.complete-$mib-$dirs" ]; then
     rm -rf "$data"
     mkdir -p "$data"
     head -c "$((mib << 20))" /dev/urandom > "$data/big"
-    python3 - "$data/tree" <<'PY'
+    python3 - "$data/tree" "$dirs" <<'PY'
 import os, sys
 root = sys.argv[1]
-for d in range(100):
+for d in range(int(sys.argv[2])):
     os.makedirs(f"{root}/d{d:03}")
     for f in range(100):
         with open(f"{root}/d{d:03}/f{f:03}", "wb") as out:
@@ -40,12 +43,12 @@ for d in range(100):
 PY
     tar -C "$data" -cf "$data/tree.tar" tree
     rm -rf "$data/tree"
-    touch "$data/.complete-$mib"
+    touch "$data/.complete-$mib-$dirs"
 fi
 
 run_seqwrite() { dd if="$data/big" of="$1/big" bs=1M conv=fsync status=none; }
 run_untar() { tar -C "$1" -xf "$data/tree.tar"; }
-workloads=(seqwrite untar)
+read -r -a workloads <<< "${STRATA_BENCH_WORKLOADS:-seqwrite untar}"
 
 # timed CMD...: seconds for CMD, page cache dropped first; fails loudly.
 timed() {
@@ -77,7 +80,7 @@ for rtt in "${rtts[@]}"; do
         # What landed at the origin is what was written.
         case $w in
         seqwrite) cmp "$data/big" "$work/origin/big" ;;
-        untar) [ "$(find "$work/origin/tree" -type f | wc -l)" = 10000 ] ;;
+        untar) [ "$(find "$work/origin/tree" -type f | wc -l)" = $((dirs * 100)) ] ;;
         esac
         "$strata" umount "$work/m"
         bench/slow-origin.sh down "$work/s" >/dev/null
