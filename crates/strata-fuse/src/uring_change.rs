@@ -59,6 +59,17 @@ pub(crate) fn change(
     payload: &mut [u8],
     (uid, gid): (u32, u32),
 ) -> Result<usize, Errno> {
+    if opcode == WRITE {
+        // The data is read where it lies; the reply (8 bytes) is written over it
+        // only once the write is done.
+        let (fh, off, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16));
+        let n = fs.do_write(fh, off, &payload[..(size as usize).min(in_len)])?;
+        let mut out = Out::new(payload);
+        out.u32(n);
+        out.u32(0);
+        return Ok(out.len);
+    }
+    // Names and values are small: copied out of the buffer the reply goes into.
     let input = payload[..in_len].to_vec();
     let mut out = Out::new(payload);
     match opcode {
@@ -89,13 +100,6 @@ pub(crate) fn change(
             out.u32(ttl.subsec_nanos());
             out.u32(0);
             put_attr(&mut out, &attr);
-        }
-        WRITE => {
-            let (fh, off, size) = (u64_at(op_in, 0), u64_at(op_in, 8), u32_at(op_in, 16));
-            let data = &input[..(size as usize).min(input.len())];
-            let n = fs.do_write(fh, off, data)?;
-            out.u32(n);
-            out.u32(0);
         }
         CREATE => {
             let (flags, mode) = (u32_at(op_in, 0) as i32, u32_at(op_in, 4));

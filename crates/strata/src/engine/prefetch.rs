@@ -97,7 +97,10 @@ impl Inner {
             }
         }
         for b in maybe {
-            if !self.tiers.held(obj.id, b..b + 1)[0] {
+            if !self.tiers.holds(&BlockKey {
+                obj: obj.id,
+                blk: b,
+            }) {
                 todo.push(b);
             }
         }

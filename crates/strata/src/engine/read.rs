@@ -217,9 +217,11 @@ impl Inner {
         loop {
             round += 1;
             // Memory, blocks on their way to disk, the disk; memory hits the disk
-            // lacks are offered to it again, before any write can change them.
+            // lacks are offered to it again, and short disk runs promoted, before
+            // any write can change them (memory alone needs no lock: a hit there is
+            // only a read racing the write).
             let found = {
-                let _io = obj.io.read();
+                let _io = self.tiers.has_below().then(|| obj.io.read());
                 let mut found = self.tiers.lookup(obj.id, b0, got, admission::promotes);
                 if !found.memory.is_empty() {
                     self.refill(obj, std::mem::take(&mut found.memory));

@@ -128,15 +128,7 @@ impl Inner {
         if !ours {
             // Changed by someone else too, or the kernel reads its cache file
             // directly: the version goes (new opens get a new one).
-            let stale = {
-                let mut objs = self.objects.lock();
-                match objs.get(&path) {
-                    Some(o) if Arc::ptr_eq(o, obj) => objs.remove(&path),
-                    _ => None,
-                }
-            };
-            self.invalidate(stale.as_ref().unwrap_or(obj));
-            self.catalog.forget(&path);
+            self.kill(obj);
             if post.nlink > 0 {
                 let _ = self.stat_answered(&path, Ok(post));
             }

@@ -171,17 +171,17 @@ impl TierChain {
         }
     }
 
-    /// For each of `blocks` of `obj`, true when some tier holds it (memory, on its
-    /// way to disk, or below): for blocks the caller's hint says may be cached.
-    pub fn held(&self, obj: u64, blocks: Range<u64>) -> Vec<bool> {
-        blocks
-            .map(|blk| {
-                let key = BlockKey { obj, blk };
-                self.memory.contains(&key)
-                    || self.fills.holds(&key)
-                    || self.below.iter().any(|t| t.contains(&key))
-            })
-            .collect()
+    /// True when some tier lies below memory.
+    pub fn has_below(&self) -> bool {
+        !self.below.is_empty()
+    }
+
+    /// True when some tier holds the block (memory, on its way to disk, or below):
+    /// for a block the caller's hint says may be cached.
+    pub fn holds(&self, key: &BlockKey) -> bool {
+        self.memory.contains(key)
+            || self.fills.holds(key)
+            || self.below.iter().any(|t| t.contains(key))
     }
 
     /// An object version died: every tier lets go of its blocks. `cached` are the
