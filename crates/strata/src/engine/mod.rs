@@ -24,6 +24,7 @@ mod meta;
 mod meta_log;
 mod metadata;
 mod object;
+mod persist;
 mod pin;
 mod prefetch;
 mod read;
