@@ -59,6 +59,25 @@ pub fn ready_fd() -> Option<i32> {
     Some(fd)
 }
 
+/// The write-back settings, None without --write-back (its other options then are a
+/// mistake worth saying).
+fn write_back(o: &MountOpts) -> Result<Option<strata::WriteBack>, String> {
+    if !o.write_back {
+        if o.write_back_delay.is_some() || o.write_back_fsync.is_some() || o.dirty_limit.is_some() {
+            return Err(
+                "--write-back-delay, --write-back-fsync and --dirty-limit need --write-back".into(),
+            );
+        }
+        return Ok(None);
+    }
+    let d = strata::WriteBack::default();
+    Ok(Some(strata::WriteBack {
+        delay: o.write_back_delay.unwrap_or(d.delay),
+        fsync_origin: o.write_back_fsync == Some(crate::options::FsyncTarget::Origin),
+        dirty_limit: o.dirty_limit.unwrap_or(d.dirty_limit),
+    }))
+}
+
 /// The adaptive trust's ceiling from the options: `--attr-ttl` given alone is the
 /// strict knob (fixed trust, None); otherwise trust adapts, up to `--attr-ttl-max`
 /// or 60 s.
@@ -149,6 +168,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
             None => Some(Duration::from_secs(10)),
         },
         read_only: o.read_only,
+        write_back: write_back(&o)?,
         ..Config::default()
     };
     config.validate()?;

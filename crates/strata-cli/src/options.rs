@@ -118,6 +118,24 @@ pub struct MountOpts {
     /// Set by `--read-only` and `-o ro`.
     #[arg(skip)]
     pub read_only: bool,
+    /// Write-back: a write is answered once it is durable in the cache directory's
+    /// journal, and sent to the origin in the background within --write-back-delay,
+    /// on unmount, and at the next mount after a crash. Namespace changes (create,
+    /// rename, unlink, ...) still reach the origin before they are answered
+    #[arg(long)]
+    pub write_back: bool,
+    /// How long written data may stay in the cache before it is sent to the origin
+    /// (with --write-back) [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub write_back_delay: Option<Duration>,
+    /// What fsync waits for with --write-back: `cache` (the data is durable in the
+    /// journal) or `origin` (sent to the origin and synced there) [default: cache]
+    #[arg(long, value_name = "WHERE", value_parser = parse_fsync_target)]
+    pub write_back_fsync: Option<FsyncTarget>,
+    /// Most data written but not yet sent to the origin (held in RAM and in the
+    /// journal); writers past it wait for the flush [default: 256MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub dirty_limit: Option<u64>,
     /// Options as key=value pairs separated by commas, as in fstab
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub o: Vec<String>,
@@ -207,6 +225,12 @@ impl MountOpts {
                 "passthrough" => self.passthrough = true,
                 "uring" => self.uring = true,
                 "ro" => self.read_only = true,
+                "write_back" => self.write_back = true,
+                "write_back_delay" => set(&mut self.write_back_delay, parse_duration(&need(&v)?)?),
+                "write_back_fsync" => {
+                    set(&mut self.write_back_fsync, parse_fsync_target(&need(&v)?)?)
+                }
+                "dirty_limit" => set(&mut self.dirty_limit, parse_size(&need(&v)?)?),
                 "threads" => set(
                     &mut self.threads,
                     need(&v)?
@@ -233,6 +257,21 @@ impl MountOpts {
         }
         self.o.clear();
         Ok(())
+    }
+}
+
+/// Where an fsync's data must be with --write-back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncTarget {
+    Cache,
+    Origin,
+}
+
+pub fn parse_fsync_target(s: &str) -> Result<FsyncTarget, String> {
+    match s {
+        "cache" => Ok(FsyncTarget::Cache),
+        "origin" => Ok(FsyncTarget::Origin),
+        _ => Err(format!("expected cache or origin, not {s:?}")),
     }
 }
 

@@ -74,12 +74,17 @@ impl fuser::Filesystem for FuseFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are answered once the origin took them: nothing waits here.
-        reply.ok();
+        // Nothing waits here: a write-through write was answered once the origin
+        // took it, a write-back one is in the journal; a write-back that failed is
+        // reported.
+        match self.do_flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn release(

@@ -305,6 +305,15 @@ impl StrataFs {
         }
     }
 
+    /// close(2): reports a failed write-back of the file, as NFS does; waits for
+    /// nothing.
+    pub(crate) fn do_flush(&self, fh: u64) -> Result<(), Errno> {
+        match self.handle(fh) {
+            Some(h) => self.engine.close_check(&h).map_err(|e| errno(&e)),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn do_fallocate(
         &self,
         fh: u64,

@@ -84,6 +84,31 @@ pub struct Config {
     pub origin_threads: usize,
     /// Refuse every change (EROFS), as the mount did before it took writes.
     pub read_only: bool,
+    /// Write-back caching of file data (None: write-through). Needs a disk tier: the
+    /// journal lives in its cache directory.
+    pub write_back: Option<WriteBack>,
+}
+
+/// How dirty data is kept and sent to the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteBack {
+    /// Dirty data older than this is sent to the origin.
+    pub delay: Duration,
+    /// `fsync` also sends the file's dirty data to the origin and syncs it there
+    /// (otherwise it answers once the data is durable in the journal).
+    pub fsync_origin: bool,
+    /// Most dirty bytes held at once; writers past it wait for the flushers.
+    pub dirty_limit: u64,
+}
+
+impl Default for WriteBack {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_secs(5),
+            fsync_origin: false,
+            dirty_limit: 256 << 20,
+        }
+    }
 }
 
 impl Default for Config {
@@ -109,6 +134,7 @@ impl Default for Config {
             origin_timeout: Some(Duration::from_secs(10)),
             origin_threads: 32,
             read_only: false,
+            write_back: None,
         }
     }
 }
@@ -159,6 +185,8 @@ impl Config {
             // large as the metadata it holds).
             + self.disk.as_ref().map_or(0, |_| META_JOURNAL_BUFFER + self.meta_bytes)
             + self.prefetch_threads as u64 * 2 * self.max_fetch
+            // Dirty data is held in RAM as well as in the journal.
+            + self.write_back.map_or(0, |w| w.dirty_limit)
     }
 
     /// Checks the values; the message says what to change.
@@ -193,6 +221,25 @@ impl Config {
         }
         if self.max_fetch < bs as u64 {
             return Err("the largest origin request must hold at least one block".into());
+        }
+        if let Some(w) = &self.write_back {
+            if self.disk.is_none() {
+                return Err(
+                    "write-back needs a cache directory for its journal (no --no-disk)".into(),
+                );
+            }
+            if self.read_only {
+                return Err("write-back and read-only exclude each other".into());
+            }
+            if w.dirty_limit < 1 << 20 {
+                return Err(format!(
+                    "the dirty limit must be at least 1MiB (got {})",
+                    w.dirty_limit
+                ));
+            }
+            if w.delay > Duration::from_secs(3600) {
+                return Err("the write-back delay must be at most 1h".into());
+            }
         }
         if let Some(d) = &self.disk {
             d.thresholds.validate()?;

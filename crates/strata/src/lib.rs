@@ -16,5 +16,5 @@ pub mod storage;
 pub mod sync;
 pub mod tier;
 
-pub use config::{Config, DiskSetup};
+pub use config::{Config, DiskSetup, WriteBack};
 pub use engine::{Engine, EngineError, Handle, Passthrough, PinProgress, ReadBuf};

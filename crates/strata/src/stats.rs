@@ -87,6 +87,14 @@ stats! {
     writes: "writes through the cache, answered once the origin took them",
     write_bytes: "bytes written through the cache",
     write_errors: "changes the origin refused or could not be asked to make",
+    writes_back: "writes answered once in the write-back journal (--write-back); also counted in writes",
+    wb_flushes: "files whose dirty data was written to the origin (write-back)",
+    wb_flushed_bytes: "dirty bytes written to the origin (write-back)",
+    wb_flush_errors: "write-backs the origin refused or could not be asked to make (kept dirty and retried)",
+    wb_conflicts: "files the origin changed under dirty data (the local bytes were saved beside it as a conflict copy)",
+    wb_fallbacks: "writes made write-through in write-back mode (journal full or failing, dirty limit not draining, O_DIRECT)",
+    wb_throttled: "writes that waited for dirty data to drain below --dirty-limit",
+    journal_replays: "files whose journaled dirty data was found at startup and sent to the origin",
     revalidations: "coherency checks against the origin",
     index_commits: "group commits of the disk index",
     index_compactions: "rewrites of the disk index log",
@@ -107,6 +115,8 @@ stats! {
     #[gauge] inflight_fill_peak: "the most bytes ever queued for the disk tier at once (at most the fill queue's size)",
     #[gauge] meta_bytes: "bytes the metadata caches hold (attributes, listings, symlink targets, extended attributes)",
     #[gauge] dropped_fill_blocks: "blocks of dropped fills waiting for the disk writer to be idle, to be offered again",
+    #[gauge] dirty_bytes: "bytes written through the mount not yet on the origin (write-back)",
+    #[gauge] dirty_files: "files holding dirty data (write-back)",
     #[gauge] active_objects: "objects the engine is tracking",
 }
 

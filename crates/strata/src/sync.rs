@@ -54,6 +54,17 @@ impl Condvar {
     pub fn wait<'a, T>(&self, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
         self.0.wait(g).unwrap_or_else(|e| e.into_inner())
     }
+    /// Waits for a notification or until `d` passed.
+    pub fn wait_timeout<'a, T>(
+        &self,
+        g: MutexGuard<'a, T>,
+        d: std::time::Duration,
+    ) -> MutexGuard<'a, T> {
+        match self.0.wait_timeout(g, d) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
+    }
     pub fn notify_all(&self) {
         self.0.notify_all()
     }

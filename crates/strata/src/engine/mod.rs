@@ -29,7 +29,9 @@ mod pin;
 mod prefetch;
 mod read;
 mod versions;
+mod wb_journal;
 mod write;
+mod writeback;
 pub use pin::PinProgress;
 
 pub use object::Object;
@@ -97,6 +99,14 @@ pub struct ReadBuf {
 }
 
 impl ReadBuf {
+    pub(crate) fn from_bytes(b: Bytes) -> Self {
+        let len = b.len();
+        Self {
+            parts: vec![b],
+            len,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -301,6 +311,8 @@ struct Inner {
     listener: RwLock<Option<Listener>>,
     /// Where confirmed metadata is kept across restarts (with a disk tier).
     meta_log: Option<Arc<MetaLog>>,
+    /// Dirty data and its journal, with `Config::write_back`.
+    wb: Option<writeback::WriteBack>,
 }
 
 /// The cache engine. Cheap to share behind an `Arc`; every method may be called from
@@ -343,6 +355,19 @@ impl Engine {
             None => None,
         };
         let catalog = Catalog::new(disk.clone());
+        let (wb, replayed) = match (&cfg.write_back, &cfg.disk) {
+            (Some(w), Some(d)) => {
+                let (wb, found) =
+                    writeback::WriteBack::open(*w, d.storage.clone()).map_err(|source| {
+                        EngineError::Disk(DiskError::Io {
+                            what: "write-back journal".into(),
+                            source,
+                        })
+                    })?;
+                (Some(wb), found)
+            }
+            _ => (None, Default::default()),
+        };
         let inner = Arc::new(Inner {
             tiers: TierChain::new(
                 MemoryChain::new(cfg.ram_capacity, cfg.compressed_ram_capacity, stats.clone()),
@@ -373,15 +398,30 @@ impl Engine {
                 .map_err(EngineError::Thread)?,
             stale_warned: AtomicU64::new(0),
             listener: RwLock::new(None),
+            wb,
             cfg,
         });
         let engine = Engine { inner };
+        if engine.inner.wb.is_some() {
+            // What a crash left dirty reaches the origin before anything is served.
+            engine.inner.wb_load(replayed);
+            let left = engine.inner.flush_all(Duration::from_secs(10));
+            if left > 0 {
+                tracing::warn!(
+                    files = left,
+                    "write-back: journaled data could not be sent to the origin yet; it is served from the journal and retried"
+                );
+            }
+        }
         engine.start_threads().map_err(EngineError::Thread)?;
         Ok(engine)
     }
 
     fn start_threads(&self) -> io::Result<()> {
         let mut threads = self.inner.threads.lock();
+        if self.inner.wb.is_some() {
+            self.inner.wb_start(&mut threads)?;
+        }
         if let Some(disk) = self.inner.tiers.disk.clone() {
             let rx = self.inner.tiers.fills.open();
             let inner = self.inner.clone();
@@ -476,10 +516,17 @@ impl Engine {
     /// Reads up to `len` bytes at `off`. Fewer bytes only at the end of the file.
     pub fn read(&self, h: &Handle, off: u64, len: usize) -> io::Result<ReadBuf> {
         let t0 = Instant::now();
+        let len = len.min(MAX_READ);
         let r = if h.is_direct() {
-            self.inner.read_bypass(h, off, len.min(MAX_READ))
+            // The origin must hold what was written through the mount first.
+            let path = h.cur.lock().path.clone();
+            self.inner
+                .flush_path(&path)
+                .and_then(|_| self.inner.read_bypass(h, off, len))
+        } else if let Some(r) = self.inner.read_dirty(h, off, len) {
+            r
         } else {
-            self.inner.read(h, off, len.min(MAX_READ))
+            self.inner.read(h, off, len)
         };
         stats::add(&self.inner.stats.read_us, t0.elapsed().as_micros() as u64);
         r
@@ -498,6 +545,15 @@ impl Engine {
     pub fn passthrough(&self, h: &Handle) -> Option<Passthrough> {
         let disk = self.inner.tiers.disk.as_ref()?;
         let obj = self.inner.current(h).ok()?;
+        // The disk copy lacks what is dirty.
+        if self
+            .inner
+            .wb
+            .as_ref()
+            .is_some_and(|wb| wb.get(&obj.path).is_some())
+        {
+            return None;
+        }
         let size = obj.size();
         if size == 0 || size < self.inner.cfg.passthrough_min_size || obj.is_dead() {
             return None;
@@ -539,11 +595,12 @@ impl Engine {
     /// that caches them itself (the kernel) must trust them no longer than that, or
     /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
     pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
-        self.inner.cached_attr(path).unwrap_or_else(|| {
+        let (r, trust) = self.inner.cached_attr(path).unwrap_or_else(|| {
             let r = self.inner.stat_origin(path);
             let trust = self.inner.fresh_trust(path, &r);
             (r, trust)
-        })
+        });
+        (r.map(|a| self.inner.dirty_attr(path, a)), trust)
     }
 
     /// Attributes of many entries, asking the origin for those not cached with up to
@@ -554,7 +611,15 @@ impl Engine {
         paths: &[PathBuf],
         parallel: usize,
     ) -> Vec<(io::Result<Attr>, Duration)> {
-        self.inner.stat_many(paths, parallel)
+        let mut v = self.inner.stat_many(paths, parallel);
+        if self.inner.wb.is_some() {
+            for (p, (r, _)) in paths.iter().zip(v.iter_mut()) {
+                if let Ok(a) = r {
+                    *a = self.inner.dirty_attr(p, a.clone());
+                }
+            }
+        }
+        v
     }
 
     /// A directory listing: from the cache within the TTL, else from the origin.
@@ -636,6 +701,18 @@ impl Engine {
     /// finished, the disk index is committed and the cache directory released (another
     /// process may open it right away). Also done on drop.
     pub fn shutdown(&self) {
+        // Dirty data reaches the origin before the engine goes (what cannot, for want
+        // of an origin, stays in the journal for the next start).
+        if self.inner.wb.is_some() {
+            let left = self.inner.flush_all(Duration::from_secs(30));
+            if left > 0 {
+                tracing::warn!(
+                    files = left,
+                    "write-back: dirty files could not be sent to the origin; they stay in the journal and are sent at the next start"
+                );
+            }
+            self.inner.wb_stop();
+        }
         self.inner.prefetch_tx.write().take();
         self.inner.tiers.fills.close();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.threads.lock());

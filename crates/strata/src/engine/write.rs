@@ -196,6 +196,13 @@ impl Inner {
         };
         self.check_writable()?;
         let obj = h.cur.lock().clone();
+        if self.wb.is_some() {
+            if let Some(r) = self.wb_write(h, &obj, off, data) {
+                return r;
+            }
+            // Through to the origin, after what is dirty of the file.
+            self.flush_path(&obj.path)?;
+        }
         let bytes = Bytes::copy_from_slice(data);
         let end = off + bytes.len() as u64;
         // Alone on the version from before the write to after the cache follows it.
@@ -244,6 +251,12 @@ impl Inner {
         h: Option<&Handle>,
     ) -> io::Result<Attr> {
         self.check_writable()?;
+        if self.wb.is_some() {
+            if let Some(r) = self.dirty_times(path, set) {
+                return r;
+            }
+            self.flush_path(path)?;
+        }
         // The version whose bytes or token this may change.
         let obj = match h {
             Some(h) => Some(h.cur.lock().clone()),
@@ -304,6 +317,9 @@ impl Inner {
     /// Opens a regular file for writing (and reading).
     pub(super) fn open_write(&self, path: &Path, truncate: bool) -> io::Result<Handle> {
         self.check_writable()?;
+        if truncate {
+            self.flush_path(path)?;
+        }
         // No write to the cached version between the open's attributes and their
         // check against it (which would see our own write as someone else's change).
         let active = self.objects.lock().get(path).cloned();
@@ -357,6 +373,10 @@ impl Inner {
 
     /// Removes a name (`dir`: a directory).
     pub(super) fn remove(&self, path: &Path, dir: bool) -> io::Result<()> {
+        // Other names, or open handles, may still reach the file's data.
+        if !dir {
+            self.flush_path(path)?;
+        }
         let _ = self.forget_links(path);
         let p = path.to_path_buf();
         self.change(move |o| if dir { o.rmdir(&p) } else { o.unlink(&p) })?;
@@ -373,6 +393,9 @@ impl Inner {
 
     /// Renames (or exchanges) two names.
     pub(super) fn rename(&self, from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        // Dirty data is journaled by path: it reaches the origin under its name.
+        self.flush_under(from)?;
+        self.flush_under(to)?;
         let kinds = [self.forget_links(from), self.forget_links(to)];
         let (f, t) = (from.to_path_buf(), to.to_path_buf());
         self.change(move |o| o.rename(&f, &t, flags))?;
@@ -400,6 +423,7 @@ impl Inner {
 
     /// A hard link `to` of `from`.
     pub(super) fn link(&self, from: &Path, to: &Path) -> io::Result<Attr> {
+        self.flush_path(from)?;
         let (f, t) = (from.to_path_buf(), to.to_path_buf());
         self.change(move |o| o.link(&f, &t))?;
         // The file's link count and change time moved: its token too, for every
@@ -419,6 +443,9 @@ impl Inner {
         value: Option<Vec<u8>>,
         flags: i32,
     ) -> io::Result<()> {
+        // Its change time moves: done after the dirty data, so the flush does not
+        // take our own change for someone else's.
+        self.flush_path(path)?;
         let (p, n) = (path.to_path_buf(), name.to_os_string());
         self.change(move |o| match &value {
             Some(v) => o.set_xattr(&p, &n, v, flags),
@@ -462,13 +489,19 @@ impl Inner {
         let obj = h.cur.lock().clone();
         let file = h.wfile.clone().or_else(|| obj.file.lock().clone());
         match file {
-            Some(f) => self.guard.call(move || f.attr()),
+            Some(f) => self
+                .guard
+                .call(move || f.attr())
+                .map(|a| self.dirty_attr(&obj.path, a)),
             None => Err(io::Error::from_raw_os_error(ESTALE)),
         }
     }
 
     /// Makes what was written through `h` durable at the origin.
     pub(super) fn fsync(&self, h: &Handle, data_only: bool) -> io::Result<()> {
+        if let Some(r) = self.wb_fsync(h) {
+            return r;
+        }
         let Some(file) = h.wfile.clone() else {
             return Ok(());
         };
@@ -483,6 +516,7 @@ impl Inner {
         };
         self.check_writable()?;
         let obj = h.cur.lock().clone();
+        self.flush_path(&obj.path)?;
         let _io = obj.io.write();
         let r = self.change(move |_| {
             let pre = file.token()?;
@@ -586,9 +620,35 @@ impl Engine {
         self.inner.stat_handle(h)
     }
 
-    /// Makes what was written through `h` durable at the origin.
+    /// Makes what was written through `h` durable: at the origin, or with write-back
+    /// in the journal (at the origin with `fsync_origin`). A failed write-back of
+    /// the file is reported here.
     pub fn fsync(&self, h: &Handle, data_only: bool) -> io::Result<()> {
         self.inner.fsync(h, data_only)
+    }
+
+    /// On close (FUSE flush): the error of a failed write-back of the file, if any,
+    /// as NFS reports one on close. Nothing is waited for.
+    pub fn close_check(&self, h: &Handle) -> io::Result<()> {
+        self.inner.wb_error(h)
+    }
+
+    /// Sends every file's dirty data to the origin now (write-back); returns how
+    /// many files are still dirty after trying for up to `patience` without
+    /// progress.
+    pub fn flush_dirty(&self, patience: std::time::Duration) -> usize {
+        self.inner.flush_all(patience)
+    }
+
+    /// Stops without sending dirty data to the origin, as a crash or `kill -9`
+    /// would: it stays in the journal for the next start (crash tests).
+    pub fn abandon(self) {
+        self.inner.wb_abandon();
+    }
+
+    /// Bytes and files dirty now (write-back).
+    pub fn dirty(&self) -> (u64, usize) {
+        self.inner.dirty_now()
     }
 
     pub fn fallocate(&self, h: &Handle, mode: i32, off: u64, len: u64) -> io::Result<()> {

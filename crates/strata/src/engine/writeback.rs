@@ -1,0 +1,930 @@
+//! Write-back (`Config::write_back`): a data write is answered once it is in the
+//! journal (`wb_journal`) and in the file's dirty map here; flusher threads send it to
+//! the origin later, in order per file, adjacent writes as one request.
+//!
+//! Dirty data is never in a tier: the tiers hold the origin's version the dirty bytes
+//! sit on (`base`), and a read lays the dirty bytes over it. So nothing dirty can be
+//! evicted, culled or dropped (it is not the tiers' to drop), and no tier ever holds
+//! bytes the origin does not — a crash leaves the tiers right for the origin as it
+//! is, and the journal holds what is not there yet. Each file's dirty ranges are kept
+//! in an extent tree with the DIRTY and WRITEBACK bits.
+//!
+//! A flush holds the version's I/O lock alone, checks that the origin file is still
+//! at `base` (else the origin changed under the dirty data: a conflict, see
+//! `conflict`), writes the runs, syncs the file at the origin, applies times set
+//! while dirty, and takes the origin's new token as the version's (the written runs
+//! are cached as a write-through write's are). Only then is the journal told the
+//! records are done. A failed flush keeps everything dirty and is retried with a
+//! growing pause; its error is reported by `fsync` and `close`, as NFS does.
+//!
+//! Anything that must see the origin in order with the dirty data — a truncation, a
+//! rename, an unlink, a link, a mode or owner change, xattrs, O_DIRECT, a write that
+//! cannot be journaled — first flushes the file (`flush_path`), then goes through.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+use super::wb_journal::{Journal, Replayed, Times};
+use super::*;
+use crate::extent::ExtentTree;
+use crate::origin::{NewEntry, SetAttr, SetTime, Timestamp};
+use crate::sync::Condvar;
+
+/// Threads sending dirty data to the origin (each flushes one file at a time).
+const FLUSHERS: usize = 8;
+/// Largest single origin write of a flush (adjacent dirty runs are joined up to it).
+const MAX_RUN: usize = 8 << 20;
+/// Longest pause between retries of a failing flush.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Files dirty at once at most (each may hold an origin file open): writers past it
+/// wait, as past the byte limit.
+const MAX_DIRTY_FILES: usize = 4096;
+
+pub(super) struct Dirty {
+    path: PathBuf,
+    st: Mutex<DirtyState>,
+    /// Held while the file is being written to the origin: its flushes run in order.
+    order: Mutex<()>,
+    /// Sent to a flusher and not yet taken up.
+    queued: AtomicBool,
+}
+
+struct DirtyState {
+    /// The origin's token the dirty bytes sit on.
+    base: Token,
+    /// The file's size with the dirty bytes.
+    size: u64,
+    /// Dirty bytes by offset, not overlapping.
+    data: BTreeMap<u64, Bytes>,
+    /// DIRTY over `data`, WRITEBACK over what a flush is sending.
+    tree: ExtentTree,
+    bytes: u64,
+    /// The newest journal record of the file.
+    seq: u64,
+    /// When the oldest data not yet sent was written.
+    since: Option<Instant>,
+    /// Wall time of the newest write (the file's mtime while dirty).
+    mtime: Timestamp,
+    /// Times set while dirty, applied after the data.
+    times: Option<Times>,
+    /// An origin file open for writing (the newest writer's).
+    file: Option<Arc<dyn OriginFile>>,
+    /// The last flush's error, until a flush succeeds.
+    error: Option<i32>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Taken out of the map (clean): a writer that finds this starts a new one.
+    removed: bool,
+}
+
+impl DirtyState {
+    fn is_clean(&self) -> bool {
+        self.data.is_empty() && self.times.is_none()
+    }
+
+    /// Puts `data` at `off`, over whatever was dirty there.
+    fn put(&mut self, off: u64, data: Bytes) -> i64 {
+        let end = off + data.len() as u64;
+        let mut delta = data.len() as i64;
+        // Entries overlapping [off, end): cut to what lies outside it.
+        let over: Vec<u64> = self
+            .data
+            .range(..end)
+            .rev()
+            .take_while(|(s, b)| **s + b.len() as u64 > off)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in over {
+            let b = self.data.remove(&s).unwrap_or_default();
+            delta -= b.len() as i64;
+            let e = s + b.len() as u64;
+            if s < off {
+                let left = b.slice(..(off - s) as usize);
+                delta += left.len() as i64;
+                self.data.insert(s, left);
+            }
+            if e > end {
+                let right = b.slice((end - s) as usize..);
+                delta += right.len() as i64;
+                self.data.insert(end, right);
+            }
+        }
+        self.data.insert(off, data);
+        self.tree.set(off..end, bits::DIRTY);
+        self.size = self.size.max(end);
+        self.bytes = (self.bytes as i64 + delta) as u64;
+        delta
+    }
+
+    /// Dirty bytes overlapping `range`, copied over `buf` (which starts at
+    /// `range.start`).
+    fn overlay(&self, range: Range<u64>, buf: &mut [u8]) {
+        if !self.tree.test_any(range.clone(), bits::DIRTY) {
+            return;
+        }
+        let first = self
+            .data
+            .range(..=range.start)
+            .next_back()
+            .map_or(range.start, |(s, _)| *s);
+        for (&s, b) in self.data.range(first..range.end) {
+            let e = s + b.len() as u64;
+            let (lo, hi) = (s.max(range.start), e.min(range.end));
+            if lo < hi {
+                buf[(lo - range.start) as usize..(hi - range.start) as usize]
+                    .copy_from_slice(&b[(lo - s) as usize..(hi - s) as usize]);
+            }
+        }
+    }
+}
+
+/// Joins adjacent entries into runs of at most `MAX_RUN` bytes.
+fn runs(data: &BTreeMap<u64, Bytes>) -> Vec<(u64, Vec<Bytes>)> {
+    let mut out: Vec<(u64, Vec<Bytes>, usize)> = Vec::new();
+    for (&s, b) in data {
+        match out.last_mut() {
+            Some((start, parts, len)) if *start + *len as u64 == s && *len < MAX_RUN => {
+                parts.push(b.clone());
+                *len += b.len();
+            }
+            _ => out.push((s, vec![b.clone()], b.len())),
+        }
+    }
+    out.into_iter().map(|(s, p, _)| (s, p)).collect()
+}
+
+fn join(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [one] => one.clone(),
+        _ => {
+            let mut v = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for p in parts {
+                v.extend_from_slice(p);
+            }
+            v.freeze()
+        }
+    }
+}
+
+fn wall_now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        secs: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
+}
+
+/// How a flush ended.
+enum Flushed {
+    Clean,
+    Sent,
+    /// The origin file was not at `base` any more.
+    Conflict,
+}
+
+/// The write-back state of an engine.
+pub(super) struct WriteBack {
+    cfg: crate::config::WriteBack,
+    journal: Journal,
+    files: Mutex<FxHashMap<PathBuf, Arc<Dirty>>>,
+    bytes: AtomicU64,
+    /// Wakes the scheduler; true once it should stop.
+    sched: Mutex<SchedState>,
+    sched_cv: Condvar,
+    /// Signalled whenever a flush ends (room for writers, progress for `flush_all`).
+    done_cv: Condvar,
+    done_lock: Mutex<u64>,
+    queue: Mutex<Option<Sender<Arc<Dirty>>>>,
+    /// Nothing is sent to the origin any more (`Engine::abandon`: as a crash).
+    abandoned: AtomicBool,
+}
+
+#[derive(Default)]
+struct SchedState {
+    stop: bool,
+    /// Flush everything now (past the limits, or asked to).
+    urgent: bool,
+}
+
+impl WriteBack {
+    /// Opens the journal; what it still holds comes back to be flushed.
+    pub(super) fn open(
+        cfg: crate::config::WriteBack,
+        storage: Arc<dyn Storage>,
+    ) -> io::Result<(WriteBack, BTreeMap<PathBuf, Replayed>)> {
+        let (journal, found) = Journal::open(storage)?;
+        Ok((
+            WriteBack {
+                cfg,
+                journal,
+                files: Mutex::new(FxHashMap::default()),
+                bytes: AtomicU64::new(0),
+                sched: Mutex::new(SchedState::default()),
+                sched_cv: Condvar::new(),
+                done_cv: Condvar::new(),
+                done_lock: Mutex::new(0),
+                queue: Mutex::new(None),
+                abandoned: AtomicBool::new(false),
+            },
+            found,
+        ))
+    }
+
+    pub(super) fn get(&self, path: &Path) -> Option<Arc<Dirty>> {
+        let files = self.files.lock();
+        if files.is_empty() {
+            return None;
+        }
+        files.get(path).cloned()
+    }
+
+    fn kick(&self, urgent: bool) {
+        let mut s = self.sched.lock();
+        s.urgent |= urgent;
+        self.sched_cv.notify_all();
+    }
+
+    fn flush_ended(&self) {
+        *self.done_lock.lock() += 1;
+        self.done_cv.notify_all();
+    }
+
+    /// Waits up to `d` for a flush to end.
+    fn wait_flush(&self, d: Duration) {
+        let g = self.done_lock.lock();
+        let _g = self.done_cv.wait_timeout(g, d);
+    }
+}
+
+impl Inner {
+    fn wb(&self) -> &WriteBack {
+        self.wb.as_ref().expect("write-back is on")
+    }
+
+    /// Loads what the journal held at startup as dirty files.
+    pub(super) fn wb_load(&self, found: BTreeMap<PathBuf, Replayed>) {
+        let wb = self.wb();
+        let mut files = wb.files.lock();
+        for (path, r) in found {
+            let Some(base) = r.base else { continue };
+            let mut st = DirtyState {
+                size: base.size(),
+                base,
+                data: BTreeMap::new(),
+                tree: ExtentTree::new(),
+                bytes: 0,
+                seq: r.seq,
+                since: Some(Instant::now()),
+                mtime: wall_now(),
+                times: r.times.map(|t| t.1),
+                file: None,
+                error: None,
+                failures: 0,
+                retry_at: None,
+                removed: false,
+            };
+            for (_, off, data) in r.writes {
+                st.put(off, data);
+            }
+            stats::inc(&self.stats.journal_replays);
+            wb.bytes.fetch_add(st.bytes, Ordering::Relaxed);
+            stats::add(&self.stats.dirty_bytes, st.bytes);
+            stats::inc(&self.stats.dirty_files);
+            tracing::info!(path = %path.display(), bytes = st.bytes, "write-back journal: dirty data found at startup, sending it to the origin");
+            files.insert(
+                path.clone(),
+                Arc::new(Dirty {
+                    path,
+                    st: Mutex::new(st),
+                    order: Mutex::new(()),
+                    queued: AtomicBool::new(false),
+                }),
+            );
+        }
+    }
+
+    /// Starts the scheduler and the flushers.
+    pub(super) fn wb_start(self: &Arc<Self>, threads: &mut Vec<JoinHandle<()>>) -> io::Result<()> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Arc<Dirty>>();
+        *self.wb().queue.lock() = Some(tx);
+        for n in 0..FLUSHERS {
+            let (inner, rx) = (self.clone(), rx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("strata-wb-{n}"))
+                    .spawn(move || {
+                        for d in rx {
+                            d.queued.store(false, Ordering::Release);
+                            let _ = inner.flush_file(&d);
+                        }
+                    })?,
+            );
+        }
+        let inner = self.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("strata-wb".into())
+                .spawn(move || inner.wb_schedule())?,
+        );
+        Ok(())
+    }
+
+    /// Sends files whose dirty data is due to the flushers, until stopped.
+    fn wb_schedule(&self) {
+        let wb = self.wb();
+        let tick = (wb.cfg.delay / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        loop {
+            let urgent = {
+                let mut s = wb.sched.lock();
+                if !s.stop && !s.urgent {
+                    s = wb.sched_cv.wait_timeout(s, tick);
+                }
+                if s.stop {
+                    return;
+                }
+                std::mem::take(&mut s.urgent)
+            };
+            let over = wb.bytes.load(Ordering::Relaxed) > wb.cfg.dirty_limit / 2;
+            let now = Instant::now();
+            let due: Vec<Arc<Dirty>> = wb
+                .files
+                .lock()
+                .values()
+                .filter(|d| {
+                    let st = d.st.lock();
+                    let waited = st.since.is_some_and(|t| now >= t + wb.cfg.delay)
+                        || (st.since.is_none() && st.times.is_some());
+                    (urgent || over || waited)
+                        && !st.is_clean()
+                        && st.retry_at.is_none_or(|t| now >= t)
+                })
+                .cloned()
+                .collect();
+            let tx = wb.queue.lock().clone();
+            let Some(tx) = tx else { return };
+            for d in due {
+                if !d.queued.swap(true, Ordering::AcqRel) && tx.send(d).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes `data` at `off` through `h` into the journal and the dirty map. None:
+    /// the write must go through to the origin instead (after the file's dirty data).
+    pub(super) fn wb_write(
+        &self,
+        h: &Handle,
+        obj: &Arc<Object>,
+        off: u64,
+        data: &[u8],
+    ) -> Option<io::Result<usize>> {
+        let wb = self.wb.as_ref()?;
+        let pinned = self
+            .tiers
+            .disk
+            .as_ref()
+            .is_some_and(|d| d.is_pinned(obj.id));
+        if h.is_direct() || obj.is_dead() || obj.detached.load(Ordering::Acquire) || pinned {
+            return None;
+        }
+        let len = data.len() as u64;
+        if !self.wb_room(wb, len) {
+            stats::inc(&self.stats.wb_fallbacks);
+            return None;
+        }
+        let bytes = Bytes::copy_from_slice(data);
+        loop {
+            let d = {
+                let mut files = wb.files.lock();
+                let fresh = files.get(&obj.path).is_none();
+                let d = files.entry(obj.path.clone()).or_insert_with(|| {
+                    let base = obj.token();
+                    Arc::new(Dirty {
+                        path: obj.path.clone(),
+                        st: Mutex::new(DirtyState {
+                            size: obj.size(),
+                            base,
+                            data: BTreeMap::new(),
+                            tree: ExtentTree::new(),
+                            bytes: 0,
+                            seq: 0,
+                            since: None,
+                            mtime: wall_now(),
+                            times: None,
+                            file: None,
+                            error: None,
+                            failures: 0,
+                            retry_at: None,
+                            removed: false,
+                        }),
+                        order: Mutex::new(()),
+                        queued: AtomicBool::new(false),
+                    })
+                });
+                if fresh {
+                    stats::inc(&self.stats.dirty_files);
+                }
+                d.clone()
+            };
+            let mut st = d.st.lock();
+            if st.removed {
+                continue;
+            }
+            // The origin changed under the dirty data (a conflict the flusher will
+            // settle): this write waits for that, then goes through.
+            if !obj.has_token(&st.base) {
+                return None;
+            }
+            let seq = match wb.journal.write(&obj.path, &st.base, off, &bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "write-back journal append failed: writing through to the origin");
+                    stats::inc(&self.stats.wb_fallbacks);
+                    return None;
+                }
+            };
+            st.seq = seq;
+            let delta = st.put(off, bytes.clone());
+            st.since.get_or_insert_with(Instant::now);
+            st.mtime = wall_now();
+            if let Some(f) = &h.wfile {
+                st.file = Some(f.clone());
+            }
+            if delta >= 0 {
+                wb.bytes.fetch_add(delta as u64, Ordering::Relaxed);
+                stats::add(&self.stats.dirty_bytes, delta as u64);
+            } else {
+                wb.bytes.fetch_sub((-delta) as u64, Ordering::Relaxed);
+                stats::sub(&self.stats.dirty_bytes, (-delta) as u64);
+            }
+            stats::inc(&self.stats.writes);
+            stats::inc(&self.stats.writes_back);
+            stats::add(&self.stats.write_bytes, len);
+            return Some(Ok(data.len()));
+        }
+    }
+
+    /// Waits while the dirty data is over its limits; false if it does not drain
+    /// (the flushers keep failing): the write then goes through.
+    fn wb_room(&self, wb: &WriteBack, len: u64) -> bool {
+        let full = || {
+            wb.bytes.load(Ordering::Relaxed) + len > wb.cfg.dirty_limit
+                || wb.files.lock().len() >= MAX_DIRTY_FILES
+        };
+        if !full() {
+            return true;
+        }
+        stats::inc(&self.stats.wb_throttled);
+        let limit = self.cfg.origin_timeout.unwrap_or(Duration::from_secs(30)) * 3;
+        let t0 = Instant::now();
+        while full() {
+            if t0.elapsed() > limit {
+                return false;
+            }
+            wb.kick(true);
+            wb.wait_flush(Duration::from_millis(100));
+        }
+        true
+    }
+
+    /// Sends `path`'s dirty data to the origin now (before a change that must follow
+    /// it there).
+    pub(super) fn flush_path(&self, path: &Path) -> io::Result<()> {
+        let Some(d) = self.wb.as_ref().and_then(|wb| wb.get(path)) else {
+            return Ok(());
+        };
+        self.flush_file(&d)
+    }
+
+    /// Flushes every dirty file at or below `path` (a directory being renamed).
+    pub(super) fn flush_under(&self, path: &Path) -> io::Result<()> {
+        let Some(wb) = &self.wb else { return Ok(()) };
+        let below: Vec<Arc<Dirty>> = wb
+            .files
+            .lock()
+            .values()
+            .filter(|d| d.path.starts_with(path))
+            .cloned()
+            .collect();
+        for d in below {
+            self.flush_file(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one file's dirty data to the origin.
+    fn flush_file(&self, d: &Arc<Dirty>) -> io::Result<()> {
+        let wb = self.wb();
+        let r = self.flush_once(wb, d);
+        match &r {
+            Ok(_) => {
+                let mut files = wb.files.lock();
+                let mut st = d.st.lock();
+                if st.is_clean() && !st.removed {
+                    st.removed = true;
+                    files.remove(&d.path);
+                    stats::sub(&self.stats.dirty_files, 1);
+                }
+            }
+            Err(e) => {
+                let mut st = d.st.lock();
+                st.error = Some(e.raw_os_error().unwrap_or(5));
+                st.failures += 1;
+                let pause = Duration::from_millis(250 << st.failures.min(7)).min(MAX_RETRY);
+                st.retry_at = Some(Instant::now() + pause);
+                stats::inc(&self.stats.wb_flush_errors);
+                tracing::warn!(path = %d.path.display(), error = %e, retry_in = ?pause, "write-back to the origin failed; the data stays in the journal and is retried");
+            }
+        }
+        wb.flush_ended();
+        r.map(|_| ())
+    }
+
+    fn flush_once(&self, wb: &WriteBack, d: &Arc<Dirty>) -> io::Result<Flushed> {
+        let _order = d.order.lock();
+        if wb.abandoned.load(Ordering::Acquire) {
+            return Err(io::Error::other("write-back abandoned"));
+        }
+        let (snap, seq, base, times, file, size) = {
+            let mut st = d.st.lock();
+            if st.is_clean() {
+                return Ok(Flushed::Clean);
+            }
+            for (&s, b) in &st.data.clone() {
+                st.tree.set(s..s + b.len() as u64, bits::WRITEBACK);
+            }
+            (
+                st.data.clone(),
+                st.seq,
+                st.base.clone(),
+                st.times,
+                st.file.clone(),
+                st.size,
+            )
+        };
+        let unmark = |d: &Dirty| d.st.lock().tree.clear_all(bits::WRITEBACK);
+        let obj = self.objects.lock().get(&d.path).cloned();
+        let _io = obj.as_ref().map(|o| o.io.write());
+        let path = d.path.clone();
+        // The origin file, at the version the dirty data sits on.
+        let p = path.clone();
+        let opened = self.change(move |o| {
+            let f: Arc<dyn OriginFile> = match file {
+                Some(f) => f,
+                None => Arc::from(o.open_rw(&p, false)?),
+            };
+            let pre = f.token()?;
+            Ok((f, pre))
+        });
+        let (f, pre) = opened.inspect_err(|_| unmark(d))?;
+        if pre != base {
+            let r = self.conflict(wb, d, &snap, size, seq, &pre);
+            unmark(d);
+            return r.map(|_| Flushed::Conflict);
+        }
+        let runs = runs(&snap);
+        let mut sent = 0u64;
+        for (off, parts) in &runs {
+            let (f, buf) = (f.clone(), join(parts));
+            sent += buf.len() as u64;
+            let off = *off;
+            self.change(move |_| f.write_at(&buf, off))
+                .inspect_err(|_| unmark(d))?;
+        }
+        let (f2, p2) = (f.clone(), path.clone());
+        let post = self
+            .change(move |o| {
+                f2.sync(true)?;
+                if let Some(t) = times {
+                    let set = SetAttr {
+                        atime: t.atime.map(SetTime::At),
+                        mtime: Some(SetTime::At(t.mtime)),
+                        ..Default::default()
+                    };
+                    o.set_attr(&p2, &set)?;
+                }
+                f2.attr()
+            })
+            .inspect_err(|_| unmark(d))?;
+        // The origin has it, durably: out of the dirty map and the journal.
+        {
+            let mut st = d.st.lock();
+            let mut freed = 0u64;
+            for (s, b) in &snap {
+                if st
+                    .data
+                    .get(s)
+                    .is_some_and(|c| c.as_ptr() == b.as_ptr() && c.len() == b.len())
+                {
+                    st.data.remove(s);
+                    freed += b.len() as u64;
+                }
+            }
+            st.tree.clear_all(bits::DIRTY | bits::WRITEBACK);
+            let left: Vec<Range<u64>> = st
+                .data
+                .iter()
+                .map(|(&s, b)| s..s + b.len() as u64)
+                .collect();
+            for r in left {
+                st.tree.set(r, bits::DIRTY);
+            }
+            st.bytes -= freed;
+            wb.bytes.fetch_sub(freed, Ordering::Relaxed);
+            stats::sub(&self.stats.dirty_bytes, freed);
+            if st.times == times {
+                st.times = None;
+            }
+            st.base = post.token.clone();
+            st.size = st.size.max(post.size);
+            st.since = (!st.data.is_empty()).then(Instant::now);
+            st.error = None;
+            st.failures = 0;
+            st.retry_at = None;
+            if st.is_clean() {
+                st.file = None;
+            }
+        }
+        if let Err(e) = wb.journal.done(&path, seq).and_then(|_| wb.journal.sync()) {
+            // The data is at the origin; a replay would find it changed and keep a
+            // conflict copy of bytes it already has, never lose any.
+            tracing::warn!(error = %e, "write-back journal: could not record a flush");
+        }
+        stats::inc(&self.stats.wb_flushes);
+        stats::add(&self.stats.wb_flushed_bytes, sent);
+        // The cache follows, as after a write-through write of these runs.
+        if let Some(o) = &obj {
+            let mut pre = pre;
+            for (off, parts) in &runs {
+                let buf = join(parts);
+                let end = off + buf.len() as u64;
+                self.apply_change(o, &pre, post.clone(), Some(*off..end), Some(&buf));
+                pre = post.token.clone();
+            }
+            if runs.is_empty() {
+                self.apply_change(o, &pre, post.clone(), None, None);
+            }
+        } else {
+            self.attrs.remove(&path);
+        }
+        Ok(Flushed::Sent)
+    }
+
+    /// The origin file changed under dirty data: the origin's file stays as it is,
+    /// and the dirty bytes are saved beside it, as `NAME.strata-conflict-SECS`, at
+    /// their offsets (ranges never written through the mount are holes), and the
+    /// file's dirty data is dropped.
+    fn conflict(
+        &self,
+        wb: &WriteBack,
+        d: &Arc<Dirty>,
+        snap: &BTreeMap<u64, Bytes>,
+        size: u64,
+        seq: u64,
+        now: &Token,
+    ) -> io::Result<()> {
+        let name = d.path.file_name().unwrap_or_default().to_string_lossy();
+        let copy = d
+            .path
+            .with_file_name(format!("{name}.strata-conflict-{}", wall_now().secs));
+        let (c, runs) = (copy.clone(), runs(snap));
+        self.change(move |o| {
+            let new = NewEntry {
+                mode: 0o600,
+                owner: None,
+            };
+            let f = o.create(&c, &new, false)?;
+            f.set_len(0)?;
+            for (off, parts) in &runs {
+                f.write_at(&join(parts), *off)?;
+            }
+            f.set_len(size)?;
+            f.sync(true)
+        })?;
+        stats::inc(&self.stats.wb_conflicts);
+        tracing::warn!(path = %d.path.display(), copy = %copy.display(), origin = ?now, "the origin file changed under data written through the mount: the origin's version stays, the local bytes were saved as a conflict copy");
+        {
+            let mut st = d.st.lock();
+            let freed = st.bytes;
+            st.data.clear();
+            st.tree = ExtentTree::new();
+            st.times = None;
+            st.bytes = 0;
+            st.since = None;
+            st.file = None;
+            wb.bytes.fetch_sub(freed, Ordering::Relaxed);
+            stats::sub(&self.stats.dirty_bytes, freed);
+        }
+        let _ = wb
+            .journal
+            .done(&d.path, seq)
+            .and_then(|_| wb.journal.sync());
+        self.forget_parent_of(&copy);
+        let active = self.objects.lock().get(&d.path).cloned();
+        if let Some(o) = active {
+            self.kill(&o);
+        }
+        self.attrs.remove(&d.path);
+        Ok(())
+    }
+
+    /// Sends every dirty file to the origin; gives up when a round makes no progress
+    /// for `patience`. Returns how many files are still dirty.
+    pub(super) fn flush_all(&self, patience: Duration) -> usize {
+        let Some(wb) = &self.wb else { return 0 };
+        if wb.abandoned.load(Ordering::Acquire) {
+            return wb.files.lock().len();
+        }
+        let mut last = (usize::MAX, Instant::now());
+        loop {
+            let left: Vec<Arc<Dirty>> = wb.files.lock().values().cloned().collect();
+            let n = left.len();
+            if n == 0 {
+                return 0;
+            }
+            if n < last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() > patience {
+                return n;
+            }
+            // In parallel through the flushers, retries due at once.
+            for d in &left {
+                d.st.lock().retry_at = None;
+            }
+            wb.kick(true);
+            wb.wait_flush(Duration::from_millis(50));
+            if wb.queue.lock().is_none() {
+                // No flushers (startup, shutdown): one at a time here.
+                for d in &left {
+                    let _ = self.flush_file(d);
+                }
+            }
+        }
+    }
+
+    /// From now on nothing dirty is sent to the origin: what a crash would leave.
+    pub(super) fn wb_abandon(&self) {
+        if let Some(wb) = &self.wb {
+            wb.abandoned.store(true, Ordering::Release);
+            self.wb_stop();
+        }
+    }
+
+    /// Stops the scheduler and the flushers (after `flush_all`).
+    pub(super) fn wb_stop(&self) {
+        if let Some(wb) = &self.wb {
+            wb.sched.lock().stop = true;
+            wb.sched_cv.notify_all();
+            wb.queue.lock().take();
+        }
+    }
+
+    /// A read of a file with dirty data: the origin's version with the dirty bytes
+    /// over it, up to the dirty size. None: nothing dirty there.
+    pub(super) fn read_dirty(
+        &self,
+        h: &Handle,
+        off: u64,
+        len: usize,
+    ) -> Option<io::Result<ReadBuf>> {
+        let path = h.cur.lock().path.clone();
+        let d = self.wb.as_ref()?.get(&path)?;
+        let (base, size) = {
+            let st = d.st.lock();
+            (st.base.clone(), st.size)
+        };
+        if off >= size || len == 0 {
+            return Some(Ok(ReadBuf::default()));
+        }
+        let end = (off + len as u64).min(size);
+        let under = match self.read(h, off, (end - off) as usize) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        // The origin changed under the dirty data: its version is what is served (it
+        // stays; the dirty bytes go to a conflict copy).
+        if !h.cur.lock().has_token(&base) {
+            return Some(Ok(under));
+        }
+        let mut buf = vec![0u8; (end - off) as usize];
+        let mut at = 0;
+        for p in under.parts() {
+            buf[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        let st = d.st.lock();
+        if st.base != base {
+            // Flushed meanwhile: the origin has the bytes now.
+            drop(st);
+            return Some(self.read(h, off, len));
+        }
+        st.overlay(off..end, &mut buf);
+        Some(Ok(ReadBuf::from_bytes(Bytes::from(buf))))
+    }
+
+    /// Attributes with what is dirty of the file: its size and modification time.
+    pub(super) fn dirty_attr(&self, path: &Path, a: Attr) -> Attr {
+        let Some(d) = self.wb.as_ref().and_then(|wb| wb.get(path)) else {
+            return a;
+        };
+        let st = d.st.lock();
+        if a.token != st.base || a.kind != FileKind::File {
+            return a;
+        }
+        let mut a = a;
+        a.size = a.size.max(st.size);
+        a.blocks = a.blocks.max(st.size.div_ceil(512));
+        if st.since.is_some() {
+            a.mtime = st.mtime;
+            a.ctime = st.mtime;
+        }
+        if let Some(t) = st.times {
+            a.mtime = t.mtime;
+            if let Some(at) = t.atime {
+                a.atime = at;
+            }
+        }
+        a
+    }
+
+    /// Times set on a dirty file (nothing else changed): kept with its data and set
+    /// at the origin after it. None: not dirty, it goes through.
+    pub(super) fn dirty_times(&self, path: &Path, set: &SetAttr) -> Option<io::Result<Attr>> {
+        let only_times = SetAttr {
+            atime: None,
+            mtime: None,
+            ..*set
+        } == SetAttr::default();
+        let mtime = set.mtime?;
+        if !only_times {
+            return None;
+        }
+        let wb = self.wb.as_ref()?;
+        let d = wb.get(path)?;
+        let resolve = |t: SetTime| match t {
+            SetTime::Now => wall_now(),
+            SetTime::At(t) => t,
+        };
+        let times = Times {
+            atime: set.atime.map(resolve),
+            mtime: resolve(mtime),
+        };
+        {
+            let mut st = d.st.lock();
+            if st.removed || st.is_clean() {
+                return None;
+            }
+            let seq = match wb.journal.times(path, &st.base, times) {
+                Ok(s) => s,
+                Err(_) => return None,
+            };
+            st.seq = seq;
+            st.times = Some(times);
+        }
+        let a = match self.attrs.peek(path) {
+            Some((Ok(a), ..)) => Ok(a),
+            _ => self.stat_origin(path),
+        };
+        Some(a.map(|a| self.dirty_attr(path, a)))
+    }
+
+    /// The error of a failed write-back of `h`'s file, for `fsync` and `close` to
+    /// report (until a flush succeeds).
+    pub(super) fn wb_error(&self, h: &Handle) -> io::Result<()> {
+        let path = h.cur.lock().path.clone();
+        match self.wb.as_ref().and_then(|wb| wb.get(&path)) {
+            Some(d) => match d.st.lock().error {
+                Some(e) => Err(io::Error::from_raw_os_error(e)),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// fsync in write-back mode: the file's dirty data durable in the journal (or
+    /// at the origin with `fsync_origin`). None: nothing dirty, the origin file is
+    /// synced as in write-through.
+    pub(super) fn wb_fsync(&self, h: &Handle) -> Option<io::Result<()>> {
+        let wb = self.wb.as_ref()?;
+        let path = h.cur.lock().path.clone();
+        let d = wb.get(&path)?;
+        if let Err(e) = self.wb_error(h) {
+            return Some(Err(e));
+        }
+        if wb.cfg.fsync_origin {
+            return Some(self.flush_file(&d));
+        }
+        Some(wb.journal.sync())
+    }
+
+    /// Dirty bytes and files now (for tests).
+    pub(super) fn dirty_now(&self) -> (u64, usize) {
+        match &self.wb {
+            Some(wb) => (wb.bytes.load(Ordering::Relaxed), wb.files.lock().len()),
+            None => (0, 0),
+        }
+    }
+}
