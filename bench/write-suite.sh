@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Issue 29's benchmark, write-through part: writes over a real slow origin
-# (bench/slow-origin.sh: sshfs from a network namespace through a relay that adds the
-# round trip), through strata against straight to the sshfs mount, side by side in one
-# run, the page cache dropped and the output emptied before every run.
+# Issue 29's benchmark: writes over a real slow origin (bench/slow-origin.sh: sshfs
+# from a network namespace through a relay that adds the round trip), through strata
+# against straight to the sshfs mount and, where rclone is installed, through
+# `rclone mount --vfs-cache-mode writes`, side by side in one run, the page cache
+# dropped and the output emptied before every run. With a write-back cache (strata
+# with STRATA_ARGS=--write-back, rclone) the workload's time is what the writer waits;
+# "at origin" adds the time until the origin holds everything (strata: its umount,
+# which sends what is dirty; rclone: polling the origin after its unmount).
 #   seqwrite  one file of STRATA_BENCH_WRITE_MIB (default 1024) MiB of random bytes,
 #             written with dd (1 MiB writes) and fsync'ed
 #   untar     a 10,000-file tree (100 directories of 100 files of 1-2 KB) untarred
@@ -66,8 +70,18 @@ fresh_origin() {
     bench/slow-origin.sh up "$work/origin" "$work/s" "$1" >/dev/null
 }
 
+# landed W DIR: true when DIR holds everything workload W wrote.
+landed() {
+    case $1 in
+    seqwrite) cmp -s "$data/big" "$2/big" ;;
+    untar) [ "$(find "$2/tree" -type f 2>/dev/null | wc -l)" = $((dirs * 100)) ] ;;
+    esac
+}
+now() { date +%s.%N; }
+rclone_bin=$(command -v rclone || true)
+
 for rtt in "${rtts[@]}"; do
-    declare -A direct_t strata_t
+    declare -A direct_t strata_t strata_o rclone_t rclone_o
     for w in "${workloads[@]}"; do
         fresh_origin "$rtt"
         direct_t[$w]=$(timed "run_$w" "$work/s")
@@ -76,24 +90,40 @@ for rtt in "${rtts[@]}"; do
         rm -rf "$work/c"
         # shellcheck disable=SC2086
         "$strata" mount "$work/s" "$work/m" --cache-dir "$work/c" ${STRATA_ARGS:-}
+        t0=$(now)
         strata_t[$w]=$(timed "run_$w" "$work/m")
-        # What landed at the origin is what was written.
-        case $w in
-        seqwrite) cmp "$data/big" "$work/origin/big" ;;
-        untar) [ "$(find "$work/origin/tree" -type f | wc -l)" = $((dirs * 100)) ] ;;
-        esac
         "$strata" umount "$work/m"
+        strata_o[$w]=$(python3 -c "print(f'{$(now) - $t0 - 0:.2f}')")
+        # What landed at the origin is what was written.
+        landed "$w" "$work/origin" || { echo "strata: $w did not reach the origin" >&2; exit 1; }
         bench/slow-origin.sh down "$work/s" >/dev/null
+        if [ -n "$rclone_bin" ]; then
+            fresh_origin "$rtt"
+            rm -rf "$work/rc"
+            mkdir -p "$work/r"
+            "$rclone_bin" mount "$work/s" "$work/r" --vfs-cache-mode writes \
+                --cache-dir "$work/rc" --daemon
+            t0=$(now)
+            rclone_t[$w]=$(timed "run_$w" "$work/r")
+            fusermount -u "$work/r" 2>/dev/null || umount "$work/r"
+            for _ in $(seq 600); do landed "$w" "$work/origin" && break; sleep 0.1; done
+            rclone_o[$w]=$(python3 -c "print(f'{$(now) - $t0:.2f}')")
+            landed "$w" "$work/origin" || rclone_o[$w]="never (not at the origin 60 s after unmount)"
+            bench/slow-origin.sh down "$work/s" >/dev/null
+        fi
     done
     echo
-    echo "## sshfs origin, ${rtt} ms RTT (strata ${STRATA_ARGS:-defaults}: write-through)"
+    echo "## sshfs origin, ${rtt} ms RTT (strata ${STRATA_ARGS:-defaults})"
     echo
-    echo "| workload | straight to sshfs | through strata | speed through strata / straight |"
-    echo "| --- | --- | --- | --- |"
+    echo "| workload | straight to sshfs | strata | strata, at origin | speed strata / straight | rclone writes | rclone, at origin | speed strata / rclone |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
     for w in "${workloads[@]}"; do
         python3 -c "
-d, s = ${direct_t[$w]}, ${strata_t[$w]}
-print(f'| $w | {d:.2f} s | {s:.2f} s | {d / s:.2f} |')"
+d, s, so = ${direct_t[$w]}, ${strata_t[$w]}, ${strata_o[$w]}
+r, ro = '${rclone_t[$w]:-}', '${rclone_o[$w]:-}'
+rc = f'{float(r):.2f} s' if r else 'not installed'
+ratio = f'{float(r) / s:.2f}' if r else '-'
+print(f'| $w | {d:.2f} s | {s:.2f} s | {so:.2f} s | {d / s:.2f} | {rc} | {ro} | {ratio} |')"
     done
-    unset direct_t strata_t
+    unset direct_t strata_t strata_o rclone_t rclone_o
 done

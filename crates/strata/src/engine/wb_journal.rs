@@ -9,8 +9,9 @@
 //! - `0 magic version` opens a segment;
 //! - `1 seq path base off data`: bytes written at `off` over the origin file whose
 //!   token was `base`;
-//! - `2 seq path base atime? mtime`: times set while the file was dirty, applied
-//!   after its data;
+//! - `2 seq path base has [atime] [mtime] [mode] [uid] [gid]`: attributes set while
+//!   the file was dirty (all of them since it became dirty; `has` says which are
+//!   there), applied after its data;
 //! - `3 seq path upto`: every record of `path` up to `upto` is on the origin (synced
 //!   there).
 //!
@@ -47,11 +48,28 @@ const DATA: u8 = 1;
 const TIMES: u8 = 2;
 const DONE: u8 = 3;
 
-/// Times set on a dirty file, applied at the origin after its data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Attributes set on a dirty file (times, mode, owner), applied at the origin after
+/// its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Times {
     pub atime: Option<Timestamp>,
-    pub mtime: Timestamp,
+    pub mtime: Option<Timestamp>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl Times {
+    /// `later` set over `self`: its fields win.
+    pub fn then(self, later: Times) -> Times {
+        Times {
+            atime: later.atime.or(self.atime),
+            mtime: later.mtime.or(self.mtime),
+            mode: later.mode.or(self.mode),
+            uid: later.uid.or(self.uid),
+            gid: later.gid.or(self.gid),
+        }
+    }
 }
 
 /// What a replay found still dirty of one file.
@@ -197,12 +215,24 @@ impl Journal {
                     let data = Bytes::copy_from_slice(r.blob()?);
                     f.writes.push((seq, off, data));
                 } else {
-                    let atime = match r.u8()? {
-                        0 => None,
-                        _ => Some(take_time(r)?),
-                    };
-                    let mtime = take_time(r)?;
-                    f.times = Some((seq, Times { atime, mtime }));
+                    let has = r.u8()?;
+                    let mut t = Times::default();
+                    if has & 1 != 0 {
+                        t.atime = Some(take_time(r)?);
+                    }
+                    if has & 2 != 0 {
+                        t.mtime = Some(take_time(r)?);
+                    }
+                    if has & 4 != 0 {
+                        t.mode = Some(r.u32()?);
+                    }
+                    if has & 8 != 0 {
+                        t.uid = Some(r.u32()?);
+                    }
+                    if has & 16 != 0 {
+                        t.gid = Some(r.u32()?);
+                    }
+                    f.times = Some((seq, t));
                 }
                 f.base = Some(base);
                 f.seq = seq;
@@ -305,18 +335,22 @@ impl Journal {
         })
     }
 
-    /// Appends times set while `path` was dirty.
+    /// Appends the attributes set while `path` was dirty (all of them so far).
     pub fn times(&self, path: &Path, base: &Token, t: Times) -> io::Result<u64> {
         self.append(path, TIMES, |o| {
             base.put(o);
-            match t.atime {
-                Some(a) => {
-                    o.push(1);
-                    put_time(o, a);
-                }
-                None => o.push(0),
+            let has = t.atime.is_some() as u8
+                | (t.mtime.is_some() as u8) << 1
+                | (t.mode.is_some() as u8) << 2
+                | (t.uid.is_some() as u8) << 3
+                | (t.gid.is_some() as u8) << 4;
+            o.push(has);
+            for x in [t.atime, t.mtime].into_iter().flatten() {
+                put_time(o, x);
             }
-            put_time(o, t.mtime);
+            for x in [t.mode, t.uid, t.gid].into_iter().flatten() {
+                put_u32(o, x);
+            }
         })
     }
 

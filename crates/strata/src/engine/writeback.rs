@@ -11,15 +11,16 @@
 //!
 //! A flush holds the version's I/O lock alone, checks that the origin file is still
 //! at `base` (else the origin changed under the dirty data: a conflict, see
-//! `conflict`), writes the runs, syncs the file at the origin, applies times set
-//! while dirty, and takes the origin's new token as the version's (the written runs
+//! `conflict`), writes the runs, syncs the file at the origin, applies the attributes
+//! set while dirty, and takes the origin's new token as the version's (the written runs
 //! are cached as a write-through write's are). Only then is the journal told the
 //! records are done. A failed flush keeps everything dirty and is retried with a
 //! growing pause; its error is reported by `fsync` and `close`, as NFS does.
 //!
 //! Anything that must see the origin in order with the dirty data — a truncation, a
-//! rename, an unlink, a link, a mode or owner change, xattrs, O_DIRECT, a write that
-//! cannot be journaled — first flushes the file (`flush_path`), then goes through.
+//! rename, an unlink, a link, xattrs, O_DIRECT, a write that cannot be journaled —
+//! first flushes the file (`flush_path`), then goes through. Times, mode and owner
+//! set on a dirty file wait with its data and are set right after it (`dirty_times`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -601,8 +602,11 @@ impl Inner {
                 if let Some(t) = times {
                     let set = SetAttr {
                         atime: t.atime.map(SetTime::At),
-                        mtime: Some(SetTime::At(t.mtime)),
-                        ..Default::default()
+                        mtime: t.mtime.map(SetTime::At),
+                        mode: t.mode,
+                        uid: t.uid,
+                        gid: t.gid,
+                        size: None,
                     };
                     o.set_attr(&p2, &set)?;
                 }
@@ -842,24 +846,20 @@ impl Inner {
             a.ctime = st.mtime;
         }
         if let Some(t) = st.times {
-            a.mtime = t.mtime;
-            if let Some(at) = t.atime {
-                a.atime = at;
-            }
+            a.mtime = t.mtime.unwrap_or(a.mtime);
+            a.atime = t.atime.unwrap_or(a.atime);
+            a.perm = t.mode.map_or(a.perm, |m| m & 0o7777);
+            a.uid = t.uid.unwrap_or(a.uid);
+            a.gid = t.gid.unwrap_or(a.gid);
         }
         a
     }
 
-    /// Times set on a dirty file (nothing else changed): kept with its data and set
-    /// at the origin after it. None: not dirty, it goes through.
+    /// Times, mode or owner set on a dirty file (no truncation): kept with its data
+    /// and set at the origin after it (tar sets them right after the data). None:
+    /// not dirty, it goes through.
     pub(super) fn dirty_times(&self, path: &Path, set: &SetAttr) -> Option<io::Result<Attr>> {
-        let only_times = SetAttr {
-            atime: None,
-            mtime: None,
-            ..*set
-        } == SetAttr::default();
-        let mtime = set.mtime?;
-        if !only_times {
+        if set.size.is_some() {
             return None;
         }
         let wb = self.wb.as_ref()?;
@@ -868,21 +868,25 @@ impl Inner {
             SetTime::Now => wall_now(),
             SetTime::At(t) => t,
         };
-        let times = Times {
+        let later = Times {
             atime: set.atime.map(resolve),
-            mtime: resolve(mtime),
+            mtime: set.mtime.map(resolve),
+            mode: set.mode,
+            uid: set.uid,
+            gid: set.gid,
         };
         {
             let mut st = d.st.lock();
             if st.removed || st.is_clean() {
                 return None;
             }
-            let seq = match wb.journal.times(path, &st.base, times) {
+            let all = st.times.unwrap_or_default().then(later);
+            let seq = match wb.journal.times(path, &st.base, all) {
                 Ok(s) => s,
                 Err(_) => return None,
             };
             st.seq = seq;
-            st.times = Some(times);
+            st.times = Some(all);
         }
         let a = match self.attrs.peek(path) {
             Some((Ok(a), ..)) => Ok(a),
