@@ -12,8 +12,9 @@
 //! - `2 seq path base has [atime] [mtime] [mode] [uid] [gid]`: attributes set while
 //!   the file was dirty (all of them since it became dirty; `has` says which are
 //!   there), applied after its data;
-//! - `3 seq path upto`: every record of `path` up to `upto` is on the origin (synced
-//!   there).
+//! - `3 seq path upto now`: every record of `path` up to `upto` is on the origin
+//!   (synced there), whose file is at token `now` since: the base of the records
+//!   after `upto`, even those written during the flush over the token before it.
 //!
 //! `sync` makes every record appended so far durable (one `fdatasync` of the current
 //! segment; a segment is synced before the next one is started, so only the last
@@ -240,8 +241,12 @@ impl Journal {
             }
             DONE => {
                 let upto = r.u64()?;
+                let now = Token::take(r)?;
                 if let Some(f) = found.get_mut(&path) {
                     f.done(upto);
+                    // Records after `upto` written during that flush name the token
+                    // from before it; the origin is at `now` since.
+                    f.base = Some(now);
                 }
                 if live.get(&path).is_some_and(|&s| s <= upto) {
                     live.remove(&path);
@@ -355,9 +360,12 @@ impl Journal {
     }
 
     /// Records that `path`'s records up to `seq` are on the origin (durable there),
-    /// and drops the segments nothing live is left in.
-    pub fn done(&self, path: &Path, seq: u64) -> io::Result<()> {
-        self.append(path, DONE, |o| put_u64(o, seq))?;
+    /// whose file is at `now` since, and drops the segments nothing live is left in.
+    pub fn done(&self, path: &Path, seq: u64, now: &Token) -> io::Result<()> {
+        self.append(path, DONE, |o| {
+            put_u64(o, seq);
+            now.put(o);
+        })?;
         let mut st = self.st.lock();
         for s in st.segments.values_mut() {
             if s.live.get(path).is_some_and(|&s| s <= seq) {

@@ -652,7 +652,11 @@ impl Inner {
                 st.file = None;
             }
         }
-        if let Err(e) = wb.journal.done(&path, seq).and_then(|_| wb.journal.sync()) {
+        if let Err(e) = wb
+            .journal
+            .done(&path, seq, &post.token)
+            .and_then(|_| wb.journal.sync())
+        {
             // The data is at the origin; a replay would find it changed and keep a
             // conflict copy of bytes it already has, never lose any.
             tracing::warn!(error = %e, "write-back journal: could not record a flush");
@@ -724,7 +728,7 @@ impl Inner {
         }
         let _ = wb
             .journal
-            .done(&d.path, seq)
+            .done(&d.path, seq, now)
             .and_then(|_| wb.journal.sync());
         self.forget_parent_of(&copy);
         let active = self.objects.lock().get(&d.path).cloned();
