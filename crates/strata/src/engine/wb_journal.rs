@@ -52,7 +52,7 @@ const DONE: u8 = 3;
 /// Attributes set on a dirty file (times, mode, owner), applied at the origin after
 /// its data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Times {
+pub(crate) struct LaterAttrs {
     pub atime: Option<Timestamp>,
     pub mtime: Option<Timestamp>,
     pub mode: Option<u32>,
@@ -60,10 +60,10 @@ pub(crate) struct Times {
     pub gid: Option<u32>,
 }
 
-impl Times {
+impl LaterAttrs {
     /// `later` set over `self`: its fields win.
-    pub fn then(self, later: Times) -> Times {
-        Times {
+    pub fn then(self, later: LaterAttrs) -> LaterAttrs {
+        LaterAttrs {
             atime: later.atime.or(self.atime),
             mtime: later.mtime.or(self.mtime),
             mode: later.mode.or(self.mode),
@@ -80,7 +80,7 @@ pub(crate) struct Replayed {
     pub base: Option<Token>,
     /// Writes in the order they were made: (seq, offset, bytes).
     pub writes: Vec<(u64, u64, Bytes)>,
-    pub times: Option<(u64, Times)>,
+    pub times: Option<(u64, LaterAttrs)>,
     /// The newest record's sequence number.
     pub seq: u64,
 }
@@ -217,7 +217,7 @@ impl Journal {
                     f.writes.push((seq, off, data));
                 } else {
                     let has = r.u8()?;
-                    let mut t = Times::default();
+                    let mut t = LaterAttrs::default();
                     if has & 1 != 0 {
                         t.atime = Some(take_time(r)?);
                     }
@@ -341,7 +341,7 @@ impl Journal {
     }
 
     /// Appends the attributes set while `path` was dirty (all of them so far).
-    pub fn times(&self, path: &Path, base: &Token, t: Times) -> io::Result<u64> {
+    pub fn times(&self, path: &Path, base: &Token, t: LaterAttrs) -> io::Result<u64> {
         self.append(path, TIMES, |o| {
             base.put(o);
             let has = t.atime.is_some() as u8

@@ -252,7 +252,7 @@ impl Inner {
     ) -> io::Result<Attr> {
         self.check_writable()?;
         if self.wb.is_some() {
-            if let Some(r) = self.dirty_times(path, set) {
+            if let Some(r) = self.dirty_set_attr(path, set) {
                 return r;
             }
             self.flush_path(path)?;

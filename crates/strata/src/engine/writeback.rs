@@ -19,13 +19,13 @@
 //!
 //! Anything that must see the origin in order with the dirty data — a truncation, a
 //! rename, an unlink, a link, xattrs, O_DIRECT, a write that cannot be journaled —
-//! first flushes the file (`flush_path`), then goes through. Times, mode and owner
-//! set on a dirty file wait with its data and are set right after it (`dirty_times`).
+//! first flushes the file (`flush_path`), then goes through. LaterAttrs, mode and owner
+//! set on a dirty file wait with its data and are set right after it (`dirty_set_attr`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-use super::wb_journal::{Journal, Replayed, Times};
+use super::wb_journal::{Journal, LaterAttrs, Replayed};
 use super::*;
 use crate::extent::ExtentTree;
 use crate::origin::{NewEntry, SetAttr, SetTime, Timestamp};
@@ -66,8 +66,8 @@ struct DirtyState {
     since: Option<Instant>,
     /// Wall time of the newest write (the file's mtime while dirty).
     mtime: Timestamp,
-    /// Times set while dirty, applied after the data.
-    times: Option<Times>,
+    /// Times, mode and owner set while dirty, applied after the data.
+    times: Option<LaterAttrs>,
     /// An origin file open for writing (the newest writer's).
     file: Option<Arc<dyn OriginFile>>,
     /// The last flush's error, until a flush succeeds.
@@ -76,6 +76,33 @@ struct DirtyState {
     retry_at: Option<Instant>,
     /// Taken out of the map (clean): a writer that finds this starts a new one.
     removed: bool,
+}
+
+impl Dirty {
+    /// Nothing dirty yet, over the origin file at `base`.
+    fn new(path: PathBuf, base: Token, seq: u64) -> Dirty {
+        Dirty {
+            path,
+            st: Mutex::new(DirtyState {
+                size: base.size(),
+                base,
+                data: BTreeMap::new(),
+                tree: ExtentTree::new(),
+                bytes: 0,
+                seq,
+                since: None,
+                mtime: wall_now(),
+                times: None,
+                file: None,
+                error: None,
+                failures: 0,
+                retry_at: None,
+                removed: false,
+            }),
+            order: Mutex::new(()),
+            queued: AtomicBool::new(false),
+        }
+    }
 }
 
 impl DirtyState {
@@ -177,20 +204,11 @@ fn wall_now() -> Timestamp {
     }
 }
 
-/// How a flush ended.
-enum Flushed {
-    Clean,
-    Sent,
-    /// The origin file was not at `base` any more.
-    Conflict,
-}
-
 /// The write-back state of an engine.
 pub(super) struct WriteBack {
     cfg: crate::config::WriteBack,
     journal: Journal,
     files: Mutex<FxHashMap<PathBuf, Arc<Dirty>>>,
-    bytes: AtomicU64,
     /// Wakes the scheduler; true once it should stop.
     sched: Mutex<SchedState>,
     sched_cv: Condvar,
@@ -221,7 +239,6 @@ impl WriteBack {
                 cfg,
                 journal,
                 files: Mutex::new(FxHashMap::default()),
-                bytes: AtomicU64::new(0),
                 sched: Mutex::new(SchedState::default()),
                 sched_cv: Condvar::new(),
                 done_cv: Condvar::new(),
@@ -270,39 +287,21 @@ impl Inner {
         let mut files = wb.files.lock();
         for (path, r) in found {
             let Some(base) = r.base else { continue };
-            let mut st = DirtyState {
-                size: base.size(),
-                base,
-                data: BTreeMap::new(),
-                tree: ExtentTree::new(),
-                bytes: 0,
-                seq: r.seq,
-                since: Some(Instant::now()),
-                mtime: wall_now(),
-                times: r.times.map(|t| t.1),
-                file: None,
-                error: None,
-                failures: 0,
-                retry_at: None,
-                removed: false,
+            let d = Dirty::new(path.clone(), base, r.seq);
+            let bytes = {
+                let mut st = d.st.lock();
+                for (_, off, data) in r.writes {
+                    st.put(off, data);
+                }
+                st.times = r.times.map(|t| t.1);
+                st.since = Some(Instant::now());
+                st.bytes
             };
-            for (_, off, data) in r.writes {
-                st.put(off, data);
-            }
             stats::inc(&self.stats.journal_replays);
-            wb.bytes.fetch_add(st.bytes, Ordering::Relaxed);
-            stats::add(&self.stats.dirty_bytes, st.bytes);
+            stats::add(&self.stats.dirty_bytes, bytes);
             stats::inc(&self.stats.dirty_files);
-            tracing::info!(path = %path.display(), bytes = st.bytes, "write-back journal: dirty data found at startup, sending it to the origin");
-            files.insert(
-                path.clone(),
-                Arc::new(Dirty {
-                    path,
-                    st: Mutex::new(st),
-                    order: Mutex::new(()),
-                    queued: AtomicBool::new(false),
-                }),
-            );
+            tracing::info!(path = %path.display(), bytes, "write-back journal: dirty data found at startup, sending it to the origin");
+            files.insert(path, Arc::new(d));
         }
     }
 
@@ -347,7 +346,7 @@ impl Inner {
                 }
                 std::mem::take(&mut s.urgent)
             };
-            let over = wb.bytes.load(Ordering::Relaxed) > wb.cfg.dirty_limit / 2;
+            let over = self.stats.dirty_bytes.load(Ordering::Relaxed) > wb.cfg.dirty_limit / 2;
             let now = Instant::now();
             let due: Vec<Arc<Dirty>> = wb
                 .files
@@ -401,30 +400,9 @@ impl Inner {
             let d = {
                 let mut files = wb.files.lock();
                 let fresh = files.get(&obj.path).is_none();
-                let d = files.entry(obj.path.clone()).or_insert_with(|| {
-                    let base = obj.token();
-                    Arc::new(Dirty {
-                        path: obj.path.clone(),
-                        st: Mutex::new(DirtyState {
-                            size: obj.size(),
-                            base,
-                            data: BTreeMap::new(),
-                            tree: ExtentTree::new(),
-                            bytes: 0,
-                            seq: 0,
-                            since: None,
-                            mtime: wall_now(),
-                            times: None,
-                            file: None,
-                            error: None,
-                            failures: 0,
-                            retry_at: None,
-                            removed: false,
-                        }),
-                        order: Mutex::new(()),
-                        queued: AtomicBool::new(false),
-                    })
-                });
+                let d = files
+                    .entry(obj.path.clone())
+                    .or_insert_with(|| Arc::new(Dirty::new(obj.path.clone(), obj.token(), 0)));
                 if fresh {
                     stats::inc(&self.stats.dirty_files);
                 }
@@ -455,10 +433,8 @@ impl Inner {
                 st.file = Some(f.clone());
             }
             if delta >= 0 {
-                wb.bytes.fetch_add(delta as u64, Ordering::Relaxed);
                 stats::add(&self.stats.dirty_bytes, delta as u64);
             } else {
-                wb.bytes.fetch_sub((-delta) as u64, Ordering::Relaxed);
                 stats::sub(&self.stats.dirty_bytes, (-delta) as u64);
             }
             stats::inc(&self.stats.writes);
@@ -472,7 +448,7 @@ impl Inner {
     /// (the flushers keep failing): the write then goes through.
     fn wb_room(&self, wb: &WriteBack, len: u64) -> bool {
         let full = || {
-            wb.bytes.load(Ordering::Relaxed) + len > wb.cfg.dirty_limit
+            self.stats.dirty_bytes.load(Ordering::Relaxed) + len > wb.cfg.dirty_limit
                 || wb.files.lock().len() >= MAX_DIRTY_FILES
         };
         if !full() {
@@ -541,10 +517,10 @@ impl Inner {
             }
         }
         wb.flush_ended();
-        r.map(|_| ())
+        r
     }
 
-    fn flush_once(&self, wb: &WriteBack, d: &Arc<Dirty>) -> io::Result<Flushed> {
+    fn flush_once(&self, wb: &WriteBack, d: &Arc<Dirty>) -> io::Result<()> {
         let _order = d.order.lock();
         if wb.abandoned.load(Ordering::Acquire) {
             return Err(io::Error::other("write-back abandoned"));
@@ -552,13 +528,14 @@ impl Inner {
         let (snap, seq, base, times, file, size) = {
             let mut st = d.st.lock();
             if st.is_clean() {
-                return Ok(Flushed::Clean);
+                return Ok(());
             }
-            for (&s, b) in &st.data.clone() {
+            let snap = st.data.clone();
+            for (&s, b) in &snap {
                 st.tree.set(s..s + b.len() as u64, bits::WRITEBACK);
             }
             (
-                st.data.clone(),
+                snap,
                 st.seq,
                 st.base.clone(),
                 st.times,
@@ -584,7 +561,7 @@ impl Inner {
         if pre != base {
             let r = self.conflict(wb, d, &snap, size, seq, &pre);
             unmark(d);
-            return r.map(|_| Flushed::Conflict);
+            return r;
         }
         let runs = runs(&snap);
         let mut sent = 0u64;
@@ -637,7 +614,6 @@ impl Inner {
                 st.tree.set(r, bits::DIRTY);
             }
             st.bytes -= freed;
-            wb.bytes.fetch_sub(freed, Ordering::Relaxed);
             stats::sub(&self.stats.dirty_bytes, freed);
             if st.times == times {
                 st.times = None;
@@ -678,7 +654,7 @@ impl Inner {
         } else {
             self.attrs.remove(&path);
         }
-        Ok(Flushed::Sent)
+        Ok(())
     }
 
     /// The origin file changed under dirty data: the origin's file stays as it is,
@@ -723,7 +699,6 @@ impl Inner {
             st.bytes = 0;
             st.since = None;
             st.file = None;
-            wb.bytes.fetch_sub(freed, Ordering::Relaxed);
             stats::sub(&self.stats.dirty_bytes, freed);
         }
         let _ = wb
@@ -798,8 +773,8 @@ impl Inner {
         off: u64,
         len: usize,
     ) -> Option<io::Result<ReadBuf>> {
-        let path = h.cur.lock().path.clone();
-        let d = self.wb.as_ref()?.get(&path)?;
+        let wb = self.wb.as_ref()?;
+        let d = wb.get(&h.cur.lock().path)?;
         let (base, size) = {
             let st = d.st.lock();
             (st.base.clone(), st.size)
@@ -859,10 +834,10 @@ impl Inner {
         a
     }
 
-    /// Times, mode or owner set on a dirty file (no truncation): kept with its data
+    /// LaterAttrs, mode or owner set on a dirty file (no truncation): kept with its data
     /// and set at the origin after it (tar sets them right after the data). None:
     /// not dirty, it goes through.
-    pub(super) fn dirty_times(&self, path: &Path, set: &SetAttr) -> Option<io::Result<Attr>> {
+    pub(super) fn dirty_set_attr(&self, path: &Path, set: &SetAttr) -> Option<io::Result<Attr>> {
         if set.size.is_some() {
             return None;
         }
@@ -872,7 +847,7 @@ impl Inner {
             SetTime::Now => wall_now(),
             SetTime::At(t) => t,
         };
-        let later = Times {
+        let later = LaterAttrs {
             atime: set.atime.map(resolve),
             mtime: set.mtime.map(resolve),
             mode: set.mode,
@@ -931,7 +906,10 @@ impl Inner {
     /// Dirty bytes and files now (for tests).
     pub(super) fn dirty_now(&self) -> (u64, usize) {
         match &self.wb {
-            Some(wb) => (wb.bytes.load(Ordering::Relaxed), wb.files.lock().len()),
+            Some(wb) => (
+                self.stats.dirty_bytes.load(Ordering::Relaxed),
+                wb.files.lock().len(),
+            ),
             None => (0, 0),
         }
     }
