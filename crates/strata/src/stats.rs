@@ -96,6 +96,7 @@ stats! {
     wb_throttled: "writes that waited for dirty data to drain below --dirty-limit",
     journal_replays: "files whose journaled dirty data was found at startup and sent to the origin",
     revalidations: "coherency checks against the origin",
+    lookups_by_listing: "lookups of missing names answered from the parent's trusted listing, without asking the origin",
     index_commits: "group commits of the disk index",
     index_compactions: "rewrites of the disk index log",
     index_records_dropped: "damaged or inconsistent index records skipped at startup",

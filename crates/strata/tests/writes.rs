@@ -202,6 +202,60 @@ fn names_made_and_removed_through_the_cache_are_seen_at_once() {
 }
 
 #[test]
+fn missing_names_in_a_listed_directory_ask_nobody_until_its_trust_ends() {
+    let s = setup();
+    let ttl = Duration::from_millis(400);
+    let e = engine(&s, ttl);
+    let dir = NewEntry {
+        mode: 0o755,
+        owner: None,
+    };
+    e.mkdir(Path::new("new"), &dir).unwrap();
+    let made = e.stat(Path::new("new")).unwrap();
+    // A directory just made is known empty: a tar filling it asks the origin
+    // nothing before each create.
+    let before = e.stats();
+    for i in 0..20 {
+        let r = e.stat(Path::new(&format!("new/f{i}")));
+        assert_eq!(r.err().unwrap().raw_os_error(), Some(2));
+    }
+    let after = e.stats();
+    assert_eq!(after.revalidations, before.revalidations, "{after:?}");
+    assert_eq!(after.lookups_by_listing - before.lookups_by_listing, 20);
+
+    // Names made through the cache are in the listing at once; the parent's times
+    // moved with them.
+    std::thread::sleep(Duration::from_millis(20));
+    drop(e.create(Path::new("new/f0"), &file_mode(), true).unwrap());
+    e.mkdir(Path::new("new/sub"), &dir).unwrap();
+    assert_eq!(e.stat(Path::new("new/f0")).unwrap().size, 0);
+    let mut names: Vec<String> = e
+        .read_dir(Path::new("new"))
+        .unwrap()
+        .iter()
+        .map(|x| x.name.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["f0", "sub"]);
+    let now = e.stat(Path::new("new")).unwrap();
+    assert!(now.mtime > made.mtime && now.ctime > made.ctime, "{now:?}");
+    assert_eq!(now.nlink, made.nlink + 1);
+    assert_eq!(
+        e.stat(Path::new("new/sub/x")).err().unwrap().raw_os_error(),
+        Some(2)
+    );
+
+    // A name made at the origin by someone else is seen once the listing's trust
+    // ends, as a readdir would show it.
+    std::fs::write(s.origin.join("new/outside"), b"x").unwrap();
+    std::thread::sleep(ttl + Duration::from_millis(50));
+    assert_eq!(e.stat(Path::new("new/outside")).unwrap().size, 1);
+    std::fs::write(s.origin.join("new/later"), b"yz").unwrap();
+    std::thread::sleep(ttl * 3);
+    assert_eq!(e.stat(Path::new("new/later")).unwrap().size, 2);
+}
+
+#[test]
 fn attributes_and_xattrs_change_and_the_cached_bytes_stay() {
     let s = setup();
     std::fs::write(s.origin.join("f"), pattern(6, 3 * BS as usize)).unwrap();

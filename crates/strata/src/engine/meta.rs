@@ -240,6 +240,28 @@ impl<K: Hash + Eq + Weight + Persist, V: Clone + Weight + Persist> TtlMap<K, V> 
         m.map.insert(k, Slot { at, wall, v, w });
     }
 
+    /// Changes an entry in place, keeping when the origin gave it, so it is trusted
+    /// no longer than before: a change of our own that the origin's answer would
+    /// show. False if there is no entry.
+    pub fn update(&self, k: &K, f: impl FnOnce(&mut V)) -> bool {
+        let (v, wall) = {
+            let mut m = self.map.lock();
+            let Some(e) = m.map.get_mut(k) else {
+                return false;
+            };
+            f(&mut e.v);
+            let w = k.weight() + e.v.weight() + SLOT;
+            let old = std::mem::replace(&mut e.w, w);
+            let (v, wall) = (e.v.clone(), e.wall);
+            m.bytes = m.bytes - old + w;
+            (v, wall)
+        };
+        if let Some(j) = &self.journal {
+            j.log.put(j.kind, wall, k, &v);
+        }
+        true
+    }
+
     pub fn remove<Q>(&self, k: &Q)
     where
         K: std::borrow::Borrow<Q>,

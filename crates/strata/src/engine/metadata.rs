@@ -9,6 +9,12 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 
+/// Largest listing searched to answer a lookup of a missing name (a linear search).
+const LISTING_LOOKUP_MAX: usize = 4096;
+/// Largest listing read again, when its trust has just ended, to answer a lookup of
+/// a missing name (a few round trips, rather than one per name).
+const LISTING_REREAD_MAX: usize = 1024;
+
 /// The journaled metadata maps, before the engine owns them.
 pub(super) struct MetaMaps {
     pub(super) attrs: TtlMap<PathBuf, Result<Attr, i32>>,
@@ -163,6 +169,33 @@ impl Inner {
         let trust = self.attr_trust(path, r.as_ref().ok(), wall);
         let left = trust.checked_sub(age).filter(|d| !d.is_zero())?;
         Some((r.map_err(io::Error::from_raw_os_error), left))
+    }
+
+    /// "No such entry" known without asking the origin: the parent's listing is
+    /// trusted and lacks the name (what a readdir would answer just as well). With
+    /// how much longer that holds. Listings past `LISTING_LOOKUP_MAX` entries are not
+    /// searched.
+    pub(super) fn absent_by_listing(&self, path: &Path) -> Option<Duration> {
+        let (parent, name) = (path.parent()?, path.file_name()?);
+        let (r, wall, age) = self.dirs.peek(parent)?;
+        let list = r.ok()?;
+        if list.len() > LISTING_LOOKUP_MAX {
+            return None;
+        }
+        let trust = self.trust(wall, self.changed_at(parent));
+        let left = trust.checked_sub(age).filter(|d| !d.is_zero())?;
+        (!list.iter().any(|e| e.name == name)).then_some(left)
+    }
+
+    /// True when `dir`'s listing is small and its trust ended less than a trust
+    /// time ago: a directory being filled or probed, where one listing answers the
+    /// lookups of many missing names (each a round trip to the origin otherwise).
+    pub(super) fn listing_lapsed(&self, dir: &Path) -> bool {
+        let Some((Ok(list), wall, age)) = self.dirs.peek(dir) else {
+            return false;
+        };
+        let trust = self.trust(wall, self.changed_at(dir));
+        list.len() <= LISTING_REREAD_MAX && age >= trust && age < trust * 2
     }
 
     /// How long an attribute answer the origin gave just now may be trusted.

@@ -595,11 +595,25 @@ impl Engine {
     /// that caches them itself (the kernel) must trust them no longer than that, or
     /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
     pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
-        let (r, trust) = self.inner.cached_attr(path).unwrap_or_else(|| {
-            let r = self.inner.stat_origin(path);
-            let trust = self.inner.fresh_trust(path, &r);
-            (r, trust)
-        });
+        let absent = || {
+            let left = self.inner.absent_by_listing(path).or_else(|| {
+                let parent = path.parent()?;
+                self.inner.listing_lapsed(parent).then_some(())?;
+                self.read_dir(parent).ok()?;
+                self.inner.absent_by_listing(path)
+            })?;
+            stats::inc(&self.inner.stats.lookups_by_listing);
+            Some((Err(io::Error::from_raw_os_error(ENOENT)), left))
+        };
+        let (r, trust) = self
+            .inner
+            .cached_attr(path)
+            .or_else(absent)
+            .unwrap_or_else(|| {
+                let r = self.inner.stat_origin(path);
+                let trust = self.inner.fresh_trust(path, &r);
+                (r, trust)
+            });
         (r.map(|a| self.inner.dirty_attr(path, a)), trust)
     }
 
@@ -754,5 +768,16 @@ impl Inner {
         if let Some(l) = l {
             l(path);
         }
+    }
+}
+
+/// The daemon's clock as an origin timestamp (times we set or estimate ourselves).
+fn wall_timestamp() -> crate::origin::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    crate::origin::Timestamp {
+        secs: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
     }
 }

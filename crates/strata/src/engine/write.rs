@@ -60,6 +60,43 @@ impl Inner {
         self.attrs.remove(parent);
     }
 
+    /// A name we just made (`a`: its attributes): the parent's cached listing gains
+    /// it and the parent's cached times move to now, nlink too for a directory, as
+    /// the origin's answer would show (with the daemon's clock for the times). Both
+    /// keep the trust they had: the origin is asked again when it ends. With
+    /// `default_permissions` the kernel asks for the parent's attributes after each
+    /// create; forgetting them cost a round trip per file on a slow origin. A new
+    /// directory's listing is known: empty.
+    pub(super) fn entry_made(&self, path: &Path, a: &Attr) {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return self.forget_parent_of(path);
+        };
+        let parent = parent.to_path_buf();
+        let now = wall_timestamp();
+        let subdir = a.kind == FileKind::Dir;
+        self.attrs.update(&parent, |r| {
+            if let Ok(p) = r {
+                (p.mtime, p.ctime) = (now, now);
+                p.nlink += subdir as u32;
+            }
+        });
+        self.dirs.update(&parent, |r| {
+            if let Ok(list) = r {
+                let v = Arc::make_mut(list);
+                v.retain(|e| e.name != name);
+                v.push(DirEntry {
+                    name: name.to_owned(),
+                    kind: a.kind,
+                    ino: a.ino,
+                });
+            }
+        });
+        if subdir {
+            self.dirs
+                .insert(path.to_path_buf(), Ok(Arc::new(Vec::new())));
+        }
+    }
+
     /// Everything cached at or below `path` goes (a directory renamed or replaced),
     /// the versions of its files included.
     pub(super) fn forget_tree(&self, path: &Path) {
@@ -351,9 +388,9 @@ impl Inner {
             let a = f.attr()?;
             Ok((Arc::<dyn OriginFile>::from(f), a))
         })?;
-        self.forget_parent_of(path);
         self.forget_entry(path);
         let _ = self.stat_answered(path, Ok(attr.clone()));
+        self.entry_made(path, &attr);
         let obj = self.object_for(path, &attr, self.now_ns())?;
         Ok((attr, Handle::writing(obj, file)))
     }
@@ -366,9 +403,13 @@ impl Inner {
         make: impl FnOnce(&dyn Origin) -> io::Result<()> + Send + 'static,
     ) -> io::Result<Attr> {
         self.change(make)?;
-        self.forget_parent_of(path);
         self.forget_entry(path);
-        self.fresh_attr(path)
+        let a = self.fresh_attr(path);
+        match &a {
+            Ok(a) => self.entry_made(path, a),
+            Err(_) => self.forget_parent_of(path),
+        }
+        a
     }
 
     /// Removes a name (`dir`: a directory).

@@ -77,10 +77,13 @@ impl LocalOrigin {
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
         let mut cleared = false;
         if let Some((uid, gid)) = new.owner {
-            let setgid = rustix::fs::fstat(dir)
-                .map(|st| st.st_mode & 0o2000 != 0)
-                .unwrap_or(false);
-            let gid = (!setgid && st.st_gid != gid).then_some(gid);
+            // The directory is asked only when the group differs (a round trip).
+            let setgid = || {
+                rustix::fs::fstat(dir)
+                    .map(|st| st.st_mode & 0o2000 != 0)
+                    .unwrap_or(false)
+            };
+            let gid = (st.st_gid != gid && !setgid()).then_some(gid);
             let uid = (st.st_uid != uid).then_some(uid);
             if uid.is_some() || gid.is_some() {
                 chown_fd(&fd, uid, gid)?;

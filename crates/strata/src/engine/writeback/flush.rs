@@ -216,7 +216,7 @@ impl Inner {
         let name = d.path.file_name().unwrap_or_default().to_string_lossy();
         let copy = d
             .path
-            .with_file_name(format!("{name}.strata-conflict-{}", wall_now().secs));
+            .with_file_name(format!("{name}.strata-conflict-{}", wall_timestamp().secs));
         let (c, runs) = (copy.clone(), runs(snap));
         self.change(move |o| {
             let new = NewEntry {

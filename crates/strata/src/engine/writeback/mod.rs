@@ -89,7 +89,7 @@ impl Dirty {
                 bytes: 0,
                 seq,
                 since: None,
-                mtime: wall_now(),
+                mtime: wall_timestamp(),
                 times: None,
                 file: None,
                 error: None,
@@ -161,16 +161,6 @@ impl DirtyState {
                     .copy_from_slice(&b[(lo - s) as usize..(hi - s) as usize]);
             }
         }
-    }
-}
-
-fn wall_now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        secs: d.as_secs() as i64,
-        nanos: d.subsec_nanos(),
     }
 }
 
@@ -398,7 +388,7 @@ impl Inner {
             st.seq = seq;
             let delta = st.put(off, bytes.clone());
             st.since.get_or_insert_with(Instant::now);
-            st.mtime = wall_now();
+            st.mtime = wall_timestamp();
             if let Some(f) = &h.wfile {
                 st.file = Some(f.clone());
             }
@@ -533,7 +523,7 @@ impl Inner {
         let wb = self.wb.as_ref()?;
         let d = wb.get(path)?;
         let resolve = |t: SetTime| match t {
-            SetTime::Now => wall_now(),
+            SetTime::Now => wall_timestamp(),
             SetTime::At(t) => t,
         };
         let later = LaterAttrs {
