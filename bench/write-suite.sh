@@ -11,8 +11,11 @@
 #             written with dd (1 MiB writes) and fsync'ed
 #   untar     a 10,000-file tree (100 directories of 100 files of 1-2 KB) untarred
 #             (STRATA_BENCH_TREE_DIRS directories: 100)
+#   build     a debug `cargo build` of a real crate (regex-syntax, from cargo's
+#             registry cache; its lock file made once, online) with its target
+#             directory on the mount: ~150 files, 58 MB
 #   bench/write-suite.sh [RTT_MS...]           (default: 2 10)
-# STRATA_BENCH_WORKLOADS picks some ("untar"; default both).
+# STRATA_BENCH_WORKLOADS picks some ("untar"; default all three).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -49,10 +52,21 @@ PY
     rm -rf "$data/tree"
     touch "$data/.complete-$mib-$dirs"
 fi
+if [ ! -f "$data/crate/Cargo.lock" ]; then
+    src=$(find "$HOME/.cargo/registry/src" -maxdepth 2 -name 'regex-syntax-0.8.*' | sort | tail -1)
+    [ -n "$src" ] || { echo "write-suite: regex-syntax 0.8 is not in cargo's registry cache (cargo fetch in this repository puts it there)" >&2; exit 1; }
+    rm -rf "$data/crate"
+    cp -r "$src" "$data/crate"
+    (cd "$data/crate" && cargo generate-lockfile -q)
+fi
 
 run_seqwrite() { dd if="$data/big" of="$1/big" bs=1M conv=fsync status=none; }
 run_untar() { tar -C "$1" -xf "$data/tree.tar"; }
-read -r -a workloads <<< "${STRATA_BENCH_WORKLOADS:-seqwrite untar}"
+run_build() {
+    CARGO_TARGET_DIR="$1/target" cargo build --offline -q --manifest-path "$data/crate/Cargo.toml"
+    find "$1/target" -type f | wc -l > "$work/build-files"
+}
+read -r -a workloads <<< "${STRATA_BENCH_WORKLOADS:-seqwrite untar build}"
 
 # timed CMD...: seconds for CMD, page cache dropped first; fails loudly.
 timed() {
@@ -75,6 +89,7 @@ landed() {
     case $1 in
     seqwrite) cmp -s "$data/big" "$2/big" ;;
     untar) [ "$(find "$2/tree" -type f 2>/dev/null | wc -l)" = $((dirs * 100)) ] ;;
+    build) [ "$(find "$2/target" -type f 2>/dev/null | wc -l)" = "$(cat "$work/build-files")" ] ;;
     esac
 }
 now() { date +%s.%N; }

@@ -45,6 +45,9 @@ pub struct StatsReply {
     /// The most memory the daemon uses, as the README states it (`memory_bound`).
     #[serde(default)]
     pub memory_bound: u64,
+    /// The shared tier's servers; empty: none.
+    #[serde(default)]
+    pub shared_cache: Vec<String>,
     pub stats: StatsSnapshot,
     /// One row per tier, fastest first (from `stats`).
     #[serde(default)]
@@ -95,6 +98,11 @@ pub fn serve(
         attr_ttl_ms: plan.config.attr_ttl.as_millis() as u64,
         attr_ttl_max_ms: plan.config.attr_ttl_max.map_or(0, |d| d.as_millis() as u64),
         memory_bound: memory_bound(plan, request_threads),
+        shared_cache: plan
+            .config
+            .shared
+            .as_ref()
+            .map_or(Vec::new(), |s| s.urls.clone()),
         stats: StatsSnapshot::default(),
         tiers: Vec::new(),
     };
@@ -114,11 +122,15 @@ pub fn serve(
                     "stats" => {
                         let stats = engine.stats();
                         let reply = StatsReply {
-                            tiers: stats.tiers(info.compressed_ram_capacity > 0),
+                            tiers: stats.tiers(
+                                info.compressed_ram_capacity > 0,
+                                !info.shared_cache.is_empty(),
+                            ),
                             stats,
                             origin: info.origin.clone(),
                             mountpoint: info.mountpoint.clone(),
                             cache_dir: info.cache_dir.clone(),
+                            shared_cache: info.shared_cache.clone(),
                             ..info
                         };
                         let _ =

@@ -78,6 +78,43 @@ fn write_back(o: &MountOpts) -> Result<Option<strata::WriteBack>, String> {
     }))
 }
 
+/// The shared tier's settings, None without --shared-cache.
+fn shared(o: &MountOpts, origin: &Path) -> Result<Option<strata::SharedConfig>, String> {
+    if o.shared_cache.is_empty() {
+        if o.shared_namespace.is_some()
+            || o.shared_secret_file.is_some()
+            || o.shared_timeout.is_some()
+        {
+            return Err(
+                "--shared-namespace, --shared-secret-file and --shared-timeout need --shared-cache"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    let namespace = match &o.shared_namespace {
+        Some(n) if n.is_empty() => return Err("--shared-namespace must not be empty".into()),
+        Some(n) => n.clone(),
+        None => format!("dir:{}", origin.display()),
+    };
+    let mut c = strata::SharedConfig::new(o.shared_cache.clone(), namespace);
+    if let Some(f) = &o.shared_secret_file {
+        let secret = std::fs::read(f)
+            .map_err(|e| format!("cannot read the shared secret file {}: {e}", f.display()))?;
+        if secret.iter().all(u8::is_ascii_whitespace) {
+            return Err(format!("the shared secret file {} is empty", f.display()));
+        }
+        c.secret = Some(secret);
+    }
+    if let Some(t) = o.shared_timeout {
+        if t.is_zero() {
+            return Err("--shared-timeout must be more than 0".into());
+        }
+        c.timeout = t;
+    }
+    Ok(Some(c))
+}
+
 /// The adaptive trust's ceiling from the options: `--attr-ttl` given alone is the
 /// strict knob (fixed trust, None); otherwise trust adapts, up to `--attr-ttl-max`
 /// or 60 s.
@@ -169,6 +206,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         },
         read_only: o.read_only,
         write_back: write_back(&o)?,
+        shared: shared(&o, &origin)?,
         ..Config::default()
     };
     config.validate()?;

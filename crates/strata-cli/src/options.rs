@@ -136,6 +136,25 @@ pub struct MountOpts {
     /// journal); writers past it wait for the flush [default: 256MiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub dirty_limit: Option<u64>,
+    /// A shared tier on other machines' memory, after the local disk: memcached or
+    /// Redis servers, as memcached://HOST:PORT, redis://HOST:PORT (several,
+    /// comma-separated, spread by consistent hashing) or redis+cluster://HOST:PORT
+    /// (any node of a Redis Cluster). In -o form: shared_cache=URL, once per server
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub shared_cache: Vec<String>,
+    /// What names this origin in the shared tier, the same on every machine that
+    /// shares it [default: the origin's absolute path]
+    #[arg(long, value_name = "NAME")]
+    pub shared_namespace: Option<String>,
+    /// A file whose contents authenticate values in the shared tier (a keyed MAC):
+    /// machines without it cannot make values the others accept. Without it, anyone
+    /// who can write to the cache servers is trusted
+    #[arg(long, value_name = "FILE")]
+    pub shared_secret_file: Option<PathBuf>,
+    /// Deadline of one request to a shared cache server; past it the request is a
+    /// miss (and a server that keeps missing it is left alone for a while) [default: 50ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shared_timeout: Option<Duration>,
     /// Options as key=value pairs separated by commas, as in fstab
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub o: Vec<String>,
@@ -231,6 +250,13 @@ impl MountOpts {
                     set(&mut self.write_back_fsync, parse_fsync_target(&need(&v)?)?)
                 }
                 "dirty_limit" => set(&mut self.dirty_limit, parse_size(&need(&v)?)?),
+                "shared_cache" => self.shared_cache.push(need(&v)?),
+                "shared_namespace" => set(&mut self.shared_namespace, need(&v)?),
+                "shared_secret_file" => {
+                    self.shared_secret_file
+                        .get_or_insert(PathBuf::from(need(&v)?));
+                }
+                "shared_timeout" => set(&mut self.shared_timeout, parse_duration(&need(&v)?)?),
                 "threads" => set(
                     &mut self.threads,
                     need(&v)?

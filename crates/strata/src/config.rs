@@ -87,6 +87,8 @@ pub struct Config {
     /// Write-back caching of file data (None: write-through). Needs a disk tier: the
     /// journal lives in its cache directory.
     pub write_back: Option<WriteBack>,
+    /// A tier on other machines' memory (memcached, Redis), below the disk.
+    pub shared: Option<crate::tier::shared::SharedConfig>,
 }
 
 /// How dirty data is kept and sent to the origin.
@@ -135,6 +137,7 @@ impl Default for Config {
             origin_threads: 32,
             read_only: false,
             write_back: None,
+            shared: None,
         }
     }
 }

@@ -18,3 +18,4 @@ pub mod tier;
 
 pub use config::{Config, DiskSetup, WriteBack};
 pub use engine::{Engine, EngineError, Handle, Passthrough, PinProgress, ReadBuf};
+pub use tier::shared::SharedConfig;

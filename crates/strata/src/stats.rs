@@ -95,6 +95,17 @@ stats! {
     wb_fallbacks: "writes made write-through in write-back mode (journal full or failing, dirty limit not draining, O_DIRECT)",
     wb_throttled: "writes that waited for dirty data to drain below --dirty-limit",
     journal_replays: "files whose journaled dirty data was found at startup and sent to the origin",
+    shared_hits: "blocks served from the shared tier (memcached, Redis)",
+    shared_hit_bytes: "bytes served from the shared tier",
+    shared_misses: "blocks asked of the shared tier that it did not have (or whose server did not answer in time)",
+    shared_puts: "blocks stored in the shared tier",
+    shared_put_bytes: "bytes stored in the shared tier (with their framing)",
+    shared_refused: "puts to the shared tier dropped: its queue was full or the server's breaker open",
+    shared_errors: "shared tier requests that failed (refused, reset, unreachable)",
+    shared_timeouts: "shared tier requests that got no answer within --shared-timeout",
+    shared_verify_failures: "shared tier values that failed their check (damaged, under another key, or without the secret's MAC): taken for misses and dropped",
+    shared_lease_waits: "fetches that waited for another machine fetching the same blocks (its lease in the shared tier)",
+    shared_lease_hits: "of those, fetches answered by the other machine's put rather than the origin",
     revalidations: "coherency checks against the origin",
     lookups_by_listing: "lookups of missing names answered from the parent's trusted listing, without asking the origin",
     index_commits: "group commits of the disk index",
@@ -167,8 +178,9 @@ pub struct TierRow {
 
 impl StatsSnapshot {
     /// The tiers, fastest first: RAM, compressed RAM (when it has been used or
-    /// holds anything), disk.
-    pub fn tiers(&self, compressed: bool) -> Vec<TierRow> {
+    /// holds anything), disk, the shared tier (when there is one: it holds nothing
+    /// here, so its blocks and bytes are what this machine put there).
+    pub fn tiers(&self, compressed: bool, shared: bool) -> Vec<TierRow> {
         let mut rows = vec![TierRow {
             name: "ram".into(),
             hits: self.ram_hits - self.compressed_hits.min(self.ram_hits),
@@ -207,6 +219,20 @@ impl StatsSnapshot {
             raw_bytes: None,
             shared_bytes: None,
         });
+        if shared {
+            rows.push(TierRow {
+                name: "shared".into(),
+                hits: self.shared_hits,
+                hit_bytes: self.shared_hit_bytes,
+                puts: self.shared_puts,
+                refusals: self.shared_refused,
+                evictions: 0,
+                blocks: self.shared_puts,
+                bytes: self.shared_put_bytes,
+                raw_bytes: None,
+                shared_bytes: None,
+            });
+        }
         rows
     }
 }

@@ -59,6 +59,7 @@ use crate::tier::BlockKey;
 use crate::tier::chain::MemoryChain;
 use crate::tier::disk::writer::{FillJob, FillQueue};
 use crate::tier::disk::{DiskConfig, DiskError, DiskTier, LONG_RUN};
+use crate::tier::shared::SharedTier;
 use crate::tier::tiers::TierChain;
 use fill::Dropped;
 use guard::{OriginGuard, stale_ok, unreachable};
@@ -340,6 +341,13 @@ impl Engine {
             )?)),
             None => None,
         };
+        let shared = match &cfg.shared {
+            Some(sc) => Some(
+                SharedTier::open(sc, cfg.block_size as u64, stats.clone())
+                    .map_err(EngineError::Config)?,
+            ),
+            None => None,
+        };
         let ttl = cfg.attr_ttl_max.unwrap_or(cfg.attr_ttl);
         let max = cfg.meta_bytes as usize;
         // Shares of the metadata budget; they add up to it.
@@ -373,6 +381,7 @@ impl Engine {
                 MemoryChain::new(cfg.ram_capacity, cfg.compressed_ram_capacity, stats.clone()),
                 FillQueue::new(cfg.fill_queue_bytes, cfg.commit_interval, stats.clone()),
                 disk,
+                shared,
                 stats.clone(),
             ),
             origin,
@@ -483,6 +492,14 @@ impl Engine {
         s.active_objects = i.objects.lock().len() as u64;
         s.meta_bytes = i.journaled_bytes() + i.statfs.bytes() as u64;
         s
+    }
+
+    /// Waits (up to 10 s) until the puts to the shared tier queued so far are sent:
+    /// for tests and benchmarks that need another machine to find them.
+    pub fn settle(&self) {
+        if let Some(s) = &self.inner.tiers.shared {
+            crate::tier::Tier::settle(s.as_ref());
+        }
     }
 
     /// The live counters, for a front end's own (see `fuse_uring_requests`).

@@ -4,6 +4,7 @@
 //! open file's token, and handed to the reader before its fills are queued.
 
 use super::*;
+use crate::tier::shared::Lease;
 
 impl Inner {
     /// The handle's object, revalidated with the origin if its TTL has passed.
@@ -226,6 +227,14 @@ impl Inner {
                 if !found.memory.is_empty() {
                     self.refill(obj, std::mem::take(&mut found.memory));
                 }
+                // Another machine's fetch: cached here as ours would be.
+                for run in found.shared.chunk_by(|a, b| a + 1 == *b) {
+                    let blocks = run
+                        .iter()
+                        .map(|&blk| got[(blk - b0) as usize].clone().expect("found"))
+                        .collect();
+                    self.cache_fetched(obj, run[0], blocks);
+                }
                 found
             };
             if found.memory_missed.is_empty() {
@@ -358,9 +367,48 @@ impl Inner {
         let blocks = claim.blocks.clone();
         // No write between reading the origin and caching what it gave.
         let _io = obj.io.read();
-        let (data, cached) = self.read_origin(obj, blocks.clone(), readahead)?;
+        // Another machine may be fetching these very blocks: wait for its put
+        // rather than ask the origin again.
+        let shared = self.tiers.shared.as_ref();
+        // A read asked the tiers before it claimed; read-ahead did not.
+        if readahead
+            && let Some(s) = shared
+            && let Some(data) = s.get_all(obj.id, blocks.clone())
+        {
+            self.cache_fetched(obj, blocks.start, data.clone());
+            drop(claim);
+            return Ok(Fetched { data, cached: true });
+        }
+        let lease = shared.map(|s| s.lease(obj.id, blocks.start));
+        if let (Some(s), Some(Lease::Theirs)) = (shared, &lease)
+            && let Some(data) = s.wait_for(obj.id, blocks.clone())
+        {
+            self.cache_fetched(obj, blocks.start, data.clone());
+            drop(claim);
+            return Ok(Fetched { data, cached: true });
+        }
+        let read = self.read_origin(obj, blocks.clone(), readahead);
+        let lease = match lease {
+            Some(Lease::Mine(key)) => Some(key),
+            _ => None,
+        };
+        let (data, cached) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                if let (Some(s), Some(key)) = (shared, lease) {
+                    s.release(&key);
+                }
+                return Err(e);
+            }
+        };
         if !cached {
+            if let (Some(s), Some(key)) = (shared, lease) {
+                s.release(&key);
+            }
             return Ok(Fetched { data, cached });
+        }
+        if let Some(s) = shared {
+            s.put_run(obj.id, blocks.start, &data, lease);
         }
         self.cache_fetched(obj, blocks.start, data.clone());
         // Waiters wake now and find the blocks in RAM or on their way to disk.

@@ -75,6 +75,9 @@ impl Inner {
         on_disk: Vec<Range<u64>>,
         validated_ns: u64,
     ) -> Arc<Object> {
+        if let Some(s) = &self.tiers.shared {
+            s.name(id, path, &token, self.origin.stable_inodes());
+        }
         let o = Arc::new(Object::new(
             path.to_path_buf(),
             id,

@@ -213,6 +213,9 @@ impl Inner {
             }
         }
         obj.retoken(post.token.clone());
+        if let Some(s) = &self.tiers.shared {
+            s.name(obj.id, &path, &post.token, self.origin.stable_inodes());
+        }
         self.catalog.retoken(&path, obj.id, &post.token);
         // A file written through a handle after its name was unlinked names nothing.
         if post.nlink > 0 {

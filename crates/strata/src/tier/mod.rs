@@ -15,6 +15,7 @@ pub mod compressed;
 pub mod contents;
 pub mod disk;
 pub mod ram;
+pub mod shared;
 pub mod tiers;
 
 /// One block of one object version.

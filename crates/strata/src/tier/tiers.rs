@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::chain::MemoryChain;
 use super::disk::DiskTier;
 use super::disk::writer::FillQueue;
+use super::shared::SharedTier;
 use super::{BlockKey, Tier};
 use crate::stats::{self, Stats};
 
@@ -26,6 +27,9 @@ pub struct TierChain {
     /// The disk tier (also in `below`), for what only it does: versions registered
     /// with it, pins, passthrough, its writer.
     pub disk: Option<Arc<DiskTier>>,
+    /// The shared tier (also in `below`, after the disk), for what only it does:
+    /// naming versions, leases, puts after origin fetches.
+    pub shared: Option<Arc<SharedTier>>,
     stats: Arc<Stats>,
 }
 
@@ -45,6 +49,9 @@ pub struct Found {
     pub durable_absent: Vec<u64>,
     /// Every slot, as one buffer, when one read below supplied them all.
     pub whole: Option<Bytes>,
+    /// From the shared tier: other machines' fetches, to be cached here as fetched
+    /// ones are.
+    pub shared: Vec<u64>,
 }
 
 impl TierChain {
@@ -52,14 +59,18 @@ impl TierChain {
         memory: MemoryChain,
         fills: FillQueue,
         disk: Option<Arc<DiskTier>>,
+        shared: Option<Arc<SharedTier>>,
         stats: Arc<Stats>,
     ) -> Self {
-        let below = disk.iter().map(|d| d.clone() as Arc<dyn Tier>).collect();
+        let below = (disk.iter().map(|d| d.clone() as Arc<dyn Tier>))
+            .chain(shared.iter().map(|s| s.clone() as Arc<dyn Tier>))
+            .collect();
         Self {
             memory,
             below,
             fills,
             disk,
+            shared,
             stats,
         }
     }
@@ -134,6 +145,8 @@ impl TierChain {
                             found.below.push(blk);
                             if tier.durable() {
                                 found.durable.push(blk);
+                            } else {
+                                found.shared.push(blk);
                             }
                             got[start + j] = Some(b);
                         }
@@ -264,6 +277,7 @@ mod tests {
                 below: vec![disk.clone() as Arc<dyn Tier>],
                 fills: FillQueue::new(0, Duration::ZERO, stats.clone()),
                 disk: None,
+                shared: None,
                 stats,
             };
             let mut latest: BTreeMap<BlockKey, Bytes> = BTreeMap::new();

@@ -1,0 +1,400 @@
+//! The shared tier: blocks kept in memcached or Redis, where every machine that
+//! mounts the same origin finds what another one fetched (cleancache's tmem and
+//! RAMster, on servers operators already run). Below the disk, inclusive: filled
+//! from origin fetches, after the reader is answered.
+//!
+//! - **Keys name versions.** A block's key is a hash of the namespace (by default the
+//!   origin's identity; `--shared-namespace` names it the same on machines that
+//!   mount it under other paths), the path, the version's token and the block size,
+//!   with the block number. Two machines agree on it when their origins agree on the
+//!   token (an NFS server gives every client the same size, times and inode; sshfs
+//!   renumbers inodes, so an origin whose inodes are not stable leaves the inode out).
+//!   A changed file has another token, so another key: no version ever reads
+//!   another's blocks, and nothing needs deleting on the servers.
+//! - **Nothing from the network is trusted** (`value`): a value carries its key and
+//!   a crc32c, with a secret also a keyed MAC; a value that fails is a miss, counted.
+//! - **Never slower than the origin**: every request has a deadline and each server a
+//!   breaker (`store`); puts go through a bounded queue on their own threads and are
+//!   dropped when it is full.
+//! - **One fetch for the fleet**: before fetching a run from the origin a machine
+//!   takes a short lease on it in the shared tier (memcached `add`, Redis
+//!   `SET NX PX`); a machine that finds the lease taken waits briefly for the
+//!   holder's put and fetches itself if it does not come.
+
+mod store;
+mod value;
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rustc_hash::FxHashMap;
+
+use super::{BlockKey, Refusal, Tier};
+use crate::origin::Token;
+use crate::stats::{self, Stats};
+use crate::sync::Mutex;
+pub use store::Store;
+
+/// The shared tier's settings (`Config::shared`).
+#[derive(Clone, Debug)]
+pub struct SharedConfig {
+    /// `memcached://host:port`, `redis://host:port` or `redis+cluster://host:port`.
+    pub urls: Vec<String>,
+    /// What names the origin on every machine (keys start with it).
+    pub namespace: String,
+    /// The secret values are authenticated with (a keyed MAC), from
+    /// `--shared-secret-file`. Without it, everyone who can write to the servers is
+    /// trusted.
+    pub secret: Option<Vec<u8>>,
+    /// Deadline of one request to a server.
+    pub timeout: Duration,
+    /// How long a machine fetching a run from the origin holds its lease (others
+    /// wait at most this long for its put).
+    pub lease: Duration,
+    /// Puts waiting to be sent, at most (bytes); past it they are dropped.
+    pub queue_bytes: usize,
+}
+
+impl SharedConfig {
+    pub fn new(urls: Vec<String>, namespace: String) -> Self {
+        Self {
+            urls,
+            namespace,
+            secret: None,
+            timeout: Duration::from_millis(50),
+            lease: Duration::from_secs(2),
+            queue_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What `lease` found.
+pub enum Lease {
+    /// Ours: fetch from the origin, then `put_run` with it.
+    Mine(String),
+    /// Another machine holds it: `wait_for` its put.
+    Theirs,
+    /// No lease (servers not answering, version not named): fetch alone.
+    None,
+}
+
+struct Put {
+    key: String,
+    value: Vec<u8>,
+    /// A lease to release once the value is stored.
+    release: Option<String>,
+}
+
+pub struct SharedTier {
+    store: Arc<Store>,
+    /// The name of each object version the tier may serve: a hash of what makes
+    /// keys agree across machines. An id with no name misses.
+    names: Mutex<FxHashMap<u64, String>>,
+    namespace: String,
+    block_size: u64,
+    secret: Option<[u8; 32]>,
+    lease: Duration,
+    puts: Sender<Put>,
+    stats: Arc<Stats>,
+}
+
+/// Threads sending puts.
+const PUTTERS: usize = 2;
+/// Pause between looks for another machine's put while waiting on its lease.
+const POLL: Duration = Duration::from_millis(5);
+
+impl SharedTier {
+    pub fn open(
+        cfg: &SharedConfig,
+        block_size: u64,
+        stats: Arc<Stats>,
+    ) -> Result<Arc<Self>, String> {
+        let store = Arc::new(Store::open(&cfg.urls, cfg.timeout)?);
+        let cap = (cfg.queue_bytes as u64 / block_size.max(1)).max(16) as usize;
+        let (tx, rx) = crossbeam_channel::bounded::<Put>(cap);
+        for i in 0..PUTTERS {
+            let (store, rx, stats) = (store.clone(), rx.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name(format!("strata-shared-put-{i}"))
+                .spawn(move || put_loop(&store, &rx, &stats))
+                .map_err(|e| format!("cannot start the shared tier's threads: {e}"))?;
+        }
+        Ok(Arc::new(Self {
+            store,
+            names: Mutex::new(FxHashMap::default()),
+            namespace: cfg.namespace.clone(),
+            block_size,
+            secret: cfg
+                .secret
+                .as_ref()
+                .map(|s| blake3::derive_key("strata shared tier 2026-12 value MAC", s)),
+            lease: cfg.lease,
+            puts: tx,
+            stats,
+        }))
+    }
+
+    /// Names object version `obj` (the file at `path` with `token`), so its blocks
+    /// are found under the keys every machine computes for that version. With
+    /// `stable_inodes` false (sshfs and other FUSE origins renumber inodes) the inode
+    /// is left out of the name.
+    pub fn name(&self, obj: u64, path: &Path, token: &Token, stable_inodes: bool) {
+        let mut h = blake3::Hasher::new();
+        let mut part = |b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        part(b"strata shared v1");
+        part(self.namespace.as_bytes());
+        part(path.as_os_str().as_encoded_bytes());
+        match token {
+            Token::Stat {
+                size,
+                mtime_ns,
+                ctime_ns,
+                ino,
+            } => {
+                part(b"stat");
+                part(&size.to_le_bytes());
+                part(&mtime_ns.to_le_bytes());
+                part(&ctime_ns.to_le_bytes());
+                part(&(if stable_inodes { *ino } else { 0 }).to_le_bytes());
+            }
+            Token::Etag { size, etag } => {
+                part(b"etag");
+                part(&size.to_le_bytes());
+                part(etag.as_bytes());
+            }
+        }
+        part(&self.block_size.to_le_bytes());
+        let name = h.finalize().to_hex().to_string();
+        self.names.lock().insert(obj, name);
+    }
+
+    /// Forgets `obj`'s name: its blocks miss until it is named again.
+    fn unname(&self, obj: u64) {
+        self.names.lock().remove(&obj);
+    }
+
+    fn key(name: &str, blk: u64) -> String {
+        format!("strata1:{name}:{blk}")
+    }
+
+    fn keys(&self, obj: u64, first: u64, n: usize) -> Option<Vec<String>> {
+        let names = self.names.lock();
+        let name = names.get(&obj)?;
+        Some(
+            (first..first + n as u64)
+                .map(|b| Self::key(name, b))
+                .collect(),
+        )
+    }
+
+    fn count_errors(&self, errors: &[store::StoreError]) {
+        for e in errors {
+            match e {
+                store::StoreError::Timeout => stats::inc(&self.stats.shared_timeouts),
+                store::StoreError::Failed(_) => stats::inc(&self.stats.shared_errors),
+                store::StoreError::Open => {}
+            }
+        }
+    }
+
+    /// Blocks `first..first + n` of `obj`, each verified, without counting hits and
+    /// misses (for `wait_for`'s polls).
+    fn fetch(&self, obj: u64, first: u64, n: usize) -> Vec<Option<Bytes>> {
+        let Some(keys) = self.keys(obj, first, n) else {
+            return vec![None; n];
+        };
+        let (vals, errors) = self.store.get_many(&keys);
+        self.count_errors(&errors);
+        keys.iter()
+            .zip(vals)
+            .map(|(k, v)| {
+                let v = v?;
+                match value::decode(k, v, self.secret.as_ref()) {
+                    Ok(b) => Some(b),
+                    Err(bad) => {
+                        stats::inc(&self.stats.shared_verify_failures);
+                        tracing::warn!(key = %k, problem = ?bad, "a shared cache value failed its check: taken for a miss and dropped");
+                        let _ = self.store.delete(k);
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Queues blocks `first..` of `obj` (just fetched from the origin) for the
+    /// servers; `lease` is released once they are stored. Dropped, counted, when the
+    /// queue is full. False if any was dropped.
+    pub fn put_run(&self, obj: u64, first: u64, blocks: &[Bytes], lease: Option<String>) -> bool {
+        let Some(keys) = self.keys(obj, first, blocks.len()) else {
+            return false;
+        };
+        let mut all = true;
+        let last = keys.len().saturating_sub(1);
+        let mut release = lease;
+        for (i, (key, b)) in keys.into_iter().zip(blocks).enumerate() {
+            let value = value::encode(&key, b, self.secret.as_ref());
+            let put = Put {
+                key,
+                value,
+                release: if i == last { release.take() } else { None },
+            };
+            match self.puts.try_send(put) {
+                Ok(()) => {}
+                Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => {
+                    all = false;
+                    stats::inc(&self.stats.shared_refused);
+                    if let Some(l) = p.release {
+                        let _ = self.store.delete(&l);
+                    }
+                }
+            }
+        }
+        if let Some(l) = release {
+            let _ = self.store.delete(&l);
+        }
+        all
+    }
+
+    /// Takes the lease on fetching the run that starts at block `first` of `obj`.
+    pub fn lease(&self, obj: u64, first: u64) -> Lease {
+        let Some(key) = self
+            .keys(obj, first, 1)
+            .and_then(|mut k| k.pop())
+            .map(|k| k + ":lease")
+        else {
+            return Lease::None;
+        };
+        match self.store.add(&key, b"1", self.lease) {
+            Ok(true) => Lease::Mine(key),
+            Ok(false) => Lease::Theirs,
+            Err(e) => {
+                self.count_errors(std::slice::from_ref(&e));
+                Lease::None
+            }
+        }
+    }
+
+    /// Blocks `blocks` of `obj` if the tier holds every one (read-ahead: a partial
+    /// run is fetched whole from the origin).
+    pub fn get_all(&self, obj: u64, blocks: Range<u64>) -> Option<Vec<Bytes>> {
+        let (got, _) = self.get_run(obj, blocks.start, (blocks.end - blocks.start) as usize);
+        got.into_iter().collect()
+    }
+
+    /// Gives a lease back without a put (the fetch failed or saw the file change).
+    pub fn release(&self, key: &str) {
+        let _ = self.store.delete(key);
+    }
+
+    /// Waits (at most the lease time) for another machine's put of blocks `blocks` of
+    /// `obj`; None if they do not all come.
+    pub fn wait_for(&self, obj: u64, blocks: Range<u64>) -> Option<Vec<Bytes>> {
+        stats::inc(&self.stats.shared_lease_waits);
+        let n = (blocks.end - blocks.start) as usize;
+        let until = Instant::now() + self.lease;
+        let mut pause = POLL;
+        while Instant::now() < until {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(POLL * 8);
+            let got = self.fetch(obj, blocks.start, n);
+            if got.iter().all(Option::is_some) {
+                let got: Vec<Bytes> = got.into_iter().map(|b| b.expect("all some")).collect();
+                stats::inc(&self.stats.shared_lease_hits);
+                stats::add(&self.stats.shared_hits, n as u64);
+                stats::add(
+                    &self.stats.shared_hit_bytes,
+                    got.iter().map(|b| b.len() as u64).sum(),
+                );
+                return Some(got);
+            }
+        }
+        None
+    }
+}
+
+fn put_loop(store: &Store, rx: &Receiver<Put>, stats: &Stats) {
+    while let Ok(p) = rx.recv() {
+        match store.set(&p.key, &p.value) {
+            Ok(()) => {
+                stats::inc(&stats.shared_puts);
+                stats::add(&stats.shared_put_bytes, p.value.len() as u64);
+            }
+            Err(store::StoreError::Timeout) => stats::inc(&stats.shared_timeouts),
+            Err(store::StoreError::Failed(_)) => stats::inc(&stats.shared_errors),
+            Err(store::StoreError::Open) => stats::inc(&stats.shared_refused),
+        }
+        if let Some(l) = p.release {
+            let _ = store.delete(&l);
+        }
+    }
+}
+
+impl Tier for SharedTier {
+    fn name(&self) -> &'static str {
+        "shared"
+    }
+
+    fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        self.get_run(key.obj, key.blk, 1).0.pop().flatten()
+    }
+
+    fn get_run(&self, obj: u64, first: u64, n: usize) -> (Vec<Option<Bytes>>, Option<Bytes>) {
+        let got = self.fetch(obj, first, n);
+        let hits: Vec<&Bytes> = got.iter().flatten().collect();
+        stats::add(&self.stats.shared_hits, hits.len() as u64);
+        stats::add(
+            &self.stats.shared_hit_bytes,
+            hits.iter().map(|b| b.len() as u64).sum(),
+        );
+        stats::add(&self.stats.shared_misses, (n - hits.len()) as u64);
+        (got, None)
+    }
+
+    /// Not known without asking the servers: the engine's hints never count on it.
+    fn contains(&self, _key: &BlockKey) -> bool {
+        false
+    }
+
+    fn put(&self, key: BlockKey, data: Bytes) -> Result<Vec<(BlockKey, Bytes)>, Refusal> {
+        if self.put_run(key.obj, key.blk, &[data], None) {
+            Ok(Vec::new())
+        } else {
+            Err(Refusal::Busy)
+        }
+    }
+
+    /// The version's bytes changed here (a write): its blocks are not asked for under
+    /// the old name again; the engine names the version anew with its new token.
+    fn remove(&self, key: &BlockKey) {
+        self.unname(key.obj);
+    }
+
+    fn remove_range(&self, obj: u64, _first: u64, _end: u64) {
+        self.unname(obj);
+    }
+
+    fn drop_version(&self, obj: u64, _hint: &[Range<u64>]) {
+        self.unname(obj);
+    }
+
+    fn bytes(&self) -> u64 {
+        0
+    }
+
+    fn settle(&self) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !self.puts.is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The last ones taken off the queue may still be on their way.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

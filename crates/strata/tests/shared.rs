@@ -1,0 +1,445 @@
+//! The shared tier against real servers: memcached (three, spread by consistent
+//! hashing), Redis (two standalone) and a Redis Cluster of three masters, started here
+//! on loopback ports (`scripts/prereqs --tests` installs them). Engines with caches of
+//! their own over one origin stand for machines: the second reads what the first
+//! fetched from the servers, byte for byte; damaged, misplaced and unauthenticated
+//! values are misses; a killed or frozen server turns into misses at origin speed;
+//! an origin change is never answered with the old version; simultaneous misses of
+//! the same blocks go to the origin once.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use strata::origin::{LocalOrigin, Origin, SlowOrigin};
+use strata::{Engine, SharedConfig};
+
+/// Server processes, killed when dropped.
+struct Servers {
+    procs: Vec<Child>,
+    urls: Vec<String>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = Command::new("kill")
+                .args(["-CONT", &p.id().to_string()])
+                .status();
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn need(bin: &str) -> String {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
+        let p = format!("{dir}/{bin}");
+        if Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{bin} is not installed: run scripts/prereqs --tests");
+}
+
+fn memcached(n: usize) -> Servers {
+    let bin = need("memcached");
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Servers {
+        procs: Vec::new(),
+        urls: Vec::new(),
+        ports: Vec::new(),
+        _dir: dir,
+    };
+    for _ in 0..n {
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args([
+                "-u",
+                "root",
+                "-l",
+                "127.0.0.1",
+                "-U",
+                "0",
+                "-m",
+                "256",
+                "-I",
+                "2m",
+            ])
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        s.procs.push(child);
+        wait_port(port);
+        s.urls.push(format!("memcached://127.0.0.1:{port}"));
+        s.ports.push(port);
+    }
+    s
+}
+
+fn redis_server(dir: &Path, port: u16, cluster: bool) -> Child {
+    let mut c = Command::new(need("redis-server"));
+    c.current_dir(dir)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .args(["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
+    if cluster {
+        c.args(["--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
+    }
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn redis(n: usize) -> Servers {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Servers {
+        procs: Vec::new(),
+        urls: Vec::new(),
+        ports: Vec::new(),
+        _dir: dir,
+    };
+    for _ in 0..n {
+        let port = free_port();
+        s.procs.push(redis_server(s._dir.path(), port, false));
+        wait_port(port);
+        s.urls.push(format!("redis://127.0.0.1:{port}"));
+        s.ports.push(port);
+    }
+    s
+}
+
+fn redis_cluster() -> Servers {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Servers {
+        procs: Vec::new(),
+        urls: Vec::new(),
+        ports: Vec::new(),
+        _dir: dir,
+    };
+    for _ in 0..3 {
+        let port = free_port();
+        s.procs.push(redis_server(s._dir.path(), port, true));
+        wait_port(port);
+        s.ports.push(port);
+    }
+    let nodes: Vec<String> = s.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new(need("redis-cli"))
+        .args(["--cluster", "create"])
+        .args(&nodes)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Every node agrees the slots are covered.
+    let t = Instant::now();
+    loop {
+        let info = Command::new(need("redis-cli"))
+            .args(["-p", &s.ports[0].to_string(), "cluster", "info"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "cluster did not form"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.urls = nodes
+        .iter()
+        .map(|n| format!("redis+cluster://{n}"))
+        .collect();
+    s
+}
+
+/// A machine: an engine with a cache directory of its own over the shared origin.
+fn machine(
+    origin: &Arc<dyn Origin>,
+    urls: &[String],
+    secret: Option<&[u8]>,
+) -> (Engine, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let mut cfg = config(cache.path(), Duration::from_secs(3600));
+    let mut sc = SharedConfig::new(urls.to_vec(), "test-origin".into());
+    sc.secret = secret.map(<[u8]>::to_vec);
+    cfg.shared = Some(sc);
+    (Engine::new(cfg, origin.clone()).unwrap(), cache)
+}
+
+const FILES: usize = 12;
+const LEN: usize = 300_000;
+
+fn dataset(s: &Setup) {
+    for i in 0..FILES {
+        std::fs::write(
+            s.origin.join(format!("f{i}")),
+            pattern(i as u64, LEN + i * 1000),
+        )
+        .unwrap();
+    }
+}
+
+fn read_everything(e: &Engine, s: &Setup) {
+    for i in 0..FILES {
+        let want = std::fs::read(s.origin.join(format!("f{i}"))).unwrap();
+        let got = read_all(e, &format!("f{i}"));
+        assert!(got == want, "f{i}: the bytes differ from the origin's");
+    }
+}
+
+fn local_origin(s: &Setup) -> Arc<dyn Origin> {
+    Arc::new(LocalOrigin::new(&s.origin).unwrap())
+}
+
+/// The second machine reads the whole dataset from the shared tier.
+fn second_machine_reads_from_the_servers(servers: &Servers) {
+    let s = setup();
+    dataset(&s);
+    let origin = local_origin(&s);
+    let (a, _ca) = machine(&origin, &servers.urls, None);
+    read_everything(&a, &s);
+    a.settle();
+    let sa = a.stats();
+    assert!(sa.shared_puts > 0, "{sa:?}");
+    let (b, _cb) = machine(&origin, &servers.urls, None);
+    read_everything(&b, &s);
+    let sb = b.stats();
+    assert_eq!(sb.origin_bytes, 0, "{sb:?}");
+    assert!(
+        sb.shared_hits > 0 && sb.shared_verify_failures == 0,
+        "{sb:?}"
+    );
+    // And again, now from its own tiers.
+    read_everything(&b, &s);
+    assert_eq!(b.stats().shared_hits, sb.shared_hits);
+}
+
+#[test]
+fn memcached_pool_serves_a_second_machine() {
+    second_machine_reads_from_the_servers(&memcached(3));
+}
+
+#[test]
+fn redis_servers_serve_a_second_machine() {
+    second_machine_reads_from_the_servers(&redis(2));
+}
+
+#[test]
+fn redis_cluster_serves_a_second_machine() {
+    second_machine_reads_from_the_servers(&redis_cluster());
+}
+
+/// Every key memcached on `port` holds.
+fn memcached_keys(port: u16) -> Vec<String> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"lru_crawler metadump all\r\n").unwrap();
+    let mut keys = Vec::new();
+    for line in BufReader::new(c).lines() {
+        let line = line.unwrap();
+        if line == "END" {
+            break;
+        }
+        if let Some(k) = line.strip_prefix("key=") {
+            // URL-encoded.
+            keys.push(k.split(' ').next().unwrap().replace("%3A", ":"));
+        }
+    }
+    keys
+}
+
+#[test]
+fn damaged_and_misplaced_values_are_misses() {
+    let servers = memcached(1);
+    let s = setup();
+    dataset(&s);
+    let origin = local_origin(&s);
+    let (a, _ca) = machine(&origin, &servers.urls, None);
+    read_everything(&a, &s);
+    a.settle();
+    let mc =
+        memcache::Client::connect(format!("memcache://127.0.0.1:{}", servers.ports[0])).unwrap();
+    let mut keys = memcached_keys(servers.ports[0]);
+    keys.retain(|k| k.starts_with("strata1:") && !k.ends_with(":lease"));
+    keys.sort();
+    assert!(keys.len() > 10, "{keys:?}");
+    // One value with a bit flipped, one stored under another block's key.
+    let mut v: Vec<u8> = mc.get(&keys[0]).unwrap().unwrap();
+    let n = v.len();
+    v[n - 7] ^= 1;
+    mc.set(&keys[0], &v[..], 0).unwrap();
+    let other: Vec<u8> = mc.get(&keys[2]).unwrap().unwrap();
+    mc.set(&keys[1], &other[..], 0).unwrap();
+
+    let (b, _cb) = machine(&origin, &servers.urls, None);
+    read_everything(&b, &s);
+    let sb = b.stats();
+    assert_eq!(sb.shared_verify_failures, 2, "{sb:?}");
+    assert!(
+        sb.origin_bytes > 0 && sb.origin_bytes < 4 * BS as u64,
+        "{sb:?}"
+    );
+    // The damaged value is gone from the server (dropped, then put right by b).
+    b.settle();
+    assert!(mc.get::<Vec<u8>>(&keys[0]).unwrap() != Some(v));
+}
+
+#[test]
+fn with_a_secret_only_its_holders_values_are_taken() {
+    let servers = redis(1);
+    let s = setup();
+    dataset(&s);
+    let origin = local_origin(&s);
+    let (a, _ca) = machine(&origin, &servers.urls, Some(b"fleet secret"));
+    read_everything(&a, &s);
+    a.settle();
+    // A machine with another secret (or none of its values) takes nothing.
+    let (b, _cb) = machine(&origin, &servers.urls, Some(b"another secret"));
+    read_everything(&b, &s);
+    let sb = b.stats();
+    assert_eq!(sb.shared_hits, 0, "{sb:?}");
+    assert!(sb.shared_verify_failures > 0, "{sb:?}");
+    b.settle();
+    // One with the secret takes what a holder put (b's values, under b's secret,
+    // replaced some: those are misses, re-fetched).
+    let (c, _cc) = machine(&origin, &servers.urls, Some(b"fleet secret"));
+    read_everything(&c, &s);
+    assert!(c.stats().shared_verify_failures > 0);
+}
+
+#[test]
+fn an_origin_change_is_never_answered_from_the_shared_tier() {
+    let servers = memcached(2);
+    let s = setup();
+    dataset(&s);
+    let origin = local_origin(&s);
+    let (a, _ca) = machine(&origin, &servers.urls, None);
+    read_everything(&a, &s);
+    a.settle();
+    // Same size, new bytes, a new mtime: a new version, so new keys.
+    let p = s.origin.join("f3");
+    let mut new = std::fs::read(&p).unwrap();
+    for b in new.iter_mut().take(50_000) {
+        *b = !*b;
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&p, &new).unwrap();
+    let (b, _cb) = machine(&origin, &servers.urls, None);
+    assert!(read_all(&b, "f3") == new);
+    read_everything(&b, &s);
+}
+
+#[test]
+fn a_killed_and_a_frozen_server_turn_into_misses_not_failures() {
+    let mut servers = memcached(3);
+    let s = setup();
+    dataset(&s);
+    let origin = local_origin(&s);
+    let (a, _ca) = machine(&origin, &servers.urls, None);
+    read_everything(&a, &s);
+    a.settle();
+    servers.procs[0].kill().unwrap();
+    servers.procs[0].wait().unwrap();
+    let frozen = servers.procs[1].id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &frozen])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (b, _cb) = machine(&origin, &servers.urls, None);
+    let t = Instant::now();
+    read_everything(&b, &s);
+    let took = t.elapsed();
+    let sb = b.stats();
+    eprintln!(
+        "one server killed, one frozen: {took:?}, {} hits, {} timeouts, {} errors",
+        sb.shared_hits, sb.shared_timeouts, sb.shared_errors
+    );
+    assert!(sb.shared_hits > 0, "the live server still serves: {sb:?}");
+    assert!(sb.shared_timeouts + sb.shared_errors > 0, "{sb:?}");
+    assert!(sb.origin_bytes > 0, "{sb:?}");
+    // A handful of 50 ms timeouts before the breakers open, not one per block.
+    assert!(took < Duration::from_secs(5), "{took:?} {sb:?}");
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &frozen])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn simultaneous_misses_of_the_same_blocks_go_to_the_origin_once() {
+    let servers = memcached(3);
+    let s = setup();
+    std::fs::write(s.origin.join("big"), pattern(9, 4 << 20)).unwrap();
+    let slow: Arc<dyn Origin> = Arc::new(SlowOrigin::new(
+        local_origin(&s),
+        Duration::from_millis(20),
+        0,
+    ));
+    let machines: Vec<_> = (0..4)
+        .map(|_| machine(&slow, &servers.urls, None))
+        .collect();
+    let want = std::fs::read(s.origin.join("big")).unwrap();
+    std::thread::scope(|sc| {
+        for (e, _) in &machines {
+            let want = &want;
+            sc.spawn(move || assert!(read_all(e, "big") == *want));
+        }
+    });
+    let fetched: u64 = machines.iter().map(|(e, _)| e.stats().origin_bytes).sum();
+    let waits: u64 = machines
+        .iter()
+        .map(|(e, _)| e.stats().shared_lease_hits)
+        .sum();
+    eprintln!(
+        "4 machines at once: {fetched} origin bytes for a {} byte file, {waits} fetches answered by another's put",
+        want.len()
+    );
+    assert!(waits > 0);
+    assert!(
+        fetched < want.len() as u64 * 3 / 2,
+        "4 machines fetched {fetched} bytes of a {} byte file",
+        want.len()
+    );
+}
