@@ -28,6 +28,7 @@ mod persist;
 mod pin;
 mod prefetch;
 mod read;
+mod shared_fetch;
 mod versions;
 mod wb_journal;
 mod write;
@@ -498,7 +499,7 @@ impl Engine {
     /// for tests and benchmarks that need another machine to find them.
     pub fn settle(&self) {
         if let Some(s) = &self.inner.tiers.shared {
-            crate::tier::Tier::settle(s.as_ref());
+            s.drain(Duration::from_secs(10));
         }
     }
 
@@ -745,6 +746,11 @@ impl Engine {
             self.inner.wb_stop();
         }
         self.inner.prefetch_tx.write().take();
+        // Puts queued for the shared tier are other machines' hits: sent if the
+        // servers answer soon (a few seconds at most).
+        if let Some(s) = &self.inner.tiers.shared {
+            s.drain(Duration::from_secs(3));
+        }
         self.inner.tiers.fills.close();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.threads.lock());
         for t in threads {

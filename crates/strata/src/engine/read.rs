@@ -4,7 +4,6 @@
 //! open file's token, and handed to the reader before its fills are queued.
 
 use super::*;
-use crate::tier::shared::Lease;
 
 impl Inner {
     /// The handle's object, revalidated with the origin if its TTL has passed.
@@ -334,16 +333,25 @@ impl Inner {
         }
     }
 
-    /// Splits a claim into runs of at most `max_fetch` bytes.
+    /// Splits a claim into runs of at most `max_fetch` bytes; with a shared tier,
+    /// at multiples of it, so that machines missing the same blocks fetch the same
+    /// chunks (and ask for the same lease).
     pub(super) fn split(&self, claim: Claim) -> Vec<Claim> {
-        let per = (self.cfg.max_fetch / claim.obj.bs).max(1);
-        if claim.blocks.end - claim.blocks.start <= per {
+        let per = self.fetch_chunk(&claim.obj);
+        let aligned = self.tiers.shared.is_some();
+        let len = claim.blocks.end - claim.blocks.start;
+        if len <= per && (!aligned || claim.blocks.start / per == (claim.blocks.end - 1) / per) {
             return vec![claim];
         }
         let mut out = Vec::new();
         let mut s = claim.blocks.start;
         while s < claim.blocks.end {
-            let e = (s + per).min(claim.blocks.end);
+            let e = if aligned {
+                (s / per + 1) * per
+            } else {
+                s + per
+            }
+            .min(claim.blocks.end);
             out.push(Claim {
                 obj: claim.obj.clone(),
                 blocks: s..e,
@@ -354,6 +362,11 @@ impl Inner {
         let mut whole = claim;
         whole.blocks = whole.blocks.start..whole.blocks.start;
         out
+    }
+
+    /// Blocks in one origin request at most.
+    pub(super) fn fetch_chunk(&self, obj: &Object) -> u64 {
+        (self.cfg.max_fetch / obj.bs).max(1)
     }
 
     /// Fetches a claimed run from the origin in one request, caches it unless the file
@@ -367,48 +380,12 @@ impl Inner {
         let blocks = claim.blocks.clone();
         // No write between reading the origin and caching what it gave.
         let _io = obj.io.read();
-        // Another machine may be fetching these very blocks: wait for its put
-        // rather than ask the origin again.
-        let shared = self.tiers.shared.as_ref();
-        // A read asked the tiers before it claimed; read-ahead did not.
-        if readahead
-            && let Some(s) = shared
-            && let Some(data) = s.get_all(obj.id, blocks.clone())
-        {
-            self.cache_fetched(obj, blocks.start, data.clone());
-            drop(claim);
-            return Ok(Fetched { data, cached: true });
+        if let Some(s) = &self.tiers.shared {
+            return self.fetch_shared(obj, claim, readahead, s);
         }
-        let lease = shared.map(|s| s.lease(obj.id, blocks.start));
-        if let (Some(s), Some(Lease::Theirs)) = (shared, &lease)
-            && let Some(data) = s.wait_for(obj.id, blocks.clone())
-        {
-            self.cache_fetched(obj, blocks.start, data.clone());
-            drop(claim);
-            return Ok(Fetched { data, cached: true });
-        }
-        let read = self.read_origin(obj, blocks.clone(), readahead);
-        let lease = match lease {
-            Some(Lease::Mine(key)) => Some(key),
-            _ => None,
-        };
-        let (data, cached) = match read {
-            Ok(r) => r,
-            Err(e) => {
-                if let (Some(s), Some(key)) = (shared, lease) {
-                    s.release(&key);
-                }
-                return Err(e);
-            }
-        };
+        let (data, cached) = self.read_origin(obj, blocks.clone(), readahead)?;
         if !cached {
-            if let (Some(s), Some(key)) = (shared, lease) {
-                s.release(&key);
-            }
             return Ok(Fetched { data, cached });
-        }
-        if let Some(s) = shared {
-            s.put_run(obj.id, blocks.start, &data, lease);
         }
         self.cache_fetched(obj, blocks.start, data.clone());
         // Waiters wake now and find the blocks in RAM or on their way to disk.

@@ -27,10 +27,11 @@ mod value;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::FxHashMap;
 
 use super::{BlockKey, Refusal, Tier};
@@ -77,16 +78,17 @@ pub enum Lease {
     /// Ours: fetch from the origin, then `put_run` with it.
     Mine(String),
     /// Another machine holds it: `wait_for` its put.
-    Theirs,
+    Theirs(String),
     /// No lease (servers not answering, version not named): fetch alone.
     None,
 }
 
+/// A run of blocks to store, in order, then a lease to give back: a machine waiting
+/// on the lease finds every block stored once it is gone.
 struct Put {
-    key: String,
-    value: Vec<u8>,
-    /// A lease to release once the value is stored.
+    blocks: Vec<(String, Vec<u8>)>,
     release: Option<String>,
+    bytes: u64,
 }
 
 pub struct SharedTier {
@@ -99,6 +101,9 @@ pub struct SharedTier {
     secret: Option<[u8; 32]>,
     lease: Duration,
     puts: Sender<Put>,
+    /// Bytes queued for the servers, and at most how many.
+    queued: Arc<AtomicU64>,
+    queue_bytes: u64,
     stats: Arc<Stats>,
 }
 
@@ -114,13 +119,13 @@ impl SharedTier {
         stats: Arc<Stats>,
     ) -> Result<Arc<Self>, String> {
         let store = Arc::new(Store::open(&cfg.urls, cfg.timeout)?);
-        let cap = (cfg.queue_bytes as u64 / block_size.max(1)).max(16) as usize;
-        let (tx, rx) = crossbeam_channel::bounded::<Put>(cap);
+        let (tx, rx) = crossbeam_channel::unbounded::<Put>();
+        let queued = Arc::new(AtomicU64::new(0));
         for i in 0..PUTTERS {
-            let (store, rx, stats) = (store.clone(), rx.clone(), stats.clone());
+            let (store, rx, stats, q) = (store.clone(), rx.clone(), stats.clone(), queued.clone());
             std::thread::Builder::new()
                 .name(format!("strata-shared-put-{i}"))
-                .spawn(move || put_loop(&store, &rx, &stats))
+                .spawn(move || put_loop(&store, &rx, &stats, &q))
                 .map_err(|e| format!("cannot start the shared tier's threads: {e}"))?;
         }
         Ok(Arc::new(Self {
@@ -134,6 +139,8 @@ impl SharedTier {
                 .map(|s| blake3::derive_key("strata shared tier 2026-12 value MAC", s)),
             lease: cfg.lease,
             puts: tx,
+            queued,
+            queue_bytes: cfg.queue_bytes as u64,
             stats,
         }))
     }
@@ -205,7 +212,7 @@ impl SharedTier {
     }
 
     /// Blocks `first..first + n` of `obj`, each verified, without counting hits and
-    /// misses (for `wait_for`'s polls).
+    /// misses.
     fn fetch(&self, obj: u64, first: u64, n: usize) -> Vec<Option<Bytes>> {
         let Some(keys) = self.keys(obj, first, n) else {
             return vec![None; n];
@@ -214,19 +221,22 @@ impl SharedTier {
         self.count_errors(&errors);
         keys.iter()
             .zip(vals)
-            .map(|(k, v)| {
-                let v = v?;
-                match value::decode(k, v, self.secret.as_ref()) {
-                    Ok(b) => Some(b),
-                    Err(bad) => {
-                        stats::inc(&self.stats.shared_verify_failures);
-                        tracing::warn!(key = %k, problem = ?bad, "a shared cache value failed its check: taken for a miss and dropped");
-                        let _ = self.store.delete(k);
-                        None
-                    }
-                }
-            })
+            .map(|(k, v)| self.check(k, v?))
             .collect()
+    }
+
+    /// The block in a value got under `key`, if it passes its checks; else counted,
+    /// logged and dropped from the server.
+    fn check(&self, key: &str, v: Vec<u8>) -> Option<Bytes> {
+        match value::decode(key, v, self.secret.as_ref()) {
+            Ok(b) => Some(b),
+            Err(bad) => {
+                stats::inc(&self.stats.shared_verify_failures);
+                tracing::warn!(key = %key, problem = ?bad, "a shared cache value failed its check: taken for a miss and dropped");
+                let _ = self.store.delete(key);
+                None
+            }
+        }
     }
 
     /// Queues blocks `first..` of `obj` (just fetched from the origin) for the
@@ -236,37 +246,44 @@ impl SharedTier {
         let Some(keys) = self.keys(obj, first, blocks.len()) else {
             return false;
         };
-        let mut all = true;
-        let last = keys.len().saturating_sub(1);
-        let mut release = lease;
-        for (i, (key, b)) in keys.into_iter().zip(blocks).enumerate() {
-            let value = value::encode(&key, b, self.secret.as_ref());
-            let put = Put {
-                key,
-                value,
-                release: if i == last { release.take() } else { None },
-            };
-            match self.puts.try_send(put) {
-                Ok(()) => {}
-                Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => {
-                    all = false;
-                    stats::inc(&self.stats.shared_refused);
-                    if let Some(l) = p.release {
-                        let _ = self.store.delete(&l);
-                    }
-                }
+        let blocks: Vec<(String, Vec<u8>)> = keys
+            .into_iter()
+            .zip(blocks)
+            .map(|(k, b)| {
+                let v = value::encode(&k, b, self.secret.as_ref());
+                (k, v)
+            })
+            .collect();
+        let bytes: u64 = blocks.iter().map(|(_, v)| v.len() as u64).sum();
+        if self.queued.load(Ordering::Relaxed) + bytes > self.queue_bytes {
+            stats::add(&self.stats.shared_refused, blocks.len() as u64);
+            if let Some(l) = lease {
+                let _ = self.store.delete(&l);
             }
+            return false;
         }
-        if let Some(l) = release {
-            let _ = self.store.delete(&l);
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
+        let put = Put {
+            blocks,
+            release: lease,
+            bytes,
+        };
+        if let Err(e) = self.puts.send(put) {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            if let Some(l) = e.0.release {
+                let _ = self.store.delete(&l);
+            }
+            return false;
         }
-        all
+        true
     }
 
-    /// Takes the lease on fetching the run that starts at block `first` of `obj`.
-    pub fn lease(&self, obj: u64, first: u64) -> Lease {
+    /// Takes the lease on fetching the chunk of `obj` that starts at block `chunk`
+    /// (runs are fetched in aligned chunks when the shared tier is on, so machines
+    /// missing the same blocks ask for the same lease).
+    pub fn lease(&self, obj: u64, chunk: u64) -> Lease {
         let Some(key) = self
-            .keys(obj, first, 1)
+            .keys(obj, chunk, 1)
             .and_then(|mut k| k.pop())
             .map(|k| k + ":lease")
         else {
@@ -274,7 +291,7 @@ impl SharedTier {
         };
         match self.store.add(&key, b"1", self.lease) {
             Ok(true) => Lease::Mine(key),
-            Ok(false) => Lease::Theirs,
+            Ok(false) => Lease::Theirs(key),
             Err(e) => {
                 self.count_errors(std::slice::from_ref(&e));
                 Lease::None
@@ -282,11 +299,12 @@ impl SharedTier {
         }
     }
 
-    /// Blocks `blocks` of `obj` if the tier holds every one (read-ahead: a partial
-    /// run is fetched whole from the origin).
-    pub fn get_all(&self, obj: u64, blocks: Range<u64>) -> Option<Vec<Bytes>> {
-        let (got, _) = self.get_run(obj, blocks.start, (blocks.end - blocks.start) as usize);
-        got.into_iter().collect()
+    /// Waits up to `limit` for the puts queued so far to be sent.
+    pub fn drain(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.queued.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Gives a lease back without a put (the fetch failed or saw the file change).
@@ -294,46 +312,69 @@ impl SharedTier {
         let _ = self.store.delete(key);
     }
 
-    /// Waits (at most the lease time) for another machine's put of blocks `blocks` of
-    /// `obj`; None if they do not all come.
-    pub fn wait_for(&self, obj: u64, blocks: Range<u64>) -> Option<Vec<Bytes>> {
+    /// Fills the empty slots of `got` (blocks `first..` of `obj`) with another
+    /// machine's puts while it holds `lease`: returns when every slot is filled, the
+    /// lease is gone (its holder is done: what is still missing, it did not fetch),
+    /// or the lease time has passed. True when the lease was given back (the caller
+    /// may take it for what is still missing); false when every slot is filled or
+    /// waiting longer is pointless.
+    pub fn wait_for(&self, obj: u64, first: u64, got: &mut [Option<Bytes>], lease: &str) -> bool {
         stats::inc(&self.stats.shared_lease_waits);
-        let n = (blocks.end - blocks.start) as usize;
+        let Some(keys) = self.keys(obj, first, got.len()) else {
+            return false;
+        };
         let until = Instant::now() + self.lease;
         let mut pause = POLL;
         while Instant::now() < until {
             std::thread::sleep(pause);
             pause = (pause * 2).min(POLL * 8);
-            let got = self.fetch(obj, blocks.start, n);
+            let want: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_none()).collect();
+            let mut ask: Vec<String> = want.iter().map(|&i| keys[i].clone()).collect();
+            ask.push(lease.to_string());
+            let (mut vals, errors) = self.store.get_many(&ask);
+            self.count_errors(&errors);
+            let held = vals.pop().flatten().is_some();
+            for (&i, v) in want.iter().zip(vals) {
+                if let Some(v) = v
+                    && let Some(b) = self.check(&keys[i], v)
+                {
+                    stats::inc(&self.stats.shared_hits);
+                    stats::add(&self.stats.shared_hit_bytes, b.len() as u64);
+                    got[i] = Some(b);
+                }
+            }
             if got.iter().all(Option::is_some) {
-                let got: Vec<Bytes> = got.into_iter().map(|b| b.expect("all some")).collect();
                 stats::inc(&self.stats.shared_lease_hits);
-                stats::add(&self.stats.shared_hits, n as u64);
-                stats::add(
-                    &self.stats.shared_hit_bytes,
-                    got.iter().map(|b| b.len() as u64).sum(),
-                );
-                return Some(got);
+                return false;
+            }
+            if !errors.is_empty() {
+                return false;
+            }
+            if !held {
+                return true;
             }
         }
-        None
+        false
     }
 }
 
-fn put_loop(store: &Store, rx: &Receiver<Put>, stats: &Stats) {
+fn put_loop(store: &Store, rx: &Receiver<Put>, stats: &Stats, queued: &AtomicU64) {
     while let Ok(p) = rx.recv() {
-        match store.set(&p.key, &p.value) {
-            Ok(()) => {
-                stats::inc(&stats.shared_puts);
-                stats::add(&stats.shared_put_bytes, p.value.len() as u64);
+        for (key, value) in &p.blocks {
+            match store.set(key, value) {
+                Ok(()) => {
+                    stats::inc(&stats.shared_puts);
+                    stats::add(&stats.shared_put_bytes, value.len() as u64);
+                }
+                Err(store::StoreError::Timeout) => stats::inc(&stats.shared_timeouts),
+                Err(store::StoreError::Failed(_)) => stats::inc(&stats.shared_errors),
+                Err(store::StoreError::Open) => stats::inc(&stats.shared_refused),
             }
-            Err(store::StoreError::Timeout) => stats::inc(&stats.shared_timeouts),
-            Err(store::StoreError::Failed(_)) => stats::inc(&stats.shared_errors),
-            Err(store::StoreError::Open) => stats::inc(&stats.shared_refused),
         }
         if let Some(l) = p.release {
             let _ = store.delete(&l);
         }
+        queued.fetch_sub(p.bytes, Ordering::Relaxed);
     }
 }
 
@@ -390,11 +431,6 @@ impl Tier for SharedTier {
     }
 
     fn settle(&self) {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !self.puts.is_empty() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        // The last ones taken off the queue may still be on their way.
-        std::thread::sleep(Duration::from_millis(20));
+        self.drain(Duration::from_secs(10));
     }
 }

@@ -309,6 +309,12 @@ impl Breaker {
         }
     }
 
+    /// Open and not yet due for a probe.
+    fn is_open(&self) -> bool {
+        let st = self.st.lock();
+        st.open_until.is_some_and(|t| Instant::now() < t)
+    }
+
     fn success(&self) {
         let mut st = self.st.lock();
         if st.failures != 0 || st.open_until.is_some() {
@@ -424,14 +430,21 @@ impl Store {
     }
 
     /// The node that holds `key`: the first ring point at or after its hash. Adding
-    /// or losing a server moves only the keys of its points.
+    /// or losing a server moves only the keys of its points. A server whose breaker
+    /// is open is passed over for the next one on the ring, as memcached clients do
+    /// (its keys live elsewhere until it is back; every machine whose breaker saw the
+    /// same failure moves them the same way).
     fn node_of(&self, key: &str) -> usize {
         if self.nodes.len() == 1 {
             return 0;
         }
         let h = hash64(key.as_bytes());
         let i = self.ring.partition_point(|&(p, _)| p < h);
-        self.ring[i % self.ring.len()].1
+        let first = self.ring[i % self.ring.len()].1;
+        (0..self.ring.len())
+            .map(|k| self.ring[(i + k) % self.ring.len()].1)
+            .find(|&n| !self.nodes[n].breaker.is_open())
+            .unwrap_or(first)
     }
 
     /// Runs `f` on `node` through its breaker.
