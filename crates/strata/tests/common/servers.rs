@@ -78,7 +78,7 @@ pub fn memcached(n: usize) -> Servers {
                 "-U",
                 "0",
                 "-m",
-                "256",
+                "1024",
                 "-I",
                 "2m",
             ])
