@@ -81,6 +81,9 @@ pub fn memcached(n: usize) -> Servers {
                 "1024",
                 "-I",
                 "2m",
+                // A fleet of engines in one process opens many connections.
+                "-c",
+                "16384",
             ])
             .args(["-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -100,7 +103,8 @@ pub fn redis_server(dir: &Path, port: u16, cluster: bool) -> Child {
     c.current_dir(dir)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-        .args(["--maxmemory", "1gb", "--maxmemory-policy", "allkeys-lru"]);
+        .args(["--maxmemory", "1gb", "--maxmemory-policy", "allkeys-lru"])
+        .args(["--maxclients", "16384"]);
     if cluster {
         c.args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
