@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{BlockKey, Refusal, Tier};
 use crate::origin::Token;
@@ -101,6 +101,9 @@ pub struct SharedTier {
     secret: Option<[u8; 32]>,
     lease: Duration,
     puts: Sender<Put>,
+    /// Leases this machine holds: another fetch here of the same chunk (other blocks:
+    /// claims are exclusive within a machine) goes on without waiting for its own.
+    held: Arc<Mutex<FxHashSet<String>>>,
     /// Bytes queued for the servers, and at most how many.
     queued: Arc<AtomicU64>,
     queue_bytes: u64,
@@ -121,11 +124,13 @@ impl SharedTier {
         let store = Arc::new(Store::open(&cfg.urls, cfg.timeout)?);
         let (tx, rx) = crossbeam_channel::unbounded::<Put>();
         let queued = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(Mutex::new(FxHashSet::default()));
         for i in 0..PUTTERS {
-            let (store, rx, stats, q) = (store.clone(), rx.clone(), stats.clone(), queued.clone());
+            let (store, rx, stats) = (store.clone(), rx.clone(), stats.clone());
+            let (q, h) = (queued.clone(), held.clone());
             std::thread::Builder::new()
                 .name(format!("strata-shared-put-{i}"))
-                .spawn(move || put_loop(&store, &rx, &stats, &q))
+                .spawn(move || put_loop(&store, &rx, &stats, &q, &h))
                 .map_err(|e| format!("cannot start the shared tier's threads: {e}"))?;
         }
         Ok(Arc::new(Self {
@@ -139,6 +144,7 @@ impl SharedTier {
                 .map(|s| blake3::derive_key("strata shared tier 2026-12 value MAC", s)),
             lease: cfg.lease,
             puts: tx,
+            held,
             queued,
             queue_bytes: cfg.queue_bytes as u64,
             stats,
@@ -258,7 +264,7 @@ impl SharedTier {
         if self.queued.load(Ordering::Relaxed) + bytes > self.queue_bytes {
             stats::add(&self.stats.shared_refused, blocks.len() as u64);
             if let Some(l) = lease {
-                let _ = self.store.delete(&l);
+                self.release(&l);
             }
             return false;
         }
@@ -271,7 +277,7 @@ impl SharedTier {
         if let Err(e) = self.puts.send(put) {
             self.queued.fetch_sub(bytes, Ordering::Relaxed);
             if let Some(l) = e.0.release {
-                let _ = self.store.delete(&l);
+                self.release(&l);
             }
             return false;
         }
@@ -289,8 +295,14 @@ impl SharedTier {
         else {
             return Lease::None;
         };
+        if self.held.lock().contains(&key) {
+            return Lease::None;
+        }
         match self.store.add(&key, b"1", self.lease) {
-            Ok(true) => Lease::Mine(key),
+            Ok(true) => {
+                self.held.lock().insert(key.clone());
+                Lease::Mine(key)
+            }
             Ok(false) => Lease::Theirs(key),
             Err(e) => {
                 self.count_errors(std::slice::from_ref(&e));
@@ -310,6 +322,7 @@ impl SharedTier {
     /// Gives a lease back without a put (the fetch failed or saw the file change).
     pub fn release(&self, key: &str) {
         let _ = self.store.delete(key);
+        self.held.lock().remove(key);
     }
 
     /// Fills the empty slots of `got` (blocks `first..` of `obj`) with another
@@ -358,7 +371,13 @@ impl SharedTier {
     }
 }
 
-fn put_loop(store: &Store, rx: &Receiver<Put>, stats: &Stats, queued: &AtomicU64) {
+fn put_loop(
+    store: &Store,
+    rx: &Receiver<Put>,
+    stats: &Stats,
+    queued: &AtomicU64,
+    held: &Mutex<FxHashSet<String>>,
+) {
     while let Ok(p) = rx.recv() {
         for (key, value) in &p.blocks {
             match store.set(key, value) {
@@ -373,6 +392,7 @@ fn put_loop(store: &Store, rx: &Receiver<Put>, stats: &Stats, queued: &AtomicU64
         }
         if let Some(l) = p.release {
             let _ = store.delete(&l);
+            held.lock().remove(&l);
         }
         queued.fetch_sub(p.bytes, Ordering::Relaxed);
     }
