@@ -61,14 +61,23 @@ fn local_origin(s: &Setup) -> Arc<dyn Origin> {
     Arc::new(LocalOrigin::new(&s.origin).unwrap())
 }
 
-/// The second machine reads the whole dataset from the shared tier.
-fn second_machine_reads_from_the_servers(servers: &Servers) {
+/// A dataset at a new origin, read whole by a first machine whose puts are all sent.
+fn first_machine(
+    servers: &Servers,
+    secret: Option<&[u8]>,
+) -> (Setup, Arc<dyn Origin>, Engine, tempfile::TempDir) {
     let s = setup();
     dataset(&s);
     let origin = local_origin(&s);
-    let (a, _ca) = machine(&origin, &servers.urls, None);
+    let (a, ca) = machine(&origin, &servers.urls, secret);
     read_everything(&a, &s);
     a.settle();
+    (s, origin, a, ca)
+}
+
+/// The second machine reads the whole dataset from the shared tier.
+fn second_machine_reads_from_the_servers(servers: &Servers) {
+    let (s, origin, a, _ca) = first_machine(servers, None);
     let sa = a.stats();
     assert!(sa.shared_puts > 0, "{sa:?}");
     let (b, _cb) = machine(&origin, &servers.urls, None);
@@ -134,12 +143,7 @@ fn memcached_keys(port: u16) -> Vec<String> {
 #[test]
 fn damaged_and_misplaced_values_are_misses() {
     let servers = memcached(1);
-    let s = setup();
-    dataset(&s);
-    let origin = local_origin(&s);
-    let (a, _ca) = machine(&origin, &servers.urls, None);
-    read_everything(&a, &s);
-    a.settle();
+    let (s, origin, _a, _ca) = first_machine(&servers, None);
     let mc =
         memcache::Client::connect(format!("memcache://127.0.0.1:{}", servers.ports[0])).unwrap();
     let mut keys = memcached_keys(servers.ports[0]);
@@ -170,12 +174,7 @@ fn damaged_and_misplaced_values_are_misses() {
 #[test]
 fn with_a_secret_only_its_holders_values_are_taken() {
     let servers = redis(1);
-    let s = setup();
-    dataset(&s);
-    let origin = local_origin(&s);
-    let (a, _ca) = machine(&origin, &servers.urls, Some(b"fleet secret"));
-    read_everything(&a, &s);
-    a.settle();
+    let (s, origin, _a, _ca) = first_machine(&servers, Some(b"fleet secret"));
     // A machine with another secret (or none of its values) takes nothing.
     let (b, _cb) = machine(&origin, &servers.urls, Some(b"another secret"));
     read_everything(&b, &s);
@@ -193,12 +192,7 @@ fn with_a_secret_only_its_holders_values_are_taken() {
 #[test]
 fn an_origin_change_is_never_answered_from_the_shared_tier() {
     let servers = memcached(2);
-    let s = setup();
-    dataset(&s);
-    let origin = local_origin(&s);
-    let (a, _ca) = machine(&origin, &servers.urls, None);
-    read_everything(&a, &s);
-    a.settle();
+    let (s, origin, _a, _ca) = first_machine(&servers, None);
     // Same size, new bytes, a new mtime: a new version, so new keys.
     let p = s.origin.join("f3");
     let mut new = std::fs::read(&p).unwrap();
@@ -215,12 +209,7 @@ fn an_origin_change_is_never_answered_from_the_shared_tier() {
 #[test]
 fn a_killed_and_a_frozen_server_turn_into_misses_not_failures() {
     let mut servers = memcached(3);
-    let s = setup();
-    dataset(&s);
-    let origin = local_origin(&s);
-    let (a, _ca) = machine(&origin, &servers.urls, None);
-    read_everything(&a, &s);
-    a.settle();
+    let (s, origin, _a, _ca) = first_machine(&servers, None);
     servers.procs[0].kill().unwrap();
     servers.procs[0].wait().unwrap();
     let frozen = servers.procs[1].id().to_string();

@@ -17,6 +17,17 @@ pub struct Servers {
     _dir: tempfile::TempDir,
 }
 
+impl Servers {
+    fn none() -> Self {
+        Servers {
+            procs: Vec::new(),
+            urls: Vec::new(),
+            ports: Vec::new(),
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
 impl Drop for Servers {
     fn drop(&mut self) {
         for p in &mut self.procs {
@@ -60,13 +71,7 @@ pub fn need(bin: &str) -> String {
 
 pub fn memcached(n: usize) -> Servers {
     let bin = need("memcached");
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Servers {
-        procs: Vec::new(),
-        urls: Vec::new(),
-        ports: Vec::new(),
-        _dir: dir,
-    };
+    let mut s = Servers::none();
     for _ in 0..n {
         let port = free_port();
         let child = Command::new(&bin)
@@ -116,13 +121,7 @@ pub fn redis_server(dir: &Path, port: u16, cluster: bool) -> Child {
 }
 
 pub fn redis(n: usize) -> Servers {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Servers {
-        procs: Vec::new(),
-        urls: Vec::new(),
-        ports: Vec::new(),
-        _dir: dir,
-    };
+    let mut s = Servers::none();
     for _ in 0..n {
         let port = free_port();
         s.procs.push(redis_server(s._dir.path(), port, false));
@@ -134,13 +133,7 @@ pub fn redis(n: usize) -> Servers {
 }
 
 pub fn redis_cluster() -> Servers {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Servers {
-        procs: Vec::new(),
-        urls: Vec::new(),
-        ports: Vec::new(),
-        _dir: dir,
-    };
+    let mut s = Servers::none();
     for _ in 0..3 {
         let port = free_port();
         s.procs.push(redis_server(s._dir.path(), port, true));

@@ -149,6 +149,36 @@ fn redis_err(e: redis::RedisError) -> StoreError {
     }
 }
 
+/// SET, SET NX PX and DEL, alike on a Redis server and a Redis Cluster.
+fn redis_set(c: &mut impl redis::ConnectionLike, key: &str, value: &[u8]) -> Res<()> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query::<()>(c)
+        .map_err(redis_err)
+}
+
+fn redis_add(
+    c: &mut impl redis::ConnectionLike,
+    key: &str,
+    value: &[u8],
+    ttl: Duration,
+) -> Res<bool> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .query::<Option<String>>(c)
+        .map(|r| r.is_some())
+        .map_err(redis_err)
+}
+
+fn redis_delete(c: &mut impl redis::ConnectionLike, key: &str) -> Res<()> {
+    redis::cmd("DEL").arg(key).query::<()>(c).map_err(redis_err)
+}
+
 struct Redis {
     pool: Pool<redis::Connection>,
 }
@@ -181,30 +211,13 @@ impl Server for Redis {
         })
     }
     fn set(&self, key: &str, value: &[u8]) -> Res<()> {
-        self.pool.with(|c| {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .query::<()>(c)
-                .map_err(redis_err)
-        })
+        self.pool.with(|c| redis_set(c, key, value))
     }
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool> {
-        self.pool.with(|c| {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query::<Option<String>>(c)
-                .map(|r| r.is_some())
-                .map_err(redis_err)
-        })
+        self.pool.with(|c| redis_add(c, key, value, ttl))
     }
     fn delete(&self, key: &str) -> Res<()> {
-        self.pool
-            .with(|c| redis::cmd("DEL").arg(key).query::<()>(c).map_err(redis_err))
+        self.pool.with(|c| redis_delete(c, key))
     }
 }
 
@@ -241,30 +254,13 @@ impl Server for RedisCluster {
         })
     }
     fn set(&self, key: &str, value: &[u8]) -> Res<()> {
-        self.pool.with(|c| {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .query::<()>(c)
-                .map_err(redis_err)
-        })
+        self.pool.with(|c| redis_set(c, key, value))
     }
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool> {
-        self.pool.with(|c| {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query::<Option<String>>(c)
-                .map(|r| r.is_some())
-                .map_err(redis_err)
-        })
+        self.pool.with(|c| redis_add(c, key, value, ttl))
     }
     fn delete(&self, key: &str) -> Res<()> {
-        self.pool
-            .with(|c| redis::cmd("DEL").arg(key).query::<()>(c).map_err(redis_err))
+        self.pool.with(|c| redis_delete(c, key))
     }
 }
 
