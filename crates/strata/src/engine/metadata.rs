@@ -440,3 +440,57 @@ mod tests {
         assert_eq!(trust(Duration::ZERO, None, now, at(86_400)), Duration::ZERO);
     }
 }
+
+/// Attribute lookups, as the front ends ask them.
+impl Engine {
+    /// Attributes of an entry: from the cache within the TTL, else from the origin.
+    pub fn stat(&self, path: &Path) -> io::Result<Attr> {
+        self.stat_ttl(path).0
+    }
+
+    /// Attributes (or the error, a negative entry included) and how much longer they
+    /// may be trusted: the TTL less the time the answer has been cached. A front end
+    /// that caches them itself (the kernel) must trust them no longer than that, or
+    /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
+    pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
+        let absent = || {
+            let left = self.inner.absent_by_listing(path).or_else(|| {
+                let parent = path.parent()?;
+                self.inner.listing_lapsed(parent).then_some(())?;
+                self.read_dir(parent).ok()?;
+                self.inner.absent_by_listing(path)
+            })?;
+            stats::inc(&self.inner.stats.lookups_by_listing);
+            Some((Err(io::Error::from_raw_os_error(ENOENT)), left))
+        };
+        let (r, trust) = self
+            .inner
+            .cached_attr(path)
+            .or_else(absent)
+            .unwrap_or_else(|| {
+                let r = self.inner.stat_origin(path);
+                let trust = self.inner.fresh_trust(path, &r);
+                (r, trust)
+            });
+        (r.map(|a| self.inner.dirty_attr(path, a)), trust)
+    }
+
+    /// Attributes of many entries, asking the origin for those not cached with up to
+    /// `parallel` requests in flight (a cold `ls -l` over a slow origin), each with how
+    /// much longer it may be trusted (as [`Engine::stat_ttl`]).
+    pub fn stat_many(
+        &self,
+        paths: &[PathBuf],
+        parallel: usize,
+    ) -> Vec<(io::Result<Attr>, Duration)> {
+        let mut v = self.inner.stat_many(paths, parallel);
+        if self.inner.wb.is_some() {
+            for (p, (r, _)) in paths.iter().zip(v.iter_mut()) {
+                if let Ok(a) = r {
+                    *a = self.inner.dirty_attr(p, a.clone());
+                }
+            }
+        }
+        v
+    }
+}
