@@ -411,36 +411,6 @@ impl Inner {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: u64 = 1_000_000_000;
-
-    #[test]
-    fn trust_is_a_tenth_of_the_unchanged_time_within_its_bounds() {
-        let (min, max) = (Duration::from_secs(1), Some(Duration::from_secs(60)));
-        let now = 1_800_000_000 * S;
-        let at = |ago: u64| Some((now - ago * S) as i64);
-        let t = |changed| trust(min, max, now, changed);
-        assert_eq!(t(at(0)), min, "just changed");
-        assert_eq!(t(at(5)), min, "a tenth is below the least");
-        assert_eq!(t(at(300)), Duration::from_secs(30));
-        assert_eq!(
-            t(at(86_400)),
-            Duration::from_secs(60),
-            "never past the most"
-        );
-        assert_eq!(t(None), min, "unknown: the least");
-        // Dated after the answer (the origin's clock is ahead): the least.
-        assert_eq!(t(Some((now + 100 * S) as i64)), min);
-        assert_eq!(t(Some(i64::MIN)), Duration::from_secs(60));
-        // Fixed trust ignores the age.
-        assert_eq!(trust(min, None, now, at(86_400)), min);
-        assert_eq!(trust(Duration::ZERO, None, now, at(86_400)), Duration::ZERO);
-    }
-}
-
 /// Attribute lookups, as the front ends ask them.
 impl Engine {
     /// Attributes of an entry: from the cache within the TTL, else from the origin.
@@ -492,5 +462,35 @@ impl Engine {
             }
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn trust_is_a_tenth_of_the_unchanged_time_within_its_bounds() {
+        let (min, max) = (Duration::from_secs(1), Some(Duration::from_secs(60)));
+        let now = 1_800_000_000 * S;
+        let at = |ago: u64| Some((now - ago * S) as i64);
+        let t = |changed| trust(min, max, now, changed);
+        assert_eq!(t(at(0)), min, "just changed");
+        assert_eq!(t(at(5)), min, "a tenth is below the least");
+        assert_eq!(t(at(300)), Duration::from_secs(30));
+        assert_eq!(
+            t(at(86_400)),
+            Duration::from_secs(60),
+            "never past the most"
+        );
+        assert_eq!(t(None), min, "unknown: the least");
+        // Dated after the answer (the origin's clock is ahead): the least.
+        assert_eq!(t(Some((now + 100 * S) as i64)), min);
+        assert_eq!(t(Some(i64::MIN)), Duration::from_secs(60));
+        // Fixed trust ignores the age.
+        assert_eq!(trust(min, None, now, at(86_400)), min);
+        assert_eq!(trust(Duration::ZERO, None, now, at(86_400)), Duration::ZERO);
     }
 }
