@@ -138,6 +138,7 @@ struct Figures {
     lease_waits: u64,
     lease_hits: u64,
     errors: u64,
+    refused: u64,
 }
 
 /// Every reader at once; `half_way` runs when half of all bytes have been read.
@@ -202,6 +203,7 @@ fn run(
         lease_waits: 0,
         lease_hits: 0,
         errors: 0,
+        refused: 0,
     };
     for e in &es {
         let s = e.stats();
@@ -209,6 +211,7 @@ fn run(
         f.shared_hits += s.shared_hits;
         f.lease_hits += s.shared_lease_hits;
         f.lease_waits += s.shared_lease_waits;
+        f.refused += s.shared_refused;
         f.errors += s.shared_errors + s.shared_timeouts;
     }
     for m in &mut ms {
@@ -218,6 +221,7 @@ fn run(
         f.shared_hits += n("shared_hits");
         f.lease_hits += n("shared_lease_hits");
         f.lease_waits += n("shared_lease_waits");
+        f.refused += n("shared_refused");
         f.errors += n("shared_errors") + n("shared_timeouts");
         m.umount();
     }
@@ -246,7 +250,7 @@ fn fleet(servers: &mut Servers, kind: &str) {
 
     let f = run(&origin, &files, &servers.urls, mounts, engines, || {});
     println!(
-        "{kind}: {readers} readers ({mounts} mounts, {engines} engines) of {mib} MiB: origin read {:.2}x the dataset, {:.1} s against {:.1} s for one reader alone ({:.1}x), {} blocks from the shared tier, {} fetches waited for another's, {} answered by its put, {} errors and timeouts",
+        "{kind}: {readers} readers ({mounts} mounts, {engines} engines) of {mib} MiB: origin read {:.2}x the dataset, {:.1} s against {:.1} s for one reader alone ({:.1}x), {} blocks from the shared tier, {} fetches waited for another's, {} answered by its put, {} errors and timeouts, {} puts dropped",
         f.origin_bytes as f64 / bytes,
         f.secs,
         one,
@@ -254,7 +258,8 @@ fn fleet(servers: &mut Servers, kind: &str) {
         f.shared_hits,
         f.lease_waits,
         f.lease_hits,
-        f.errors
+        f.errors,
+        f.refused
     );
     // The target is 1.1x (met on a quiet machine); a loaded CI box gets some slack.
     assert!(

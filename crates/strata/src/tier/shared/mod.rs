@@ -67,7 +67,7 @@ impl SharedConfig {
             namespace,
             secret: None,
             timeout: Duration::from_millis(50),
-            lease: Duration::from_secs(2),
+            lease: Duration::from_secs(5),
             queue_bytes: 64 << 20,
         }
     }
