@@ -112,7 +112,8 @@ pub fn redis_server(dir: &Path, port: u16, cluster: bool) -> Child {
         .args(["--maxclients", "16384"]);
     if cluster {
         c.args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--cluster-node-timeout", "1000"]);
     }
     c.stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -132,9 +133,11 @@ pub fn redis(n: usize) -> Servers {
     s
 }
 
+/// Three masters, each with a replica that takes over within about two seconds of
+/// its master's death. The masters are `procs[0..3]`.
 pub fn redis_cluster() -> Servers {
     let mut s = Servers::none();
-    for _ in 0..3 {
+    for _ in 0..6 {
         let port = free_port();
         s.procs.push(redis_server(s._dir.path(), port, true));
         wait_port(port);
@@ -144,7 +147,7 @@ pub fn redis_cluster() -> Servers {
     let out = Command::new(need("redis-cli"))
         .args(["--cluster", "create"])
         .args(&nodes)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
         .output()
         .unwrap();
     assert!(
