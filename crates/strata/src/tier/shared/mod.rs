@@ -110,6 +110,8 @@ pub struct SharedTier {
     stats: Arc<Stats>,
 }
 
+/// Versions named at most (each ~100 bytes).
+const MAX_NAMES: usize = 1 << 18;
 /// Threads sending puts.
 const PUTTERS: usize = 2;
 /// Pause between looks for another machine's put while waiting on its lease.
@@ -185,7 +187,17 @@ impl SharedTier {
         }
         part(&self.block_size.to_le_bytes());
         let name = h.finalize().to_hex().to_string();
-        self.names.lock().insert(obj, name);
+        let mut names = self.names.lock();
+        if names.len() >= MAX_NAMES && !names.contains_key(&obj) {
+            // Versions let go of without dying keep their names: past the bound the
+            // older half (lower ids) goes. A live version that loses its name just
+            // neither asks nor fills the shared tier from then on.
+            let mut ids: Vec<u64> = names.keys().copied().collect();
+            let mid = ids.len() / 2;
+            let cut = *ids.select_nth_unstable(mid).1;
+            names.retain(|&id, _| id > cut);
+        }
+        names.insert(obj, name);
     }
 
     /// Forgets `obj`'s name: its blocks miss until it is named again.
