@@ -172,30 +172,30 @@ impl Inner {
     }
 
     /// "No such entry" known without asking the origin: the parent's listing is
-    /// trusted and lacks the name (what a readdir would answer just as well), with
-    /// how much longer that holds. A small listing (`LISTING_REREAD_MAX`) whose trust
-    /// ended less than a trust time ago is read again first: a directory being filled
-    /// or probed, where one listing answers the lookups of many missing names (each a
-    /// round trip otherwise). Listings past `LISTING_LOOKUP_MAX` are not searched.
+    /// trusted and lacks the name (what a readdir would answer just as well). With
+    /// how much longer that holds. Listings past `LISTING_LOOKUP_MAX` entries are not
+    /// searched.
     pub(super) fn absent_by_listing(&self, path: &Path) -> Option<Duration> {
         let (parent, name) = (path.parent()?, path.file_name()?);
-        for reread in [false, true] {
-            let (r, wall, age) = self.dirs.peek(parent)?;
-            let list = r.ok()?;
-            if list.len() > LISTING_LOOKUP_MAX {
-                return None;
-            }
-            let trust = self.trust(wall, self.changed_at(parent));
-            if age < trust {
-                return (!list.iter().any(|e| e.name == name)).then_some(trust - age);
-            }
-            if reread || list.len() > LISTING_REREAD_MAX || age >= trust * 2 {
-                return None;
-            }
-            // Not a step of a tree walk: the listing alone, no walk prefetch.
-            self.read_dir(parent).ok()?;
+        let (r, wall, age) = self.dirs.peek(parent)?;
+        let list = r.ok()?;
+        if list.len() > LISTING_LOOKUP_MAX {
+            return None;
         }
-        None
+        let trust = self.trust(wall, self.changed_at(parent));
+        let left = trust.checked_sub(age).filter(|d| !d.is_zero())?;
+        (!list.iter().any(|e| e.name == name)).then_some(left)
+    }
+
+    /// True when `dir`'s listing is small and its trust ended less than a trust
+    /// time ago: a directory being filled or probed, where one listing answers the
+    /// lookups of many missing names (each a round trip to the origin otherwise).
+    pub(super) fn listing_lapsed(&self, dir: &Path) -> bool {
+        let Some((Ok(list), wall, age)) = self.dirs.peek(dir) else {
+            return false;
+        };
+        let trust = self.trust(wall, self.changed_at(dir));
+        list.len() <= LISTING_REREAD_MAX && age >= trust && age < trust * 2
     }
 
     /// How long an attribute answer the origin gave just now may be trusted.
@@ -424,7 +424,12 @@ impl Engine {
     /// its TTL stacks on the engine's and a change takes up to twice the TTL to show.
     pub fn stat_ttl(&self, path: &Path) -> (io::Result<Attr>, Duration) {
         let absent = || {
-            let left = self.inner.absent_by_listing(path)?;
+            let left = self.inner.absent_by_listing(path).or_else(|| {
+                let parent = path.parent()?;
+                self.inner.listing_lapsed(parent).then_some(())?;
+                self.read_dir(parent).ok()?;
+                self.inner.absent_by_listing(path)
+            })?;
             stats::inc(&self.inner.stats.lookups_by_listing);
             Some((Err(io::Error::from_raw_os_error(ENOENT)), left))
         };

@@ -31,8 +31,7 @@ impl Inner {
         // put; a holder that fetched less than a waiter needs gives it back, and the
         // waiter takes it for the rest (so the chunk is fetched once in parts).
         let mut mine = None;
-        let per = self.fetch_chunk(obj);
-        let chunk = blocks.start / per * per;
+        let chunk = blocks.start / self.fetch_chunk(obj) * self.fetch_chunk(obj);
         for _ in 0..LEASE_TRIES {
             if got.iter().all(Option::is_some) {
                 break;
