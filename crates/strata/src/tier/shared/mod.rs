@@ -201,7 +201,7 @@ impl SharedTier {
     }
 
     /// Forgets `obj`'s name: its blocks miss until it is named again.
-    fn unname(&self, obj: u64) {
+    pub fn unname(&self, obj: u64) {
         self.names.lock().remove(&obj);
     }
 
