@@ -78,6 +78,30 @@ fn write_back(o: &MountOpts) -> Result<Option<strata::WriteBack>, String> {
     }))
 }
 
+/// The device-memory tier, None without --gpu-memory (or without a usable GPU:
+/// the mount goes on without it, with a warning).
+fn gpu(o: &MountOpts) -> Result<Option<strata::DeviceSetup>, String> {
+    let Some(capacity) = o.gpu_memory.filter(|&c| c > 0) else {
+        return Ok(None);
+    };
+    #[cfg(feature = "cuda")]
+    match strata::device::cuda::CudaDevice::open(0) {
+        Ok(d) => Ok(Some(strata::DeviceSetup {
+            device: std::sync::Arc::new(d),
+            capacity,
+        })),
+        Err(e) => {
+            tracing::warn!(error = %e, "--gpu-memory: no usable GPU; running without the device tier");
+            Ok(None)
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = capacity;
+        Err("--gpu-memory needs a strata built with the cuda feature (cargo build --release --features cuda)".into())
+    }
+}
+
 /// The shared tier's settings, None without --shared-cache.
 fn shared(o: &MountOpts, origin: &Path) -> Result<Option<strata::SharedConfig>, String> {
     if o.shared_cache.is_empty() {
@@ -207,6 +231,7 @@ pub fn plan(origin: &Path, mountpoint: &Path, mut o: MountOpts) -> Result<Plan, 
         read_only: o.read_only,
         write_back: write_back(&o)?,
         shared: shared(&o, &origin)?,
+        device: gpu(&o)?,
         ..Config::default()
     };
     config.validate()?;

@@ -25,6 +25,11 @@ pub struct MountOpts {
     /// 0: none [default: 0]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub compressed_ram_size: Option<u64>,
+    /// GPU memory (CUDA device 0) kept as a cache tier below RAM; needs a strata
+    /// built with the `cuda` feature. Without a usable GPU the mount runs without
+    /// it (and says so) [default: none]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub gpu_memory: Option<u64>,
     /// Most bytes of newly read blocks waiting to be written to the disk cache (memory
     /// beyond --ram-size); past it fills are dropped and offered again later
     /// [default: 64MiB]
@@ -228,6 +233,7 @@ impl MountOpts {
                 "compressed_ram_size" => {
                     set(&mut self.compressed_ram_size, parse_size(&need(&v)?)?)
                 }
+                "gpu_memory" => set(&mut self.gpu_memory, parse_size(&need(&v)?)?),
                 "fill_queue" => set(&mut self.fill_queue, parse_size(&need(&v)?)?),
                 "meta_size" => set(&mut self.meta_size, parse_size(&need(&v)?)?),
                 "block_size" => set(&mut self.block_size, parse_size(&need(&v)?)?),

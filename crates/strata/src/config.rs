@@ -15,6 +15,14 @@ pub struct DiskSetup {
     pub thresholds: Thresholds,
 }
 
+/// A device-memory tier: a pool of `capacity` bytes on `device` (a GPU through the
+/// `cuda` feature's `CudaDevice`, or the fake device in tests).
+#[derive(Clone)]
+pub struct DeviceSetup {
+    pub device: Arc<dyn crate::device::Device>,
+    pub capacity: u64,
+}
+
 /// The block size of a new cache. Small enough that a cold random 4 KiB read fetches
 /// little more than it asks for (16 KiB takes as long as 4 KiB over a 2 ms link, 64 KiB
 /// about 0.4 ms more); sequential reads do not depend on it, since runs of blocks are
@@ -89,6 +97,9 @@ pub struct Config {
     pub write_back: Option<WriteBack>,
     /// A tier on other machines' memory (memcached, Redis), below the disk.
     pub shared: Option<crate::tier::shared::SharedConfig>,
+    /// Device memory (a GPU's) as a tier below memory, and the target of
+    /// `Engine::read_device`.
+    pub device: Option<DeviceSetup>,
 }
 
 /// How dirty data is kept and sent to the origin.
@@ -138,6 +149,7 @@ impl Default for Config {
             read_only: false,
             write_back: None,
             shared: None,
+            device: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod extent;
 pub mod origin;
@@ -16,6 +17,8 @@ pub mod storage;
 pub mod sync;
 pub mod tier;
 
-pub use config::{Config, DiskSetup, WriteBack};
-pub use engine::{Engine, EngineError, Handle, Passthrough, PinProgress, ReadBuf};
+pub use config::{Config, DeviceSetup, DiskSetup, WriteBack};
+pub use engine::{
+    DeviceLoans, DeviceRead, Engine, EngineError, Handle, Passthrough, PinProgress, ReadBuf,
+};
 pub use tier::shared::SharedConfig;

@@ -106,6 +106,13 @@ stats! {
     shared_verify_failures: "shared tier values that failed their check (damaged, under another key, or without the secret's MAC): taken for misses and dropped",
     shared_lease_waits: "fetches that waited for another machine fetching the same blocks (its lease in the shared tier)",
     shared_lease_hits: "of those, fetches answered by the other machine's put rather than the origin",
+    device_hits: "blocks served from the device-memory tier (GPU), to device reads or the host",
+    device_hit_bytes: "bytes served from the device-memory tier",
+    device_puts: "blocks stored in the device-memory tier",
+    device_refusals: "blocks the device-memory tier refused (too large, device off, every slot on loan)",
+    device_evictions: "blocks evicted from the device-memory tier",
+    device_errors: "device operations that failed (the tier turns itself off at the first)",
+    device_loans: "blocks lent in place from the device-memory tier (Engine::lend_device)",
     revalidations: "coherency checks against the origin",
     lookups_by_listing: "lookups of missing names answered from the parent's trusted listing, without asking the origin",
     index_commits: "group commits of the disk index",
@@ -119,6 +126,8 @@ stats! {
     #[gauge] compressed_bytes: "bytes held by the compressed RAM tier (compressed, with its per-block overhead)",
     #[gauge] compressed_blocks: "blocks held by the compressed RAM tier",
     #[gauge] compressed_raw_bytes: "bytes the compressed RAM tier's blocks hold uncompressed",
+    #[gauge] device_bytes: "bytes held by the device-memory tier (whole slots)",
+    #[gauge] device_blocks: "blocks held by the device-memory tier",
     #[gauge] disk_bytes: "bytes held by the disk tier (whole blocks)",
     #[gauge] disk_blocks: "blocks held by the disk tier",
     #[gauge] disk_objects: "objects known to the disk tier",
@@ -205,6 +214,21 @@ impl StatsSnapshot {
                 bytes: self.compressed_bytes,
                 raw_bytes: Some(self.compressed_raw_bytes),
                 shared_bytes: Some(self.compressed_shared_bytes),
+            });
+        }
+        // The device-memory tier, where one was configured and used.
+        if self.device_puts + self.device_blocks + self.device_refusals + self.device_errors > 0 {
+            rows.push(TierRow {
+                name: "device".into(),
+                hits: self.device_hits,
+                hit_bytes: self.device_hit_bytes,
+                puts: self.device_puts,
+                refusals: self.device_refusals,
+                evictions: self.device_evictions,
+                blocks: self.device_blocks,
+                bytes: self.device_bytes,
+                raw_bytes: None,
+                shared_bytes: None,
             });
         }
         rows.push(TierRow {

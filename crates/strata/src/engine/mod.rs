@@ -18,6 +18,7 @@
 //! bytes read while the file changed are returned but never cached.
 
 mod admission;
+mod device_read;
 mod fill;
 mod guard;
 mod meta;
@@ -36,6 +37,7 @@ mod write;
 mod writeback;
 pub use pin::PinProgress;
 
+pub use device_read::{DeviceLoans, DeviceRead};
 pub use object::Object;
 
 use std::ffi::{OsStr, OsString};
@@ -316,6 +318,8 @@ struct Inner {
     meta_log: Option<Arc<MetaLog>>,
     /// Dirty data and its journal, with `Config::write_back`.
     wb: Option<writeback::WriteBack>,
+    /// Pinned staging buffers of device reads, kept between reads (pinning is slow).
+    stages: Mutex<Vec<Box<dyn crate::device::PinnedBuffer>>>,
 }
 
 /// The cache engine. Cheap to share behind an `Arc`; every method may be called from
@@ -348,6 +352,24 @@ impl Engine {
                 SharedTier::open(sc, cfg.block_size as u64, stats.clone())
                     .map_err(EngineError::Config)?,
             ),
+            None => None,
+        };
+        let device = match &cfg.device {
+            Some(d) => Some(Arc::new(
+                crate::tier::device::DeviceTier::new(
+                    d.device.clone(),
+                    d.capacity,
+                    cfg.block_size as usize,
+                    stats.clone(),
+                )
+                .map_err(|e| {
+                    EngineError::Config(format!(
+                        "device tier of {} bytes on {}: {e}",
+                        d.capacity,
+                        d.device.name()
+                    ))
+                })?,
+            )),
             None => None,
         };
         let ttl = cfg.attr_ttl_max.unwrap_or(cfg.attr_ttl);
@@ -384,6 +406,7 @@ impl Engine {
                 FillQueue::new(cfg.fill_queue_bytes, cfg.commit_interval, stats.clone()),
                 disk,
                 shared,
+                device,
                 stats.clone(),
             ),
             origin,
@@ -410,6 +433,7 @@ impl Engine {
             stale_warned: AtomicU64::new(0),
             listener: RwLock::new(None),
             wb,
+            stages: Mutex::new(Vec::new()),
             cfg,
         });
         let engine = Engine { inner };

@@ -400,6 +400,16 @@ impl Inner {
     /// through): in memory, and queued for the disk.
     pub(super) fn cache_fetched(&self, obj: &Arc<Object>, first: u64, data: Vec<Bytes>) {
         let blocks = first..first + data.len() as u64;
+        // The device tier, where there is one, takes whole blocks too (device reads
+        // fill it device to device themselves).
+        if let Some(d) = self.tiers.device.as_ref().filter(|d| d.usable()) {
+            use crate::tier::Tier;
+            for (blk, b) in blocks.clone().zip(&data) {
+                if b.len() == obj.block_len(blk) {
+                    let _ = d.put(BlockKey { obj: obj.id, blk }, b.clone());
+                }
+            }
+        }
         let in_memory = self.tiers.store(obj.id, first, &data);
         let fill = self.tiers.disk.is_some() && !obj.is_dead();
         {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 pub mod chain;
 pub mod compressed;
 pub mod contents;
+pub mod device;
 pub mod disk;
 pub mod ram;
 pub mod shared;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::chain::MemoryChain;
+use super::device::DeviceTier;
 use super::disk::DiskTier;
 use super::disk::writer::FillQueue;
 use super::shared::SharedTier;
@@ -30,6 +31,9 @@ pub struct TierChain {
     /// The shared tier (also in `below`, after the disk), for what only it does:
     /// naming versions, leases, puts after origin fetches.
     pub shared: Option<Arc<SharedTier>>,
+    /// The device-memory tier (also in `below`, first), for device reads: loans,
+    /// reservations filled device to device.
+    pub device: Option<Arc<DeviceTier>>,
     stats: Arc<Stats>,
 }
 
@@ -60,9 +64,11 @@ impl TierChain {
         fills: FillQueue,
         disk: Option<Arc<DiskTier>>,
         shared: Option<Arc<SharedTier>>,
+        device: Option<Arc<DeviceTier>>,
         stats: Arc<Stats>,
     ) -> Self {
-        let below = (disk.iter().map(|d| d.clone() as Arc<dyn Tier>))
+        let below = (device.iter().map(|d| d.clone() as Arc<dyn Tier>))
+            .chain(disk.iter().map(|d| d.clone() as Arc<dyn Tier>))
             .chain(shared.iter().map(|s| s.clone() as Arc<dyn Tier>))
             .collect();
         Self {
@@ -71,6 +77,7 @@ impl TierChain {
             fills,
             disk,
             shared,
+            device,
             stats,
         }
     }
@@ -278,6 +285,7 @@ mod tests {
                 fills: FillQueue::new(0, Duration::ZERO, stats.clone()),
                 disk: None,
                 shared: None,
+                device: None,
                 stats,
             };
             let mut latest: BTreeMap<BlockKey, Bytes> = BTreeMap::new();
