@@ -1,5 +1,6 @@
 //! The device-memory tier and reads into device memory, on the fake device (CI has
-//! no GPU): bytes equal the origin's, a second epoch comes from the device, an origin
+//! no GPU; with the `cuda` feature and STRATA_TEST_CUDA=1, on GPU 0, but for the
+//! test that needs a device that fails on request): bytes equal the origin's, a second epoch comes from the device, an origin
 //! change is never answered with an older version's device block (with invalidation
 //! racing device reads too), loans keep their bytes, and a failing device only costs
 //! speed.
@@ -18,10 +19,21 @@ use strata::{DeviceSetup, Engine};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn device_engine(s: &Setup, ttl: Duration, dev: &FakeDevice, capacity: u64) -> Engine {
+/// The device the tests read into, and the fake device behind it if it is one.
+fn test_device() -> (Arc<dyn Device>, Option<FakeDevice>) {
+    #[cfg(feature = "cuda")]
+    if std::env::var_os("STRATA_TEST_CUDA").is_some() {
+        let d = strata::device::cuda::CudaDevice::open(0).expect("STRATA_TEST_CUDA is set: GPU 0");
+        return (Arc::new(d), None);
+    }
+    let f = FakeDevice::new(256 << 20);
+    (Arc::new(f.clone()), Some(f))
+}
+
+fn device_engine(s: &Setup, ttl: Duration, dev: &Arc<dyn Device>, capacity: u64) -> Engine {
     let mut cfg = config(&s.cache, ttl);
     cfg.device = Some(DeviceSetup {
-        device: Arc::new(dev.clone()),
+        device: dev.clone(),
         capacity,
     });
     let origin = Arc::new(strata::origin::LocalOrigin::new(&s.origin).unwrap());
@@ -30,20 +42,20 @@ fn device_engine(s: &Setup, ttl: Duration, dev: &FakeDevice, capacity: u64) -> E
 
 fn read_file(
     e: &Engine,
-    dev: &FakeDevice,
+    dev: &Arc<dyn Device>,
     name: &str,
     len: usize,
 ) -> (Vec<u8>, strata::DeviceRead) {
     let h = e.open(Path::new(name)).unwrap();
     let buf = dev.alloc(len).unwrap();
     let r = e.read_device(&h, 0, &*buf, 0, len).unwrap();
-    (read_back(dev, &*buf, 0, r.bytes as usize).unwrap(), r)
+    (read_back(&**dev, &*buf, 0, r.bytes as usize).unwrap(), r)
 }
 
 #[test]
 fn a_second_epoch_comes_from_device_memory_byte_for_byte() {
     let s = setup();
-    let dev = FakeDevice::new(64 << 20);
+    let (dev, _) = test_device();
     let len = 40 * BS as usize + 1234;
     std::fs::write(s.origin.join("f"), pattern(1, len)).unwrap();
     let e = device_engine(&s, HOUR, &dev, 16 << 20);
@@ -67,7 +79,7 @@ fn a_second_epoch_comes_from_device_memory_byte_for_byte() {
         .unwrap();
     assert_eq!(r.bytes, 2 * BS as u64);
     let want = &pattern(1, len)[5 * BS as usize + 7..7 * BS as usize + 7];
-    assert_eq!(read_back(&dev, &*buf, 100, 2 * BS as usize).unwrap(), want);
+    assert_eq!(read_back(&*dev, &*buf, 100, 2 * BS as usize).unwrap(), want);
     // Host reads find the device tier too (below memory).
     assert_eq!(read_all(&e, "f"), pattern(1, len));
 }
@@ -75,7 +87,7 @@ fn a_second_epoch_comes_from_device_memory_byte_for_byte() {
 #[test]
 fn an_origin_change_is_never_served_from_device_memory() {
     let s = setup();
-    let dev = FakeDevice::new(64 << 20);
+    let (dev, _) = test_device();
     let len = 8 * BS as usize;
     std::fs::write(s.origin.join("f"), pattern(2, len)).unwrap();
     let e = device_engine(&s, Duration::ZERO, &dev, 16 << 20);
@@ -97,7 +109,7 @@ fn an_origin_change_is_never_served_from_device_memory() {
 #[test]
 fn a_write_through_the_cache_drops_the_device_copy_of_its_blocks() {
     let s = setup();
-    let dev = FakeDevice::new(64 << 20);
+    let (dev, _) = test_device();
     let len = 4 * BS as usize;
     std::fs::write(s.origin.join("f"), pattern(4, len)).unwrap();
     let e = device_engine(&s, HOUR, &dev, 16 << 20);
@@ -113,7 +125,7 @@ fn a_write_through_the_cache_drops_the_device_copy_of_its_blocks() {
 #[test]
 fn device_reads_racing_invalidation_see_one_version_each() {
     let s = setup();
-    let dev = FakeDevice::new(256 << 20);
+    let (dev, _) = test_device();
     let len = 32 * BS as usize;
     let versions: Vec<Vec<u8>> = (0..6).map(|v| pattern(100 + v, len)).collect();
     std::fs::write(s.origin.join("f"), &versions[0]).unwrap();
@@ -136,7 +148,7 @@ fn device_reads_racing_invalidation_see_one_version_each() {
                         Err(err) if err.raw_os_error() == Some(116) => continue,
                         Err(err) => panic!("{err}"),
                     };
-                    let got = read_back(&dev, &*buf, 0, r.bytes as usize).unwrap();
+                    let got = read_back(&*dev, &*buf, 0, r.bytes as usize).unwrap();
                     assert!(
                         versions.contains(&got),
                         "a device read mixed versions or served a stale block"
@@ -167,7 +179,7 @@ fn device_reads_racing_invalidation_see_one_version_each() {
 #[test]
 fn a_loan_keeps_its_bytes_through_invalidation_and_eviction() {
     let s = setup();
-    let dev = FakeDevice::new(64 << 20);
+    let (dev, _) = test_device();
     let len = 4 * BS as usize;
     std::fs::write(s.origin.join("f"), pattern(5, len)).unwrap();
     std::fs::write(s.origin.join("g"), pattern(6, 8 * len)).unwrap();
@@ -183,7 +195,7 @@ fn a_loan_keeps_its_bytes_through_invalidation_and_eviction() {
     assert_eq!(read_file(&e, &dev, "f", len).0, pattern(7, len));
     let mut seen = Vec::new();
     for (l, r) in &loans.blocks {
-        let b = read_back(&dev, l.memory(), l.offset(), l.len()).unwrap();
+        let b = read_back(&*dev, l.memory(), l.offset(), l.len()).unwrap();
         seen.extend_from_slice(&b[r.clone()]);
     }
     assert_eq!(seen, pattern(5, len), "a loaned slot was reused");
@@ -196,7 +208,9 @@ fn a_loan_keeps_its_bytes_through_invalidation_and_eviction() {
 #[test]
 fn a_failing_or_missing_device_costs_speed_not_bytes() {
     let s = setup();
-    let dev = FakeDevice::new(64 << 20);
+    // A device that fails on request: the fake one.
+    let fake = FakeDevice::new(64 << 20);
+    let dev: Arc<dyn Device> = Arc::new(fake.clone());
     let len = 8 * BS as usize;
     std::fs::write(s.origin.join("f"), pattern(8, len)).unwrap();
     let e = device_engine(&s, HOUR, &dev, 16 << 20);
@@ -204,11 +218,11 @@ fn a_failing_or_missing_device_costs_speed_not_bytes() {
     // The device fails: reads into it fail with the device's error, host reads
     // go on from the host tiers, and the tier turns itself off.
     let target = dev.alloc(len).unwrap();
-    dev.set_failing(true);
+    fake.set_failing(true);
     let h = e.open(Path::new("f")).unwrap();
     assert!(e.read_device(&h, 0, &*target, 0, len).is_err());
     assert_eq!(read_all(&e, "f"), pattern(8, len));
-    dev.set_failing(false);
+    fake.set_failing(false);
     let (got, r) = read_file(&e, &dev, "f", len);
     assert_eq!(got, pattern(8, len));
     assert_eq!(r.device_bytes, 0, "a tier that failed stays off");
