@@ -315,8 +315,14 @@ fn power_cuts_never_lose_a_byte_acknowledged_by_fsync() {
             let at = states[f].iter().rposition(|s| *s == got);
             assert!(
                 at.is_some_and(|i| i >= acked[f]),
-                "seed {seed}: {name} is at state {at:?}, fsync acknowledged {}",
-                acked[f]
+                "seed {seed}: {name} is at state {at:?}, fsync acknowledged {}; after the replay: {} conflicts, {} files replayed; the origin holds {:?}",
+                acked[f],
+                e.stats().wb_conflicts,
+                e.stats().journal_replays,
+                std::fs::read_dir(&s.origin)
+                    .unwrap()
+                    .map(|d| d.unwrap().file_name())
+                    .collect::<Vec<_>>()
             );
             // And what the cache serves is the origin's.
             let served = read_all(&e, &name);

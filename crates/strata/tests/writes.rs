@@ -438,3 +438,40 @@ fn a_change_by_someone_else_inside_a_run_of_writes_is_caught() {
     assert!(at_origin.ends_with(b"theirs"));
     assert_eq!(read_all(&e, "f"), at_origin);
 }
+
+/// A change of attributes right after a run of writes (tar's utimes, chown, chmod)
+/// settles the run with its own answer: no separate request for the token, the
+/// blocks stay, and the attributes are the origin's.
+#[test]
+fn a_change_of_attributes_after_a_run_of_writes_settles_it_without_asking() {
+    let s = setup();
+    let e = engine(&s, HOUR);
+    let (_, h) = e.create(Path::new("f"), &file_mode(), true).unwrap();
+    let data = pattern(9, 3 * BS as usize);
+    e.write(&h, 0, &data).unwrap();
+    let asked = e.stats().revalidations;
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let a = e.set_attr(Path::new("f"), &set, Some(&h)).unwrap();
+    e.close_check(&h).unwrap();
+    assert_eq!(
+        e.stats().revalidations,
+        asked,
+        "the run was asked for apart"
+    );
+    let m = std::fs::metadata(s.origin.join("f")).unwrap();
+    assert_eq!(
+        (a.mtime.secs, a.mtime.nanos as i64),
+        (m.mtime(), m.mtime_nsec())
+    );
+    assert_eq!(a.perm & 0o777, 0o600);
+    let requests = e.stats().origin_requests;
+    assert_eq!(read_all(&e, "f"), data);
+    assert_eq!(
+        e.stats().origin_requests,
+        requests,
+        "the written blocks went"
+    );
+}

@@ -167,6 +167,12 @@ impl Inner {
                 _ => missing.push(blk),
             }
         }
+        // The whole range is known now: what is missing everywhere is fetched by the
+        // read-ahead threads, several requests at once, while the chunks below are
+        // read in order (each waits only for its own blocks).
+        for run in missing.chunk_by(|a, b| a + 1 == *b) {
+            self.start_readahead(&obj, run[0]..run[run.len() - 1] + 1);
+        }
         let per_chunk = (STAGE as u64 / bs).max(1) as usize;
         let mut puts: Vec<Reservation<'_>> = Vec::new();
         let mut k = 0;

@@ -15,10 +15,12 @@
 //!   cached attributes (which keep the trust they had). Nothing is named in the
 //!   shared tier or recorded in the disk index with the estimate.
 //! - `settle` asks the origin through the file that wrote and takes its token if
-//!   its size is the estimate's; otherwise the version is replaced at its next use. It runs on close
-//!   (FUSE flush), fsync, every change of attributes, before any comparison of the
-//!   version's token with the origin's (a fetch, a revalidation, an open), and
-//!   before a write when the run is older than `SETTLE_AFTER`.
+//!   its size is the estimate's; otherwise the version is replaced at its next use.
+//!   It runs on close (FUSE flush), fsync, before any comparison of the version's
+//!   token with the origin's (a fetch, a revalidation, an open), and before a write
+//!   when the run is older than `SETTLE_AFTER`. A change of attributes ends the run
+//!   with its own answer instead (`take_run`): tar's utimes after each file.
+//! - Write-through mode only: write-back's fallbacks ask after every write.
 //!
 //! What this gives up: a change made by someone else between two writes of a run,
 //! at most `SETTLE_AFTER` apart, that leaves the size as ours is taken as ours.
@@ -158,6 +160,20 @@ impl Inner {
                 None
             }
         }
+    }
+
+    /// Ends `obj`'s run of writes without asking the origin, for a change of ours
+    /// whose own answer brings the token (the caller holds `obj.io` alone, so no
+    /// write of the run lands meanwhile). Returns the run's estimate, the token to
+    /// take as the one before the change.
+    pub(super) fn take_run(&self, obj: &Arc<Object>) -> Option<Token> {
+        if !obj.is_unsettled() {
+            return None;
+        }
+        let mut pend = obj.pending.lock();
+        pend.take()?;
+        obj.unsettled.store(false, Ordering::Release);
+        Some(obj.token())
     }
 
     /// `settle` for the active version of `path`, if it has writes to settle.
