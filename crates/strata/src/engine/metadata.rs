@@ -167,21 +167,7 @@ impl Inner {
     pub(super) fn cached_attr(&self, path: &Path) -> Option<(io::Result<Attr>, Duration)> {
         let (r, wall, age) = self.attrs.peek(path)?;
         let trust = self.attr_trust(path, r.as_ref().ok(), wall);
-        let left = match trust.checked_sub(age).filter(|d| !d.is_zero()) {
-            Some(left) => left,
-            // The estimate of a run of our own writes, not settled yet: the origin
-            // would only say what we wrote (the kernel asks after every write).
-            None if r.is_ok()
-                && self
-                    .objects
-                    .lock()
-                    .get(path)
-                    .is_some_and(|o| o.is_unsettled()) =>
-            {
-                self.cfg.attr_ttl.min(Duration::from_secs(1))
-            }
-            None => return None,
-        };
+        let left = trust.checked_sub(age).filter(|d| !d.is_zero())?;
         Some((r.map_err(io::Error::from_raw_os_error), left))
     }
 

@@ -18,8 +18,7 @@
 //!   its size is the estimate's; otherwise the version is replaced at its next use.
 //!   It runs on close (FUSE flush), fsync, before any comparison of the version's
 //!   token with the origin's (a fetch, a revalidation, an open), and before a write
-//!   when the run is older than `SETTLE_AFTER`. A change of attributes ends the run
-//!   with its own answer instead (`take_run`): tar's utimes after each file.
+//!   when the run is older than `SETTLE_AFTER`, and before any change of attributes.
 //! - Write-through mode only: write-back's fallbacks ask after every write.
 //!
 //! What this gives up: a change made by someone else between two writes of a run,
@@ -160,20 +159,6 @@ impl Inner {
                 None
             }
         }
-    }
-
-    /// Ends `obj`'s run of writes without asking the origin, for a change of ours
-    /// whose own answer brings the token (the caller holds `obj.io` alone, so no
-    /// write of the run lands meanwhile). Returns the run's estimate, the token to
-    /// take as the one before the change.
-    pub(super) fn take_run(&self, obj: &Arc<Object>) -> Option<Token> {
-        if !obj.is_unsettled() {
-            return None;
-        }
-        let mut pend = obj.pending.lock();
-        pend.take()?;
-        obj.unsettled.store(false, Ordering::Release);
-        Some(obj.token())
     }
 
     /// `settle` for the active version of `path`, if it has writes to settle.

@@ -324,12 +324,12 @@ impl Inner {
         h: Option<&Handle>,
     ) -> io::Result<Attr> {
         self.check_writable()?;
+        // The token its writes made is known before attributes change.
+        let _ = match h {
+            Some(h) => self.settle(&h.cur.lock().clone()),
+            None => self.settle_path(path),
+        };
         if self.wb.is_some() {
-            // The token its writes made is known before dirty data sits on it.
-            let _ = match h {
-                Some(h) => self.settle(&h.cur.lock().clone()),
-                None => self.settle_path(path),
-            };
             if let Some(r) = self.dirty_set_attr(path, set) {
                 return r;
             }
@@ -341,19 +341,13 @@ impl Inner {
             None => self.objects.lock().get(path).cloned(),
         };
         let _io = obj.as_ref().map(|o| o.io.write());
-        // A run of our writes not settled yet: this change's own answer settles it
-        // (the token before it is the run's, by the run's rule), one round trip
-        // fewer than asking first: tar's utimes after each file's write.
-        let run = obj.as_ref().and_then(|o| self.take_run(o));
         let file = h.and_then(|h| h.wfile.clone());
         let (p, s) = (path.to_path_buf(), *set);
-        let ask = run.is_none();
         let r = self.change(move |o| {
             // Through the open file where there is one (its name may be gone).
             let pre = match &file {
-                _ if !ask => None,
-                Some(f) => Some(f.token()?),
-                None => Some(o.stat(&p)?.token),
+                Some(f) => f.token()?,
+                None => o.stat(&p)?.token,
             };
             match (&file, s.size) {
                 // The size through the open file (the file may be unlinked, or
@@ -383,15 +377,6 @@ impl Inner {
                 return Err(e);
             }
         };
-        // A run whose size is not the file's now: someone else changed it too.
-        if let Some(o) = &obj
-            && run.is_some()
-            && set.size.is_none()
-            && post.size != o.size()
-        {
-            self.kill(o);
-        }
-        let pre = pre.or(run).expect("asked unless a run was taken");
         match &obj {
             Some(o) if post.kind == FileKind::File => {
                 let changed = set.size.map(|s| s.min(o.size())..s.max(o.size()));
