@@ -121,7 +121,10 @@ impl Inner {
         r
     }
 
-    /// One try on the handle's current version; None: the version changed.
+    /// One try on the handle's current version; None: the version changed. The
+    /// stream is synchronized before the slots it lent or reserved are given back,
+    /// whatever happened: a copy still in flight into a slot given to another block
+    /// would land over that block's bytes.
     #[allow(clippy::too_many_arguments)]
     fn read_device_once(
         &self,
@@ -134,6 +137,39 @@ impl Inner {
         stream: &dyn Stream,
         stages: &mut [Stage; 2],
     ) -> io::Result<Option<DeviceRead>> {
+        let mut loans: Vec<Loan> = Vec::new();
+        let mut puts: Vec<Reservation<'_>> = Vec::new();
+        let r = self.enqueue_device_read(
+            h, off, dst, dst_off, len, dt, stream, stages, &mut loans, &mut puts,
+        );
+        let synced = stream.synchronize().map_err(device_error);
+        match (r, synced) {
+            (Ok(Some(out)), Ok(())) => {
+                for p in puts {
+                    p.commit();
+                }
+                Ok(Some(out))
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(None), Ok(())) => Ok(None),
+        }
+    }
+
+    /// Enqueues the copies of one try (see `read_device_once`).
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue_device_read<'t>(
+        &self,
+        h: &Handle,
+        off: u64,
+        dst: &dyn DeviceBuffer,
+        dst_off: usize,
+        len: usize,
+        dt: &'t DeviceTier,
+        stream: &dyn Stream,
+        stages: &mut [Stage; 2],
+        loans: &mut Vec<Loan>,
+        puts: &mut Vec<Reservation<'t>>,
+    ) -> io::Result<Option<DeviceRead>> {
         let obj = self.current(h)?;
         let size = obj.size();
         let mut out = DeviceRead::default();
@@ -143,7 +179,6 @@ impl Inner {
         let end = (off + len as u64).min(size);
         let bs = obj.bs;
         let at = |pos: u64| dst_off + (pos - off) as usize;
-        let mut loans: Vec<Loan> = Vec::new();
         let mut missing: Vec<u64> = Vec::new();
         for blk in off / bs..end.div_ceil(bs) {
             let key = BlockKey { obj: obj.id, blk };
@@ -174,7 +209,6 @@ impl Inner {
             self.start_readahead(&obj, run[0]..run[run.len() - 1] + 1);
         }
         let per_chunk = (STAGE as u64 / bs).max(1) as usize;
-        let mut puts: Vec<Reservation<'_>> = Vec::new();
         let mut k = 0;
         for run in missing.chunk_by(|a, b| a + 1 == *b) {
             for chunk in run.chunks(per_chunk) {
@@ -216,11 +250,6 @@ impl Inner {
                 }
             }
         }
-        stream.synchronize().map_err(device_error)?;
-        for r in puts {
-            r.commit();
-        }
-        drop(loans);
         out.bytes = end - off;
         Ok(Some(out))
     }
