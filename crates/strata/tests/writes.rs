@@ -367,3 +367,110 @@ fn writes_racing_reads_never_leave_older_bytes_in_any_tier() {
     let e = engine(&s, HOUR);
     assert_eq!(read_all(&e, "f"), want);
 }
+
+/// A run of writes through one handle asks the origin for the file's token once,
+/// when the handle is closed, not after every write; the version keeps what the
+/// writes cached, and the attributes after the close are the origin's.
+#[test]
+fn a_run_of_writes_asks_for_the_token_once_and_keeps_its_blocks() {
+    let s = setup();
+    let e = engine(&s, HOUR);
+    let (_, h) = e.create(Path::new("f"), &file_mode(), true).unwrap();
+    let asked = e.stats().revalidations;
+    let want = pattern(5, 64 * BS as usize + 300);
+    for (i, c) in want.chunks(BS as usize).enumerate() {
+        e.write(&h, (i * BS as usize) as u64, c).unwrap();
+    }
+    // While the run lasts the size is the writes' own.
+    assert_eq!(e.stat(Path::new("f")).unwrap().size, want.len() as u64);
+    assert_eq!(
+        e.stats().revalidations,
+        asked,
+        "a write asked for the token"
+    );
+    e.close_check(&h).unwrap();
+    assert_eq!(e.stats().revalidations, asked + 1);
+    assert_eq!(std::fs::read(s.origin.join("f")).unwrap(), want);
+    // Every whole block is served from the cache, the short last one too.
+    let requests = e.stats().origin_requests;
+    assert_eq!(read_all(&e, "f"), want);
+    assert_eq!(e.stats().origin_requests, requests);
+    let m = std::fs::metadata(s.origin.join("f")).unwrap();
+    let a = e.stat(Path::new("f")).unwrap();
+    assert_eq!(
+        (a.mtime.secs, a.mtime.nanos as i64),
+        (m.mtime(), m.mtime_nsec())
+    );
+    drop(h);
+    // And the version's token is the origin's: a restart finds its blocks.
+    assert!(e.wait_fills(Duration::from_secs(30)));
+    e.shutdown();
+    drop(e);
+    let e = engine(&s, HOUR);
+    assert_eq!(read_all(&e, "f"), want);
+    assert_eq!(e.stats().origin_bytes, 0);
+}
+
+/// Someone else changes the size of a file between two writes of a run: when the
+/// run is settled the version is not taken for ours, and reads give the origin's
+/// bytes, theirs included.
+#[test]
+fn a_change_by_someone_else_inside_a_run_of_writes_is_caught() {
+    let s = setup();
+    std::fs::write(s.origin.join("f"), pattern(6, 4 * BS as usize)).unwrap();
+    let e = engine(&s, HOUR);
+    assert_eq!(read_all(&e, "f"), pattern(6, 4 * BS as usize));
+    let h = e.open_write(Path::new("f"), false).unwrap();
+    e.write(&h, 0, &pattern(7, BS as usize)).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.origin.join("f"))
+            .unwrap();
+        f.write_all(b"theirs").unwrap();
+    }
+    e.write(&h, 2 * BS as u64, &pattern(8, BS as usize))
+        .unwrap();
+    e.close_check(&h).unwrap();
+    drop(h);
+    let at_origin = std::fs::read(s.origin.join("f")).unwrap();
+    assert!(at_origin.ends_with(b"theirs"));
+    assert_eq!(read_all(&e, "f"), at_origin);
+}
+
+/// A change of attributes right after a run of writes (tar's utimes, chown, chmod)
+/// settles the run first: the blocks stay, and the attributes are the origin's.
+#[test]
+fn a_change_of_attributes_after_a_run_of_writes_settles_it_first() {
+    let s = setup();
+    let e = engine(&s, HOUR);
+    let (_, h) = e.create(Path::new("f"), &file_mode(), true).unwrap();
+    let data = pattern(9, 3 * BS as usize);
+    e.write(&h, 0, &data).unwrap();
+    let asked = e.stats().revalidations;
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let a = e.set_attr(Path::new("f"), &set, Some(&h)).unwrap();
+    e.close_check(&h).unwrap();
+    assert_eq!(
+        e.stats().revalidations,
+        asked + 1,
+        "the run was settled once"
+    );
+    let m = std::fs::metadata(s.origin.join("f")).unwrap();
+    assert_eq!(
+        (a.mtime.secs, a.mtime.nanos as i64),
+        (m.mtime(), m.mtime_nsec())
+    );
+    assert_eq!(a.perm & 0o777, 0o600);
+    let requests = e.stats().origin_requests;
+    assert_eq!(read_all(&e, "f"), data);
+    assert_eq!(
+        e.stats().origin_requests,
+        requests,
+        "the written blocks went"
+    );
+}

@@ -29,6 +29,7 @@ mod persist;
 mod pin;
 mod prefetch;
 mod read;
+mod settle;
 mod shared_fetch;
 mod versions;
 mod wb_journal;

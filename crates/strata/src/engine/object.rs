@@ -54,6 +54,17 @@ pub struct Object {
     pub(crate) file: Mutex<Option<Arc<dyn OriginFile>>>,
     /// Engine handles reading this version.
     pub(crate) handles: AtomicUsize,
+    /// Writes through this cache whose token the origin was not asked for yet
+    /// (`Inner::settle`); `token` is the cache's estimate until then.
+    pub(crate) pending: Mutex<Option<Pending>>,
+    /// True while `pending` holds one: checked without its lock.
+    pub(crate) unsettled: AtomicBool,
+}
+
+/// The origin file that wrote a version last, and since when its token is unknown.
+pub(crate) struct Pending {
+    pub file: Arc<dyn OriginFile>,
+    pub since: std::time::Instant,
 }
 
 impl Object {
@@ -76,7 +87,14 @@ impl Object {
             cond: Condvar::new(),
             file: Mutex::new(None),
             handles: AtomicUsize::new(0),
+            pending: Mutex::new(None),
+            unsettled: AtomicBool::new(false),
         }
+    }
+
+    /// True while writes through this cache wait for the origin's token.
+    pub(crate) fn is_unsettled(&self) -> bool {
+        self.unsettled.load(Ordering::Acquire)
     }
 
     pub fn id(&self) -> u64 {

@@ -38,7 +38,7 @@ impl Inner {
         let Some(file) = h.wfile.clone() else {
             return Err(stale());
         };
-
+        self.settle(&obj);
         let f = file.clone();
         let token = self.guard.call(move || f.token()).map_err(|_| stale())?;
         let now = self.now_ns().max(1);
@@ -381,6 +381,8 @@ impl Inner {
         let blocks = claim.blocks.clone();
         // No write between reading the origin and caching what it gave.
         let _io = obj.io.read();
+        // Its token is compared with the origin's after the read.
+        self.settle(obj);
         if let Some(s) = &self.tiers.shared {
             return self.fetch_shared(obj, claim, readahead, s);
         }

@@ -8,6 +8,11 @@ use super::*;
 impl Inner {
     /// Invalidates what is cached for `path` if it is not of version `token`.
     pub(super) fn check_token(&self, path: &Path, token: &Token) {
+        let settled = self.settle_path(path);
+        let token = match &settled {
+            Some((estimate, post)) if token == estimate => &post.token,
+            _ => token,
+        };
         let stale = {
             let mut objs = self.objects.lock();
             match objs.get(path) {
@@ -110,6 +115,13 @@ impl Inner {
             FileKind::Dir => return Err(io::Error::from_raw_os_error(21)), // EISDIR
             _ => return Err(io::Error::from_raw_os_error(22)),             // EINVAL
         }
+        // Attributes that were the estimate of writes settled just now are the
+        // origin's answer to the settle.
+        let settled = self.settle_path(path);
+        let attr = match &settled {
+            Some((estimate, post)) if attr.token == *estimate => post,
+            _ => attr,
+        };
         let now = confirmed.max(1);
         // The trust of this confirmation. A later one of the same version is trusted
         // at least as long (the file was unchanged longer), so the larger is kept; a
@@ -150,7 +162,7 @@ impl Inner {
         o.trust_ns.store(trust, Ordering::Release);
         if objs.len() >= MAX_ACTIVE {
             // Forget idle versions nobody holds; their blocks stay in the tiers.
-            objs.retain(|_, o| Arc::strong_count(o) > 1);
+            objs.retain(|_, o| Arc::strong_count(o) > 1 || o.is_unsettled());
         }
         objs.insert(path.to_path_buf(), o.clone());
         Ok(o)

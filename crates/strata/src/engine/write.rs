@@ -155,14 +155,7 @@ impl Inner {
         written: Option<&Bytes>,
     ) {
         let path = obj.path.clone();
-        let ours = obj.has_token(pre)
-            && !obj.is_dead()
-            && !self
-                .tiers
-                .disk
-                .as_ref()
-                .is_some_and(|d| d.is_pinned(obj.id));
-        if !ours {
+        if !self.is_ours(obj, pre) {
             // Changed by someone else too, or the kernel reads its cache file
             // directly: the version goes (new opens get a new one).
             self.kill(obj);
@@ -171,8 +164,43 @@ impl Inner {
             }
             return;
         }
+        let whole = self.rewrite(obj, post.token.clone(), changed, written);
+        if let Some(s) = &self.tiers.shared {
+            s.name(obj.id, &path, &post.token, self.origin.stable_inodes());
+        }
+        self.catalog.retoken(&path, obj.id, &post.token);
+        // A file written through a handle after its name was unlinked names nothing.
+        if post.nlink > 0 {
+            let _ = self.stat_answered(&path, Ok(post));
+        }
+        self.cache_whole(obj, whole);
+    }
+
+    /// True when the origin's token `pre` (just before a change of ours) is the
+    /// version's: nobody else changed the file, and the kernel does not read the
+    /// version's cache file directly (passthrough).
+    pub(super) fn is_ours(&self, obj: &Object, pre: &Token) -> bool {
+        obj.has_token(pre)
+            && !obj.is_dead()
+            && !self
+                .tiers
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.is_pinned(obj.id))
+    }
+
+    /// The blocks of `obj` that a change of ours touched leave every tier, and the
+    /// version takes `token`. Returns the whole blocks the change supplies (at
+    /// their new length), to be cached once the token is recorded.
+    pub(super) fn rewrite(
+        &self,
+        obj: &Arc<Object>,
+        token: Token,
+        changed: Option<Range<u64>>,
+        written: Option<&Bytes>,
+    ) -> Vec<(u64, Bytes)> {
         let bs = obj.bs;
-        let (old_size, new_size) = (obj.size(), post.size);
+        let (old_size, new_size) = (obj.size(), token.size());
         // Blocks whose bytes or length change: those the range touches, and the old
         // and new last blocks when the size moves.
         let mut hit: Vec<u64> = Vec::new();
@@ -185,7 +213,6 @@ impl Inner {
         }
         hit.sort_unstable();
         hit.dedup();
-        // Whole blocks the write supplies, at their new length.
         let mut whole: Vec<(u64, Bytes)> = Vec::new();
         if let (Some(r), Some(data)) = (&changed, written) {
             for &blk in &hit {
@@ -212,16 +239,12 @@ impl Inner {
                     .clear(blk * bs..(blk + 1) * bs, bits::CACHED | bits::VERIFIED);
             }
         }
-        obj.retoken(post.token.clone());
-        if let Some(s) = &self.tiers.shared {
-            s.name(obj.id, &path, &post.token, self.origin.stable_inodes());
-        }
-        self.catalog.retoken(&path, obj.id, &post.token);
-        // A file written through a handle after its name was unlinked names nothing.
-        if post.nlink > 0 {
-            let _ = self.stat_answered(&path, Ok(post));
-        }
-        // The written blocks, as a fetch would cache them.
+        obj.retoken(token);
+        whole
+    }
+
+    /// Caches the whole blocks a write supplied, as a fetch would.
+    pub(super) fn cache_whole(&self, obj: &Arc<Object>, whole: Vec<(u64, Bytes)>) {
         for run in whole.chunk_by(|a, b| a.0 + 1 == b.0) {
             let first = run[0].0;
             let data: Vec<Bytes> = run.iter().map(|(_, b)| b.clone()).collect();
@@ -237,6 +260,7 @@ impl Inner {
         self.check_writable()?;
         let obj = h.cur.lock().clone();
         if self.wb.is_some() {
+            self.settle(&obj);
             if let Some(r) = self.wb_write(h, &obj, off, data) {
                 return r;
             }
@@ -247,6 +271,15 @@ impl Inner {
         let end = off + bytes.len() as u64;
         // Alone on the version from before the write to after the cache follows it.
         let _io = obj.io.write();
+        // Not with write-back: its fallbacks to write-through are rare, and its
+        // flushes and journal compare tokens of their own (kept simple there).
+        if !h.is_direct()
+            && self.wb.is_none()
+            && let Some(r) = self.write_deferred(&obj, &file, off, &bytes)
+        {
+            return r;
+        }
+        self.settle(&obj);
         let b = bytes.clone();
         let r = self.change(move |_| {
             let pre = file.token()?;
@@ -291,6 +324,11 @@ impl Inner {
         h: Option<&Handle>,
     ) -> io::Result<Attr> {
         self.check_writable()?;
+        // The token its writes made is known before attributes change.
+        let _ = match h {
+            Some(h) => self.settle(&h.cur.lock().clone()),
+            None => self.settle_path(path),
+        };
         if self.wb.is_some() {
             if let Some(r) = self.dirty_set_attr(path, set) {
                 return r;
@@ -506,6 +544,7 @@ impl Inner {
     /// After a change of attributes only: the active version takes the new token
     /// and keeps its blocks if nobody else changed the file meanwhile.
     fn refresh_token(&self, path: &Path) {
+        self.settle_path(path);
         let obj = self.objects.lock().get(path).cloned();
         let pre = obj.as_ref().map(|o| o.token());
         match (obj, pre, self.stat_origin_quiet(path)) {
@@ -531,6 +570,7 @@ impl Inner {
     /// (its name may be gone: unlinked while open).
     pub(super) fn stat_handle(&self, h: &Handle) -> io::Result<Attr> {
         let obj = h.cur.lock().clone();
+        self.settle(&obj);
         let file = h.wfile.clone().or_else(|| obj.file.lock().clone());
         match file {
             Some(f) => self
@@ -549,7 +589,18 @@ impl Inner {
         let Some(file) = h.wfile.clone() else {
             return Ok(());
         };
-        self.guard.call(move || file.sync(data_only))
+        self.guard.call(move || file.sync(data_only))?;
+        self.settle(&h.cur.lock().clone());
+        Ok(())
+    }
+
+    /// On close (FUSE flush): the token of what this handle wrote is asked for,
+    /// and a failed write-back of the file reported.
+    pub(super) fn close_check(&self, h: &Handle) -> io::Result<()> {
+        if h.wfile.is_some() {
+            self.settle(&h.cur.lock().clone());
+        }
+        self.wb_error(h)
     }
 
     /// fallocate(2) through `h`: the range's bytes (zeroed or punched) and perhaps
@@ -561,6 +612,7 @@ impl Inner {
         self.check_writable()?;
         let obj = h.cur.lock().clone();
         self.flush_path(&obj.path)?;
+        self.settle(&obj);
         let _io = obj.io.write();
         let r = self.change(move |_| {
             let pre = file.token()?;
@@ -674,7 +726,7 @@ impl Engine {
     /// On close (FUSE flush): the error of a failed write-back of the file, if any,
     /// as NFS reports one on close. Nothing is waited for.
     pub fn close_check(&self, h: &Handle) -> io::Result<()> {
-        self.inner.wb_error(h)
+        self.inner.close_check(h)
     }
 
     /// Sends every file's dirty data to the origin now (write-back); returns how
