@@ -52,7 +52,8 @@ PY
     rm -rf "$data/tree"
     touch "$data/.complete-$mib-$dirs"
 fi
-if [ ! -f "$data/crate/Cargo.lock" ]; then
+read -r -a workloads <<< "${STRATA_BENCH_WORKLOADS:-seqwrite untar build}"
+if [[ " ${workloads[*]} " == *" build "* && ! -f "$data/crate/Cargo.lock" ]]; then
     src=$(find "$HOME/.cargo/registry/src" -maxdepth 2 -name 'regex-syntax-0.8.*' | sort | tail -1)
     [ -n "$src" ] || { echo "write-suite: regex-syntax 0.8 is not in cargo's registry cache (cargo fetch in this repository puts it there)" >&2; exit 1; }
     rm -rf "$data/crate"
@@ -66,7 +67,6 @@ run_build() {
     CARGO_TARGET_DIR="$1/target" cargo build --offline -q --manifest-path "$data/crate/Cargo.toml"
     find "$1/target" -type f | wc -l > "$work/build-files"
 }
-read -r -a workloads <<< "${STRATA_BENCH_WORKLOADS:-seqwrite untar build}"
 
 # timed CMD...: seconds for CMD, page cache dropped first; fails loudly.
 timed() {

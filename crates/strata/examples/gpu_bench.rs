@@ -88,7 +88,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(1024);
     let len = mib << 20;
     let dev = device();
-    let dir = tempfile_dir()?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().to_path_buf();
     let data: Vec<u8> = (0..len)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
         .collect();
@@ -201,12 +202,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             theirs / ours
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("strata-gpu-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }

@@ -276,11 +276,7 @@ impl Inner {
                         if !Arc::ptr_eq(&*h.cur.lock(), &obj) || got.len != want {
                             continue 'again;
                         }
-                        let mut b = BytesMut::with_capacity(want);
-                        for p in &got.parts {
-                            b.extend_from_slice(p);
-                        }
-                        if !dt.contains(&key) && dt.put(key, b.freeze()).is_err() {
+                        if dt.put(key, join(got.parts())).is_err() {
                             return Err(io::Error::new(
                                 io::ErrorKind::OutOfMemory,
                                 "the device tier has no slot to lend (too small, full of loans, or off)",

@@ -142,6 +142,20 @@ impl ReadBuf {
     }
 }
 
+/// `parts` as one buffer: the part itself when there is one (no copy).
+pub(super) fn join(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [one] => one.clone(),
+        _ => {
+            let mut v = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for p in parts {
+                v.extend_from_slice(p);
+            }
+            v.freeze()
+        }
+    }
+}
+
 /// An open file of the engine. Reads through it follow the file's current version:
 /// when the origin changes, the next read after the TTL sees the new version.
 pub struct Handle {

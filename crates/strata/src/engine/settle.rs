@@ -67,6 +67,11 @@ impl Inner {
                     Ok(_) => return None,
                     Err(e) => return Some(Err(e)),
                 }
+                // Its blocks change under its old name: nobody may find them by it
+                // (named again when the run is settled).
+                if let Some(s) = &self.tiers.shared {
+                    s.unname(obj.id);
+                }
                 Instant::now()
             }
         };
@@ -88,10 +93,6 @@ impl Inner {
             ctime_ns: now.as_nanos(),
             ino,
         };
-        // Its blocks change under its old name: nobody may find them by it.
-        if let Some(s) = &self.tiers.shared {
-            s.unname(obj.id);
-        }
         let whole = self.rewrite(obj, token.clone(), Some(off..end), Some(bytes));
         self.attrs.update(&obj.path, |r| {
             if let Ok(a) = r

@@ -60,6 +60,12 @@ impl State {
         }
     }
 
+    /// An entry the eviction order let go of: out of the index, its slot released.
+    fn evicted(&mut self, key: &BlockKey, s: Slot) {
+        self.index.remove(key);
+        self.release(s.idx);
+    }
+
     fn take(&mut self, key: &BlockKey) -> Option<Slot> {
         let s = self.order.remove(key)?;
         self.index.remove(key);
@@ -195,8 +201,7 @@ impl DeviceTier {
             let Some((k, s)) = st.order.evict_one() else {
                 break;
             };
-            st.index.remove(&k);
-            st.release(s.idx);
+            st.evicted(&k, s);
             stats::inc(&self.stats.device_evictions);
         }
         let Some(idx) = st.free.pop() else {
@@ -226,8 +231,7 @@ impl DeviceTier {
             Ok(evicted) => {
                 st.index.insert(key);
                 for (k, s) in evicted {
-                    st.index.remove(&k);
-                    st.release(s.idx);
+                    st.evicted(&k, s);
                     stats::inc(&self.stats.device_evictions);
                 }
                 stats::inc(&self.stats.device_puts);

@@ -306,16 +306,3 @@ fn runs(data: &BTreeMap<u64, Bytes>) -> Vec<(u64, Vec<Bytes>)> {
     }
     out.into_iter().map(|(s, p, _)| (s, p)).collect()
 }
-
-fn join(parts: &[Bytes]) -> Bytes {
-    match parts {
-        [one] => one.clone(),
-        _ => {
-            let mut v = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-            for p in parts {
-                v.extend_from_slice(p);
-            }
-            v.freeze()
-        }
-    }
-}
