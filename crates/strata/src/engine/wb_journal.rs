@@ -14,7 +14,14 @@
 //!   there), applied after its data;
 //! - `3 seq path upto now`: every record of `path` up to `upto` is on the origin
 //!   (synced there), whose file is at token `now` since: the base of the records
-//!   after `upto`, even those written during the flush over the token before it.
+//!   after `upto`, even those written during the flush over the token before it;
+//! - `4 seq path`: a flush of `path` may change the origin file from here on, with
+//!   the records before it (appended under the file's lock with the flush's
+//!   snapshot, so exactly those; its `3` names this seq as `upto`). It is synced
+//!   before the flush's first origin write, so a replay that finds it with no `3`
+//!   after it knows the origin may hold any part of them (a flush cut short, or one
+//!   whose `3` was lost with later records already synced over the token before
+//!   it): their base says nothing then, and they are written again.
 //!
 //! `sync` makes every record appended so far durable (one `fdatasync` of the current
 //! segment; a segment is synced before the next one is started, so only the last
@@ -48,6 +55,7 @@ const OPEN: u8 = 0;
 const DATA: u8 = 1;
 const TIMES: u8 = 2;
 const DONE: u8 = 3;
+const FLUSH: u8 = 4;
 
 /// Attributes set on a dirty file (times, mode, owner), applied at the origin after
 /// its data.
@@ -83,6 +91,9 @@ pub(crate) struct Replayed {
     pub times: Option<(u64, LaterAttrs)>,
     /// The newest record's sequence number.
     pub seq: u64,
+    /// A flush was under way at the cut (a `4` with no `3` after it): the origin may
+    /// hold part of the writes, so its token is not compared with `base`.
+    pub flushing: bool,
 }
 
 impl Replayed {
@@ -244,6 +255,7 @@ impl Journal {
                 let now = Token::take(r)?;
                 if let Some(f) = found.get_mut(&path) {
                     f.done(upto);
+                    f.flushing = false;
                     // Records after `upto` written during that flush name the token
                     // from before it; the origin is at `now` since.
                     f.base = Some(now);
@@ -256,6 +268,12 @@ impl Journal {
                         s.live.remove(&path);
                     }
                 }
+            }
+            FLUSH => {
+                if let Some(f) = found.get_mut(&path) {
+                    f.flushing = true;
+                }
+                live.insert(path, seq);
             }
             _ => return None,
         }
@@ -323,7 +341,8 @@ impl Journal {
         st.len += out.len() as u64;
         st.next_seq += 1;
         st.written_seq = seq;
-        if kind != DONE
+        // A start is live too: its segment must outlive it until its DONE.
+        if matches!(kind, DATA | TIMES | FLUSH)
             && let Some(s) = st.segments.get_mut(&cur)
         {
             s.live.insert(path.to_path_buf(), seq);
@@ -357,6 +376,12 @@ impl Journal {
                 put_u32(o, x);
             }
         })
+    }
+
+    /// Appends the start of a flush of `path` (not yet durable: the flush syncs it
+    /// before the origin sees the first byte).
+    pub fn flush_start(&self, path: &Path) -> io::Result<u64> {
+        self.append(path, FLUSH, |_| {})
     }
 
     /// Records that `path`'s records up to `seq` are on the origin (durable there),

@@ -29,6 +29,8 @@ struct State {
     after_read: Option<Arc<Hook>>,
     /// Listings say nothing of their entries' kinds, as sshfs's do.
     hide_kinds: bool,
+    /// Data writes (and syncs) left to succeed before they fail with the errno.
+    writes_left: Option<(u32, i32)>,
 }
 
 impl Faults {
@@ -46,6 +48,12 @@ impl Faults {
 
     pub fn fail_reads(&self, errno: Option<i32>) {
         self.st().read_errno = errno;
+    }
+
+    /// Lets `n` more file writes or syncs through, then fails each with `errno`
+    /// (a connection lost part way through a flush); None lifts it.
+    pub fn fail_writes_after(&self, n: Option<(u32, i32)>) {
+        self.st().writes_left = n;
     }
 
     /// Makes every request block (true) until set back (false).
@@ -184,7 +192,15 @@ struct FaultFile {
 
 impl FaultFile {
     fn write_fault(&self, _bytes: usize) -> io::Result<()> {
-        self.faults.read()
+        self.faults.read()?;
+        match &mut self.faults.st().writes_left {
+            Some((0, e)) => Err(io::Error::from_raw_os_error(*e)),
+            Some((n, _)) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 }
 

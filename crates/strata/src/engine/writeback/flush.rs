@@ -68,23 +68,22 @@ impl Inner {
         if wb.abandoned.load(Ordering::Acquire) {
             return Err(io::Error::other("write-back abandoned"));
         }
-        let (snap, seq, base, times, file, size) = {
+        // An earlier flush's DONE the journal could not take: nothing more goes to
+        // the origin until it is recorded, or a replay (finding that flush's start)
+        // could write older records over newer bytes it has not got.
+        let pending = d.st.lock().unrecorded.clone();
+        if let Some((s, now)) = pending {
+            record_done(wb, &d.path, s, &now)?;
             let mut st = d.st.lock();
+            st.unrecorded = None;
+            st.blind = false;
+        }
+        let (base, file, adopt) = {
+            let st = d.st.lock();
             if st.is_clean() {
                 return Ok(());
             }
-            let snap = st.data.clone();
-            for (&s, b) in &snap {
-                st.tree.set(s..s + b.len() as u64, bits::WRITEBACK);
-            }
-            (
-                snap,
-                st.seq,
-                st.base.clone(),
-                st.times,
-                st.file.clone(),
-                st.size,
-            )
+            (st.base.clone(), st.file.clone(), st.adopt)
         };
         let unmark = |d: &Dirty| d.st.lock().tree.clear_all(bits::WRITEBACK);
         let obj = self.objects.lock().get(&d.path).cloned();
@@ -100,12 +99,49 @@ impl Inner {
             let pre = f.token()?;
             Ok((f, pre))
         });
-        let (f, pre) = opened.inspect_err(|_| unmark(d))?;
-        if pre != base {
+        let (f, pre) = opened?;
+        // What is dirty now, marked as being sent, and, with `start`, the flush's
+        // start appended in the same breath: the records before it in the journal
+        // are exactly what is sent (writers journal under the same lock).
+        let snapshot = |d: &Dirty, start: bool| {
+            let mut st = d.st.lock();
+            let snap = st.data.clone();
+            for (&s, b) in &snap {
+                st.tree.set(s..s + b.len() as u64, bits::WRITEBACK);
+            }
+            let appended = start.then(|| wb.journal.flush_start(&path));
+            (snap, st.seq, st.times, st.size, appended)
+        };
+        if pre != base && !adopt {
+            let (snap, seq, _, size, _) = snapshot(d, false);
             let r = self.conflict(wb, d, &snap, size, seq, &pre);
             unmark(d);
             return r;
         }
+        // The start is durable before the origin changes: records journaled during
+        // this flush name the token from before it, and a cut before the DONE below
+        // is synced would otherwise make the replay call our own flush a conflict.
+        let (snap, seq, times, _, appended) = snapshot(d, true);
+        // The DONE names the start: every record before it is in `snap`.
+        let upto = match &appended {
+            Some(Ok(start)) => *start,
+            _ => seq,
+        };
+        let started = appended.unwrap_or(Ok(0)).and_then(|_| wb.journal.sync());
+        if let Err(e) = started {
+            // The data goes to the origin all the same (if the start is lost, a
+            // replay keeps a conflict copy of what the origin has), but nothing
+            // more of the file is journaled until a DONE of it is recorded: a
+            // record written now would be replayed over the token from before.
+            d.st.lock().blind = true;
+            tracing::warn!(error = %e, "write-back journal: could not record a flush's start");
+        }
+        // From here a failure may leave part of the data at the origin.
+        let cut = |d: &Dirty| {
+            let mut st = d.st.lock();
+            st.tree.clear_all(bits::WRITEBACK);
+            st.adopt = true;
+        };
         let runs = runs(&snap);
         let mut sent = 0u64;
         for (off, parts) in &runs {
@@ -113,7 +149,7 @@ impl Inner {
             sent += buf.len() as u64;
             let off = *off;
             self.change(move |_| f.write_at(&buf, off))
-                .inspect_err(|_| unmark(d))?;
+                .inspect_err(|_| cut(d))?;
         }
         let (f2, p2) = (f.clone(), path.clone());
         let post = self
@@ -132,7 +168,7 @@ impl Inner {
                 }
                 f2.attr()
             })
-            .inspect_err(|_| unmark(d))?;
+            .inspect_err(|_| cut(d))?;
         // The origin has it, durably: out of the dirty map and the journal.
         {
             let mut st = d.st.lock();
@@ -167,18 +203,19 @@ impl Inner {
             st.error = None;
             st.failures = 0;
             st.retry_at = None;
+            st.adopt = false;
             if st.is_clean() {
                 st.file = None;
             }
         }
-        if let Err(e) = wb
-            .journal
-            .done(&path, seq, &post.token)
-            .and_then(|_| wb.journal.sync())
-        {
-            // The data is at the origin; a replay would find it changed and keep a
-            // conflict copy of bytes it already has, never lose any.
-            tracing::warn!(error = %e, "write-back journal: could not record a flush");
+        let recorded = record_done(wb, &path, upto, &post.token);
+        if recorded.is_err() {
+            // The data is at the origin; a replay would find the start recorded
+            // and write the records again over it, so nothing may change the
+            // file through us until this is recorded.
+            d.st.lock().unrecorded = Some((upto, post.token.clone()));
+        } else {
+            d.st.lock().blind = false;
         }
         stats::inc(&self.stats.wb_flushes);
         stats::add(&self.stats.wb_flushed_bytes, sent);
@@ -197,7 +234,7 @@ impl Inner {
         } else {
             self.attrs.remove(&path);
         }
-        Ok(())
+        recorded
     }
 
     /// The origin file changed under dirty data: the origin's file stays as it is,
@@ -271,6 +308,14 @@ impl Inner {
             if n == 0 {
                 return 0;
             }
+            // Only the journal fails (a flush's DONE it cannot take holds each file
+            // back): waiting would not help. One more try each, here.
+            if left.iter().all(|d| d.st.lock().unrecorded.is_some()) {
+                for d in &left {
+                    let _ = self.flush_file(d);
+                }
+                return wb.files.lock().len();
+            }
             if n < last.0 {
                 last = (n, Instant::now());
             } else if last.1.elapsed() > patience {
@@ -290,6 +335,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// Records in the journal, durably, that `path`'s records up to `seq` are on the
+/// origin, now at `now`.
+fn record_done(wb: &WriteBack, path: &Path, seq: u64, now: &Token) -> io::Result<()> {
+    wb.journal
+        .done(path, seq, now)
+        .and_then(|_| wb.journal.sync())
+        .map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "write-back journal: could not record a flush; the file cannot change until it can");
+            // EIO to the caller (the cause is in the log line above).
+            io::Error::from_raw_os_error(5)
+        })
 }
 
 /// Joins adjacent entries into runs of at most `MAX_RUN` bytes.

@@ -74,6 +74,19 @@ struct DirtyState {
     retry_at: Option<Instant>,
     /// Taken out of the map (clean): a writer that finds this starts a new one.
     removed: bool,
+    /// A flush of this data was cut short (an origin error, or a crash found by the
+    /// replay) after it may have changed the origin file: the origin may hold part
+    /// of it, so the next flush takes the origin's token as it finds it instead of
+    /// calling the difference a conflict.
+    adopt: bool,
+    /// A flush reached the origin but the journal could not record it done: (its
+    /// seq, the origin's token after it). Until that is recorded the origin file must
+    /// not change through us (a replay would write the flushed records again over
+    /// it), so writes, truncations and renames of the file wait for it, or fail.
+    unrecorded: Option<(u64, Token)>,
+    /// A flush went on without its start in the journal: nothing more of the file
+    /// is journaled until a start or a DONE of it is.
+    blind: bool,
 }
 
 impl Dirty {
@@ -96,6 +109,9 @@ impl Dirty {
                 failures: 0,
                 retry_at: None,
                 removed: false,
+                adopt: false,
+                unrecorded: None,
+                blind: false,
             }),
             order: Mutex::new(()),
             queued: AtomicBool::new(false),
@@ -105,7 +121,7 @@ impl Dirty {
 
 impl DirtyState {
     fn is_clean(&self) -> bool {
-        self.data.is_empty() && self.times.is_none()
+        self.data.is_empty() && self.times.is_none() && self.unrecorded.is_none()
     }
 
     /// Puts `data` at `off`, over whatever was dirty there.
@@ -254,6 +270,7 @@ impl Inner {
                     st.put(off, data);
                 }
                 st.times = r.times.map(|t| t.1);
+                st.adopt = r.flushing;
                 st.since = Some(Instant::now());
                 st.bytes
             };
@@ -315,7 +332,8 @@ impl Inner {
                 .filter(|d| {
                     let st = d.st.lock();
                     let waited = st.since.is_some_and(|t| now >= t + wb.cfg.delay)
-                        || (st.since.is_none() && st.times.is_some());
+                        || (st.since.is_none() && st.times.is_some())
+                        || st.unrecorded.is_some();
                     (urgent || over || waited)
                         && !st.is_clean()
                         && st.retry_at.is_none_or(|t| now >= t)
@@ -371,6 +389,9 @@ impl Inner {
             let mut st = d.st.lock();
             if st.removed {
                 continue;
+            }
+            if st.unrecorded.is_some() || st.blind {
+                return None;
             }
             // The origin changed under the dirty data (a conflict the flusher will
             // settle): this write waits for that, then goes through.
@@ -535,7 +556,7 @@ impl Inner {
         };
         {
             let mut st = d.st.lock();
-            if st.removed || st.is_clean() {
+            if st.removed || st.is_clean() || st.unrecorded.is_some() || st.blind {
                 return None;
             }
             let all = st.times.unwrap_or_default().then(later);
@@ -573,6 +594,10 @@ impl Inner {
         let wb = self.wb.as_ref()?;
         let path = h.cur.lock().path.clone();
         let d = wb.get(&path)?;
+        // A flush the journal could not record: this asks again at once.
+        if d.st.lock().unrecorded.is_some() {
+            let _ = self.flush_file(&d);
+        }
         if let Err(e) = self.wb_error(h) {
             return Some(Err(e));
         }
