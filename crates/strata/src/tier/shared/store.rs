@@ -37,6 +37,11 @@ trait Server: Send + Sync {
     /// The values under `keys`, in order (None: not there).
     fn get_many(&self, keys: &[&str]) -> Res<Vec<Option<Vec<u8>>>>;
     fn set(&self, key: &str, value: &[u8]) -> Res<()>;
+    /// Stores every pair; stops at the first failure. One request each unless the
+    /// server takes a pipeline (Redis: one round trip for a run).
+    fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()> {
+        items.iter().try_for_each(|(k, v)| self.set(k, v))
+    }
     /// Stores only if the key is absent, expiring after `ttl`: true if stored.
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool>;
     fn delete(&self, key: &str) -> Res<()>;
@@ -213,6 +218,15 @@ impl Server for Redis {
     fn set(&self, key: &str, value: &[u8]) -> Res<()> {
         self.pool.with(|c| redis_set(c, key, value))
     }
+    fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()> {
+        self.pool.with(|c| {
+            let mut p = redis::pipe();
+            for (k, v) in items {
+                p.set(*k, *v).ignore();
+            }
+            p.query::<()>(c).map_err(redis_err)
+        })
+    }
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool> {
         self.pool.with(|c| redis_add(c, key, value, ttl))
     }
@@ -255,6 +269,15 @@ impl Server for RedisCluster {
     }
     fn set(&self, key: &str, value: &[u8]) -> Res<()> {
         self.pool.with(|c| redis_set(c, key, value))
+    }
+    fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()> {
+        self.pool.with(|c| {
+            let mut p = redis::cluster::cluster_pipe();
+            for (k, v) in items {
+                p.set(*k, *v).ignore();
+            }
+            p.query::<()>(c).map_err(redis_err)
+        })
     }
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool> {
         self.pool.with(|c| redis_add(c, key, value, ttl))
@@ -519,8 +542,27 @@ impl Store {
         (out, errors)
     }
 
-    pub fn set(&self, key: &str, value: &[u8]) -> Res<()> {
-        self.call(self.node_of(key), |s| s.set(key, value))
+    /// Stores a run's values, one request per server. Returns how many were stored,
+    /// their bytes, and per server that failed the error and how many values it lost.
+    pub fn set_many(&self, items: &[(String, Vec<u8>)]) -> (u64, u64, Vec<(StoreError, u64)>) {
+        let mut by_node: Vec<Vec<(&str, &[u8])>> = vec![Vec::new(); self.nodes.len()];
+        for (k, v) in items {
+            by_node[self.node_of(k)].push((k.as_str(), v.as_slice()));
+        }
+        let (mut stored, mut bytes, mut errors) = (0, 0, Vec::new());
+        for (node, batch) in by_node.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            match self.call(node, |s| s.set_many(&batch)) {
+                Ok(()) => {
+                    stored += batch.len() as u64;
+                    bytes += batch.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+                }
+                Err(e) => errors.push((e, batch.len() as u64)),
+            }
+        }
+        (stored, bytes, errors)
     }
 
     pub fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool> {
