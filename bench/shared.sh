@@ -73,6 +73,9 @@ for rtt in "${rtts[@]}"; do
         flush
         mount_fresh a
         read -r o_bw o_lat <<< "$(read_once "$work/a" "$pat")"
+        # Puts sent and dropped (queue full) by the time the read ends; umount then
+        # waits up to 3 s for what is queued.
+        a_puts=$(stat_of a shared_puts); a_refused=$(stat_of a shared_refused)
         "$strata" umount "$work/a"
         mount_fresh b
         read -r s_bw s_lat <<< "$(read_once "$work/b" "$pat")"
@@ -83,7 +86,7 @@ for rtt in "${rtts[@]}"; do
         python3 -c "
 n, o, s, d = $n_bw, $o_bw, $s_bw, $d_bw
 print(f'| $label | {n:.1f} MiB/s, {$n_lat:.0f} us | {o:.1f} MiB/s, {$o_lat:.0f} us | {s:.1f} MiB/s, {$s_lat:.0f} us | {d:.1f} MiB/s, {$d_lat:.0f} us | {o / n:.2f} | {s / n:.2f} | {s / d:.2f} |')"
-        echo "  (mount B, cold: $hits blocks from the shared tier, $origin bytes from the origin)" >&2
+        echo "  (mount A at the end of its read: $a_puts blocks put, $a_refused dropped; mount B, cold: $hits blocks from the shared tier, $origin bytes from the origin)" >&2
     done
     bench/slow-origin.sh down "$work/s" >/dev/null
 done

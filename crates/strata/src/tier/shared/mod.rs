@@ -112,8 +112,11 @@ pub struct SharedTier {
 
 /// Versions named at most (each ~100 bytes).
 const MAX_NAMES: usize = 1 << 18;
-/// Threads sending puts.
-const PUTTERS: usize = 2;
+/// Threads sending puts. memcached takes one value per request, so puts are bound
+/// by round trips: with two, a cold sequential read at 36-47 MiB/s over three
+/// loopback servers dropped most of its puts for a full queue; with four about a
+/// quarter, with eight about a fifth (bench/results/2026-12-08-shared-parallel-gets).
+const PUTTERS: usize = 4;
 /// Pause between looks for another machine's put while waiting on its lease.
 const POLL: Duration = Duration::from_millis(5);
 
