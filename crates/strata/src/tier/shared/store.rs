@@ -484,53 +484,21 @@ impl Store {
         r
     }
 
-    /// The values under `keys`, grouped into one request per server, the servers
-    /// asked at once (a run's blocks are spread over all of them: one after another,
-    /// a read would wait for every server's round trip in turn). A server that
+    /// The values under `keys`, grouped into one request per server. A server that
     /// failed gives misses for its keys; the errors are returned beside them.
     pub fn get_many(&self, keys: &[String]) -> (Vec<Option<Vec<u8>>>, Vec<StoreError>) {
         let mut by_node: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
         for (i, k) in keys.iter().enumerate() {
             by_node[self.node_of(k)].push(i);
         }
-        let asks: Vec<(usize, Vec<usize>)> = by_node
-            .into_iter()
-            .enumerate()
-            .filter(|(_, idx)| !idx.is_empty())
-            .collect();
-        let ask = |node: usize, idx: &[usize]| {
-            let ks: Vec<&str> = idx.iter().map(|&i| keys[i].as_str()).collect();
-            self.call(node, |s| s.get_many(&ks))
-        };
-        let answers: Vec<Res<Vec<Option<Vec<u8>>>>> = match asks.as_slice() {
-            [] => Vec::new(),
-            [(node, idx)] => vec![ask(*node, idx)],
-            [(node, idx), rest @ ..] => std::thread::scope(|sc| {
-                let others: Vec<_> = rest
-                    .iter()
-                    .map(|(n, i)| {
-                        std::thread::Builder::new()
-                            .name("strata-shared-get".into())
-                            .spawn_scoped(sc, move || ask(*n, i))
-                    })
-                    .collect();
-                let mut all = vec![ask(*node, idx)];
-                for (t, (n, i)) in others.into_iter().zip(rest) {
-                    // A thread that cannot start asks here, after the others.
-                    all.push(match t {
-                        Ok(t) => t
-                            .join()
-                            .unwrap_or_else(|_| Err(StoreError::Failed("panicked".into()))),
-                        Err(_) => ask(*n, i),
-                    });
-                }
-                all
-            }),
-        };
         let mut out: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         let mut errors = Vec::new();
-        for ((_, idx), r) in asks.into_iter().zip(answers) {
-            match r {
+        for (node, idx) in by_node.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let ks: Vec<&str> = idx.iter().map(|&i| keys[i].as_str()).collect();
+            match self.call(node, |s| s.get_many(&ks)) {
                 Ok(vals) => {
                     for (i, v) in idx.into_iter().zip(vals) {
                         out[i] = v;
