@@ -85,7 +85,6 @@ impl Inner {
             }
             (st.base.clone(), st.file.clone(), st.adopt)
         };
-        let unmark = |d: &Dirty| d.st.lock().tree.clear_all(bits::WRITEBACK);
         let obj = self.objects.lock().get(&d.path).cloned();
         let _io = obj.as_ref().map(|o| o.io.write());
         let path = d.path.clone();
@@ -100,23 +99,23 @@ impl Inner {
             Ok((f, pre))
         });
         let (f, pre) = opened?;
-        // What is dirty now, marked as being sent, and, with `start`, the flush's
-        // start appended in the same breath: the records before it in the journal
-        // are exactly what is sent (writers journal under the same lock).
-        let snapshot = |d: &Dirty, start: bool| {
+        // What is dirty now; with `send`, marked as being sent and the flush's start
+        // appended in the same breath: the records before it in the journal are
+        // exactly what is sent (writers journal under the same lock).
+        let snapshot = |d: &Dirty, send: bool| {
             let mut st = d.st.lock();
             let snap = st.data.clone();
-            for (&s, b) in &snap {
-                st.tree.set(s..s + b.len() as u64, bits::WRITEBACK);
+            if send {
+                for (&s, b) in &snap {
+                    st.tree.set(s..s + b.len() as u64, bits::WRITEBACK);
+                }
             }
-            let appended = start.then(|| wb.journal.flush_start(&path));
+            let appended = send.then(|| wb.journal.flush_start(&path));
             (snap, st.seq, st.times, st.size, appended)
         };
         if pre != base && !adopt {
             let (snap, seq, _, size, _) = snapshot(d, false);
-            let r = self.conflict(wb, d, &snap, size, seq, &pre);
-            unmark(d);
-            return r;
+            return self.conflict(wb, d, &snap, size, seq, &pre);
         }
         // The start is durable before the origin changes: records journaled during
         // this flush name the token from before it, and a cut before the DONE below

@@ -124,6 +124,12 @@ impl DirtyState {
         self.data.is_empty() && self.times.is_none() && self.unrecorded.is_none()
     }
 
+    /// Nothing more of the file may be journaled now (`unrecorded`, `blind`): a
+    /// change goes through `flush_path`, which waits for the journal or fails.
+    fn journal_held(&self) -> bool {
+        self.unrecorded.is_some() || self.blind
+    }
+
     /// Puts `data` at `off`, over whatever was dirty there.
     fn put(&mut self, off: u64, data: Bytes) -> i64 {
         let end = off + data.len() as u64;
@@ -390,7 +396,7 @@ impl Inner {
             if st.removed {
                 continue;
             }
-            if st.unrecorded.is_some() || st.blind {
+            if st.journal_held() {
                 return None;
             }
             // The origin changed under the dirty data (a conflict the flusher will
@@ -556,7 +562,7 @@ impl Inner {
         };
         {
             let mut st = d.st.lock();
-            if st.removed || st.is_clean() || st.unrecorded.is_some() || st.blind {
+            if st.removed || st.is_clean() || st.journal_held() {
                 return None;
             }
             let all = st.times.unwrap_or_default().then(later);

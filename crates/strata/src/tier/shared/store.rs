@@ -36,12 +36,9 @@ type Res<T> = Result<T, StoreError>;
 trait Server: Send + Sync {
     /// The values under `keys`, in order (None: not there).
     fn get_many(&self, keys: &[&str]) -> Res<Vec<Option<Vec<u8>>>>;
-    fn set(&self, key: &str, value: &[u8]) -> Res<()>;
-    /// Stores every pair; stops at the first failure. One request each unless the
-    /// server takes a pipeline (Redis: one round trip for a run).
-    fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()> {
-        items.iter().try_for_each(|(k, v)| self.set(k, v))
-    }
+    /// Stores every pair: a pipeline on Redis (one round trip for a run); one
+    /// request each on memcached, stopping at the first failure.
+    fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()>;
     /// Stores only if the key is absent, expiring after `ttl`: true if stored.
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool>;
     fn delete(&self, key: &str) -> Res<()>;
@@ -124,8 +121,13 @@ impl Server for Memcached {
             .with(|c| c.gets::<Vec<u8>>(keys).map_err(mc_err))?;
         Ok(keys.iter().map(|k| m.remove(*k)).collect())
     }
-    fn set(&self, key: &str, value: &[u8]) -> Res<()> {
-        self.pool.with(|c| c.set(key, value, 0).map_err(mc_err))
+    fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()> {
+        // The memcache crate has no multi-set.
+        self.pool.with(|c| {
+            items
+                .iter()
+                .try_for_each(|(k, v)| c.set(k, *v, 0).map_err(mc_err))
+        })
     }
     fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Res<bool> {
         // memcached counts expiry in whole seconds.
@@ -154,15 +156,7 @@ fn redis_err(e: redis::RedisError) -> StoreError {
     }
 }
 
-/// SET, SET NX PX and DEL, alike on a Redis server and a Redis Cluster.
-fn redis_set(c: &mut impl redis::ConnectionLike, key: &str, value: &[u8]) -> Res<()> {
-    redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .query::<()>(c)
-        .map_err(redis_err)
-}
-
+/// SET NX PX and DEL, alike on a Redis server and a Redis Cluster.
 fn redis_add(
     c: &mut impl redis::ConnectionLike,
     key: &str,
@@ -215,9 +209,6 @@ impl Server for Redis {
                 .map_err(redis_err)
         })
     }
-    fn set(&self, key: &str, value: &[u8]) -> Res<()> {
-        self.pool.with(|c| redis_set(c, key, value))
-    }
     fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()> {
         self.pool.with(|c| {
             let mut p = redis::pipe();
@@ -266,9 +257,6 @@ impl Server for RedisCluster {
             }
             p.query::<Vec<Option<Vec<u8>>>>(c).map_err(redis_err)
         })
-    }
-    fn set(&self, key: &str, value: &[u8]) -> Res<()> {
-        self.pool.with(|c| redis_set(c, key, value))
     }
     fn set_many(&self, items: &[(&str, &[u8])]) -> Res<()> {
         self.pool.with(|c| {
@@ -484,19 +472,29 @@ impl Store {
         r
     }
 
+    /// `items` grouped by the server that holds each key: (server, its items), for
+    /// one request per server.
+    fn by_node<'a, T>(
+        &self,
+        items: impl IntoIterator<Item = (&'a str, T)>,
+    ) -> Vec<(usize, Vec<T>)> {
+        let mut by: Vec<Vec<T>> = (0..self.nodes.len()).map(|_| Vec::new()).collect();
+        for (k, t) in items {
+            by[self.node_of(k)].push(t);
+        }
+        by.into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
+    }
+
     /// The values under `keys`, grouped into one request per server. A server that
     /// failed gives misses for its keys; the errors are returned beside them.
     pub fn get_many(&self, keys: &[String]) -> (Vec<Option<Vec<u8>>>, Vec<StoreError>) {
-        let mut by_node: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
-        for (i, k) in keys.iter().enumerate() {
-            by_node[self.node_of(k)].push(i);
-        }
         let mut out: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         let mut errors = Vec::new();
-        for (node, idx) in by_node.into_iter().enumerate() {
-            if idx.is_empty() {
-                continue;
-            }
+        let groups = self.by_node(keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)));
+        for (node, idx) in groups {
             let ks: Vec<&str> = idx.iter().map(|&i| keys[i].as_str()).collect();
             match self.call(node, |s| s.get_many(&ks)) {
                 Ok(vals) => {
@@ -513,15 +511,13 @@ impl Store {
     /// Stores a run's values, one request per server. Returns how many were stored,
     /// their bytes, and per server that failed the error and how many values it lost.
     pub fn set_many(&self, items: &[(String, Vec<u8>)]) -> (u64, u64, Vec<(StoreError, u64)>) {
-        let mut by_node: Vec<Vec<(&str, &[u8])>> = vec![Vec::new(); self.nodes.len()];
-        for (k, v) in items {
-            by_node[self.node_of(k)].push((k.as_str(), v.as_slice()));
-        }
         let (mut stored, mut bytes, mut errors) = (0, 0, Vec::new());
-        for (node, batch) in by_node.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
+        let groups = self.by_node(
+            items
+                .iter()
+                .map(|(k, v)| (k.as_str(), (k.as_str(), v.as_slice()))),
+        );
+        for (node, batch) in groups {
             match self.call(node, |s| s.set_many(&batch)) {
                 Ok(()) => {
                     stored += batch.len() as u64;
